@@ -1,0 +1,59 @@
+#include "bindings.hpp"
+#include "ngdfast/cholesky.hpp"
+#include "ngdfast/fisher.hpp"
+
+namespace ngdfast::bindings {
+
+void bind_cholesky(py::module_& m) {
+    m.def(
+        "damped_solve",
+        [](const py::array& F, const py::array& G, double damping, bool overwrite_f) {
+            return dispatch(F, [&](auto tag) -> py::tuple {
+                using T = decltype(tag);
+                const Strided<T> f = view<T>(F, "F");
+                const Strided<T> g = view<T>(G, "G");
+                if (f.rows != f.cols || g.rows != f.rows)
+                    throw std::invalid_argument("damped_solve: F must be (P, P) and G (P, K)");
+                auto x = new_matrix<T>(g.rows, g.cols);
+                T* xp = x.mutable_data();
+                index_t info;
+                if (overwrite_f) {
+                    if (!(F.flags() & (py::array::c_style | py::array::f_style)) || !F.writeable())
+                        throw std::invalid_argument("damped_solve: overwrite_f needs a writeable contiguous F");
+                    T* fp = static_cast<T*>(const_cast<void*>(F.data()));
+                    py::gil_scoped_release release;
+                    info = damped_solve_in_place<T>(fp, f.rows, f.rows, g, static_cast<T>(damping), xp);
+                } else {
+                    py::gil_scoped_release release;
+                    info = damped_solve<T>(f, g, static_cast<T>(damping), xp);
+                }
+                return py::make_tuple(std::move(x), info);
+            });
+        },
+        py::arg("F"), py::arg("G"), py::arg("damping"), py::arg("overwrite_f") = false);
+    m.def(
+        "natural_gradient_dense",
+        [](const py::array& J, const py::object& w, const py::array& G, double damping) {
+            return dispatch(J, [&](auto tag) -> py::tuple {
+                using T = decltype(tag);
+                const Strided<T> j = view<T>(J, "J");
+                const Strided<T> g = view<T>(G, "G");
+                const T* wp = weights<T>(w, j.rows);
+                if (g.rows != j.cols) throw std::invalid_argument("natural_gradient_dense: G must be (P, K)");
+                auto x = new_matrix<T>(g.rows, g.cols);
+                T* xp = x.mutable_data();
+                index_t info;
+                {
+                    py::gil_scoped_release release;
+                    const index_t P = j.cols;
+                    Matrix<T> f(P, P);  // the only P x P buffer: F, then its factor
+                    fisher<T>(j, wp, f.data(), P, T(1), T(0), false);
+                    info = damped_solve_in_place<T>(f.data(), P, P, g, static_cast<T>(damping), xp);
+                }
+                return py::make_tuple(std::move(x), info);
+            });
+        },
+        py::arg("J"), py::arg("w"), py::arg("G"), py::arg("damping"));
+}
+
+}  // namespace ngdfast::bindings

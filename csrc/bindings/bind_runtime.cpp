@@ -1,0 +1,55 @@
+#include <Eigen/Core>
+
+#include "bindings.hpp"
+#include "ngdfast/blas.hpp"
+#include "ngdfast/parallel.hpp"
+
+namespace ngdfast::bindings {
+
+namespace {
+
+py::list simd() {
+    py::list out;
+#ifdef __AVX512F__
+    out.append("avx512f");
+#endif
+#ifdef __AVX2__
+    out.append("avx2");
+#endif
+#ifdef __FMA__
+    out.append("fma");
+#endif
+#ifdef __AVX__
+    out.append("avx");
+#endif
+#ifdef __SSE4_2__
+    out.append("sse4.2");
+#endif
+    return out;
+}
+
+}  // namespace
+
+void bind_runtime(py::module_& m) {
+    m.def("set_num_threads", &set_num_threads, py::arg("n"));
+    m.def("get_num_threads", &num_threads);
+    m.def("load_blas", &load_blas, py::arg("path"), py::arg("prefix"));
+    m.def("use_blas", &use_blas, py::arg("enabled"));
+    m.def("build_info", [] {
+        py::dict d;
+        d["compiler"] = NGDFAST_COMPILER;
+        d["flags"] = NGDFAST_FLAGS;
+        d["build_type"] = NGDFAST_BUILD_TYPE;
+        d["native"] = bool(NGDFAST_NATIVE_BUILD);
+        d["simd"] = simd();
+        d["eigen"] = std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) + "." +
+                     std::to_string(EIGEN_MINOR_VERSION);
+        d["eigen_simd"] = Eigen::SimdInstructionSetsInUse();
+        d["tile_backend"] = blas_active() ? "blas" : "eigen";
+        d["blas_path"] = blas_path();
+        d["threads"] = num_threads();
+        return d;
+    });
+}
+
+}  // namespace ngdfast::bindings

@@ -1,0 +1,76 @@
+// Shared pieces of the pybind11 layer: array -> view conversion and dtype
+// dispatch. Arguments arrive validated by ngdfast._kernels; checks here guard
+// the C++ from misuse of the private module, not users.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "ngdfast/matrix.hpp"
+
+namespace ngdfast::bindings {
+
+namespace py = pybind11;
+
+// Element-stride view of a 1-D or 2-D array (1-D counts as a column). The
+// array must outlive the view: callers keep the py::array in scope.
+template <class T>
+Strided<T> view(const py::array& a, const char* name) {
+    if (!py::isinstance<py::array_t<T>>(a) || a.dtype().kind() != 'f' || a.itemsize() != sizeof(T))
+        throw std::invalid_argument(std::string(name) + ": dtype does not match the other arguments");
+    if (a.ndim() < 1 || a.ndim() > 2) throw std::invalid_argument(std::string(name) + ": must be 1-D or 2-D");
+    const auto item = static_cast<py::ssize_t>(sizeof(T));
+    for (py::ssize_t d = 0; d < a.ndim(); ++d)
+        if (a.strides(d) % item != 0) throw std::invalid_argument(std::string(name) + ": misaligned strides");
+    Strided<T> s;
+    s.data = static_cast<const T*>(a.data());
+    s.rows = a.shape(0);
+    s.rs = a.strides(0) / item;
+    if (a.ndim() == 2) {
+        s.cols = a.shape(1);
+        s.cs = a.strides(1) / item;
+    } else {
+        s.cols = 1;
+        s.cs = s.rows;
+    }
+    return s;
+}
+
+// Optional contiguous weights of length n.
+template <class T>
+const T* weights(const py::object& w, index_t n) {
+    if (w.is_none()) return nullptr;
+    auto arr = py::cast<py::array>(w);
+    if (!py::isinstance<py::array_t<T>>(arr) || arr.ndim() != 1 || arr.shape(0) != n ||
+        !(arr.flags() & py::array::c_style))
+        throw std::invalid_argument("w: must be a contiguous (N,) array of the data dtype");
+    return static_cast<const T*>(arr.data());
+}
+
+// Fresh Fortran-ordered (rows, cols) array, or (rows,) when `vector`.
+template <class T>
+py::array_t<T, py::array::f_style> new_matrix(index_t rows, index_t cols) {
+    return py::array_t<T, py::array::f_style>({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
+}
+
+inline bool is_float64(const py::array& a) { return a.dtype().kind() == 'f' && a.itemsize() == 8; }
+inline bool is_float32(const py::array& a) { return a.dtype().kind() == 'f' && a.itemsize() == 4; }
+
+// Calls f.template operator()<T>() for the dtype of `a`.
+template <class F>
+auto dispatch(const py::array& a, F&& f) {
+    if (is_float64(a)) return f(double{});
+    if (is_float32(a)) return f(float{});
+    throw py::type_error("unsupported dtype " + std::string(py::str(a.dtype())) + ": expected float32 or float64");
+}
+
+void bind_fisher(py::module_& m);
+void bind_cholesky(py::module_& m);
+void bind_lowrank(py::module_& m);
+void bind_kfac(py::module_& m);
+void bind_runtime(py::module_& m);
+
+}  // namespace ngdfast::bindings

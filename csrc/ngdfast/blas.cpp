@@ -1,0 +1,221 @@
+#include "ngdfast/blas.hpp"
+
+#include <dlfcn.h>
+
+#include <Eigen/Dense>
+#include <atomic>
+#include <cmath>
+#include <mutex>
+
+namespace ngdfast {
+namespace {
+
+// Fortran BLAS ABI with 32-bit integers (scipy-openblas32). Hidden string
+// lengths are passed for compilers that expect them.
+using fint = int;
+template <class T>
+using gemm_fn = void (*)(const char*, const char*, const fint*, const fint*, const fint*, const T*, const T*,
+                         const fint*, const T*, const fint*, const T*, T*, const fint*, std::size_t, std::size_t);
+template <class T>
+using syrk_fn = void (*)(const char*, const char*, const fint*, const fint*, const T*, const T*, const fint*,
+                         const T*, T*, const fint*, std::size_t, std::size_t);
+template <class T>
+using trsm_fn = void (*)(const char*, const char*, const char*, const char*, const fint*, const fint*, const T*,
+                         const T*, const fint*, T*, const fint*, std::size_t, std::size_t, std::size_t,
+                         std::size_t);
+template <class T>
+using potrf_fn = void (*)(const char*, const fint*, T*, const fint*, fint*, std::size_t);
+
+template <class T>
+struct Table {
+    gemm_fn<T> gemm = nullptr;
+    syrk_fn<T> syrk = nullptr;
+    trsm_fn<T> trsm = nullptr;
+    potrf_fn<T> potrf = nullptr;
+};
+
+Table<double> g_d;
+Table<float> g_s;
+std::atomic<bool> g_loaded{false};
+std::atomic<bool> g_enabled{false};
+std::string g_path;
+std::mutex g_load_mutex;
+
+template <class T>
+const Table<T>& table();
+template <>
+const Table<double>& table<double>() { return g_d; }
+template <>
+const Table<float>& table<float>() { return g_s; }
+
+bool use_external() { return g_enabled.load(std::memory_order_relaxed); }
+
+template <class T>
+using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+template <class T>
+using MapC = Eigen::Map<const Mat<T>, 0, Eigen::OuterStride<>>;
+template <class T>
+using MapM = Eigen::Map<Mat<T>, 0, Eigen::OuterStride<>>;
+
+}  // namespace
+
+bool load_blas(const std::string& path, const std::string& prefix) {
+    std::lock_guard<std::mutex> lock(g_load_mutex);
+    if (g_loaded) return true;
+    void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!h) return false;
+    auto sym = [&](const char* name) { return dlsym(h, (prefix + name).c_str()); };
+    Table<double> d{reinterpret_cast<gemm_fn<double>>(sym("dgemm_")), reinterpret_cast<syrk_fn<double>>(sym("dsyrk_")),
+                    reinterpret_cast<trsm_fn<double>>(sym("dtrsm_")),
+                    reinterpret_cast<potrf_fn<double>>(sym("dpotrf_"))};
+    Table<float> s{reinterpret_cast<gemm_fn<float>>(sym("sgemm_")), reinterpret_cast<syrk_fn<float>>(sym("ssyrk_")),
+                   reinterpret_cast<trsm_fn<float>>(sym("strsm_")), reinterpret_cast<potrf_fn<float>>(sym("spotrf_"))};
+    if (!d.gemm || !d.syrk || !d.trsm || !d.potrf || !s.gemm || !s.syrk || !s.trsm || !s.potrf) {
+        dlclose(h);
+        return false;
+    }
+    // All parallelism is ours; the library's own pool would spin beside it.
+    using set_threads_fn = void (*)(int);
+    for (const char* name : {"openblas_set_num_threads", "goto_set_num_threads"}) {
+        if (auto f = reinterpret_cast<set_threads_fn>(sym(name))) {
+            f(1);
+            break;
+        }
+    }
+    g_d = d;
+    g_s = s;
+    g_path = path;
+    g_loaded = true;
+    g_enabled = true;
+    return true;
+}
+
+void use_blas(bool enabled) { g_enabled = enabled && g_loaded.load(); }
+bool blas_active() { return use_external(); }
+std::string blas_path() { return g_loaded ? g_path : std::string(); }
+
+template <class T>
+void gemm(char transa, char transb, index_t m, index_t n, index_t k, T alpha, const T* a, index_t lda, const T* b,
+          index_t ldb, T beta, T* c, index_t ldc) {
+    if (m <= 0 || n <= 0) return;
+    if (use_external()) {
+        fint fm = static_cast<fint>(m), fn = static_cast<fint>(n), fk = static_cast<fint>(k);
+        fint la = static_cast<fint>(lda), lb = static_cast<fint>(ldb), lc = static_cast<fint>(ldc);
+        table<T>().gemm(&transa, &transb, &fm, &fn, &fk, &alpha, a, &la, b, &lb, &beta, c, &lc, 1, 1);
+        return;
+    }
+    MapM<T> C(c, m, n, Eigen::OuterStride<>(ldc));
+    if (beta == T(0))
+        C.setZero();
+    else if (beta != T(1))
+        C *= beta;
+    if (k <= 0) return;
+    const index_t ar = transa == 'N' ? m : k, ac = transa == 'N' ? k : m;
+    const index_t br = transb == 'N' ? k : n, bc = transb == 'N' ? n : k;
+    MapC<T> A(a, ar, ac, Eigen::OuterStride<>(lda));
+    MapC<T> B(b, br, bc, Eigen::OuterStride<>(ldb));
+    if (transa == 'N' && transb == 'N')
+        C.noalias() += alpha * A * B;
+    else if (transa == 'N')
+        C.noalias() += alpha * A * B.transpose();
+    else if (transb == 'N')
+        C.noalias() += alpha * A.transpose() * B;
+    else
+        C.noalias() += alpha * A.transpose() * B.transpose();
+}
+
+template <class T>
+void syrk_lower(char trans, index_t n, index_t k, T alpha, const T* a, index_t lda, T beta, T* c, index_t ldc) {
+    if (n <= 0) return;
+    if (use_external()) {
+        const char uplo = 'L';
+        fint fn = static_cast<fint>(n), fk = static_cast<fint>(k), la = static_cast<fint>(lda),
+             lc = static_cast<fint>(ldc);
+        table<T>().syrk(&uplo, &trans, &fn, &fk, &alpha, a, &la, &beta, c, &lc, 1, 1);
+        return;
+    }
+    MapM<T> C(c, n, n, Eigen::OuterStride<>(ldc));
+    if (beta == T(0))
+        C.template triangularView<Eigen::Lower>().setZero();
+    else if (beta != T(1))
+        C.template triangularView<Eigen::Lower>() *= beta;
+    if (k <= 0) return;
+    if (trans == 'N') {
+        MapC<T> A(a, n, k, Eigen::OuterStride<>(lda));
+        C.template selfadjointView<Eigen::Lower>().rankUpdate(A, alpha);
+    } else {
+        MapC<T> A(a, k, n, Eigen::OuterStride<>(lda));
+        C.template selfadjointView<Eigen::Lower>().rankUpdate(A.transpose(), alpha);
+    }
+}
+
+template <class T>
+void trsm_lower(char side, char trans, index_t m, index_t n, const T* l, index_t ldl, T* b, index_t ldb) {
+    if (m <= 0 || n <= 0) return;
+    if (use_external()) {
+        const char uplo = 'L', diag = 'N';
+        const T one = 1;
+        fint fm = static_cast<fint>(m), fn = static_cast<fint>(n), ll = static_cast<fint>(ldl),
+             lb = static_cast<fint>(ldb);
+        table<T>().trsm(&side, &uplo, &trans, &diag, &fm, &fn, &one, l, &ll, b, &lb, 1, 1, 1, 1);
+        return;
+    }
+    MapM<T> B(b, m, n, Eigen::OuterStride<>(ldb));
+    const index_t nl = side == 'L' ? m : n;
+    MapC<T> L(l, nl, nl, Eigen::OuterStride<>(ldl));
+    if (side == 'L') {
+        if (trans == 'N')
+            L.template triangularView<Eigen::Lower>().solveInPlace(B);
+        else
+            L.transpose().template triangularView<Eigen::Upper>().solveInPlace(B);
+    } else {
+        // B L^-T: solve X L^T = B  <=>  L X^T = B^T.
+        auto Bt = B.transpose();
+        if (trans == 'T')
+            L.template triangularView<Eigen::Lower>().solveInPlace(Bt);
+        else
+            L.transpose().template triangularView<Eigen::Upper>().solveInPlace(Bt);
+    }
+}
+
+template <class T>
+index_t potrf_lower(index_t n, T* a, index_t lda) {
+    if (n <= 0) return 0;
+    if (use_external()) {
+        const char uplo = 'L';
+        fint fn = static_cast<fint>(n), la = static_cast<fint>(lda), info = 0;
+        table<T>().potrf(&uplo, &fn, a, &la, &info, 1);
+        if (info != 0) return info;
+        // OpenBLAS's potrf lets a NaN pivot through; LAPACK's contract does not.
+        for (index_t j = 0; j < n; ++j)
+            if (!(a[j + j * lda] > T(0))) return j + 1;
+        return 0;
+    }
+    // Left-looking column Cholesky on the block; blocks are small (<= 256).
+    MapM<T> A(a, n, n, Eigen::OuterStride<>(lda));
+    for (index_t j = 0; j < n; ++j) {
+        T d = A(j, j);
+        if (j > 0) d -= A.row(j).head(j).squaredNorm();
+        if (!(d > T(0))) return j + 1;
+        d = std::sqrt(d);
+        A(j, j) = d;
+        const index_t r = n - j - 1;
+        if (r > 0) {
+            if (j > 0) A.col(j).tail(r).noalias() -= A.bottomLeftCorner(r, j) * A.row(j).head(j).transpose();
+            A.col(j).tail(r) /= d;
+        }
+    }
+    return 0;
+}
+
+#define NGDFAST_INSTANTIATE(T)                                                                                    \
+    template void gemm<T>(char, char, index_t, index_t, index_t, T, const T*, index_t, const T*, index_t, T, T*, \
+                          index_t);                                                                               \
+    template void syrk_lower<T>(char, index_t, index_t, T, const T*, index_t, T, T*, index_t);                    \
+    template void trsm_lower<T>(char, char, index_t, index_t, const T*, index_t, T*, index_t);                    \
+    template index_t potrf_lower<T>(index_t, T*, index_t);
+NGDFAST_INSTANTIATE(float)
+NGDFAST_INSTANTIATE(double)
+#undef NGDFAST_INSTANTIATE
+
+}  // namespace ngdfast

@@ -1,0 +1,183 @@
+#include "ngdfast/fisher.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "ngdfast/parallel.hpp"
+
+namespace ngdfast {
+namespace {
+
+// Below this many flops a call stays on the calling thread: waking a worker
+// costs tens of microseconds.
+constexpr double kParallelFlops = 4.0e6;
+
+template <class T>
+std::vector<T>& scratch(std::size_t n) {
+    thread_local std::vector<T> buf;
+    if (buf.size() < n) buf.resize(n);
+    return buf;
+}
+
+// Writes tile t (bi x bj, column-major, leading dimension bi) of X X^T whose
+// top-left corner is (i0, j0), i0 >= j0, into out by out = beta*out + t.
+template <class T>
+void store_tile(const T* t, index_t bi, index_t bj, index_t i0, index_t j0, T* out, index_t ldo, T beta,
+                bool write_upper) {
+    const bool diag = i0 == j0;
+    for (index_t j = 0; j < bj; ++j) {
+        const index_t i_begin = diag ? j : 0;
+        T* col = out + (j0 + j) * ldo + i0;
+        const T* tc = t + j * bi;
+        if (beta == T(0))
+            for (index_t i = i_begin; i < bi; ++i) col[i] = tc[i];
+        else
+            for (index_t i = i_begin; i < bi; ++i) col[i] = beta * col[i] + tc[i];
+    }
+    if (!write_upper) return;
+    // Mirror in small square blocks so both the tile and out stay in cache.
+    constexpr index_t kb = 16;
+    for (index_t ib = 0; ib < bi; ib += kb) {
+        const index_t ie = std::min(bi, ib + kb);
+        for (index_t jb = 0; jb < bj; jb += kb) {
+            const index_t je = std::min(bj, jb + kb);
+            for (index_t i = ib; i < ie; ++i) {
+                T* row = out + (i0 + i) * ldo + j0;  // out(j0 + j, i0 + i)
+                const index_t j_end = diag ? std::min(je, i) : je;
+                if (beta == T(0))
+                    for (index_t j = jb; j < j_end; ++j) row[j] = t[i + j * bi];
+                else
+                    for (index_t j = jb; j < j_end; ++j) row[j] = beta * row[j] + t[i + j * bi];
+            }
+        }
+    }
+}
+
+template <class T>
+void tile_product(const GramOperand<T>& x, index_t i0, index_t bi, index_t j0, index_t bj, index_t k0, index_t bk,
+                  T alpha, T* t) {
+    if (i0 == j0)
+        syrk_lower<T>(x.xt ? 'T' : 'N', bi, bk, alpha, x.at(i0, k0), x.ld, T(0), t, bi);
+    else if (x.xt)
+        gemm<T>('T', 'N', bi, bj, bk, alpha, x.at(i0, k0), x.ld, x.at(j0, k0), x.ld, T(0), t, bi);
+    else
+        gemm<T>('N', 'T', bi, bj, bk, alpha, x.at(i0, k0), x.ld, x.at(j0, k0), x.ld, T(0), t, bi);
+}
+
+// Block size: tiles large enough for the tile GEMM to run near peak, small
+// enough that the lower triangle holds several tiles per thread.
+index_t choose_block(index_t n, int threads) {
+    constexpr index_t kMax = 256, kMin = 64;
+    index_t nb = (n + kMax - 1) / kMax;
+    while (nb * (nb + 1) / 2 < 4 * threads && (n + nb) / (nb + 1) >= kMin) ++nb;
+    index_t b = (n + nb - 1) / nb;
+    return (b + 7) / 8 * 8;
+}
+
+}  // namespace
+
+template <class T>
+void gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool write_upper) {
+    const index_t n = x.n, k = x.k;
+    if (n <= 0) return;
+    const double flops = double(n) * double(n) * double(k);
+    Team team(flops >= kParallelFlops);
+    const int threads = team.slots();
+    const index_t b = choose_block(n, threads);
+    const index_t nb = (n + b - 1) / b;
+
+    if (nb == 1 && threads > 1 && k >= 64) {
+        // One output tile: split the contraction across threads, then reduce.
+        const index_t chunks = threads;
+        const index_t step = (k + chunks - 1) / chunks;
+        std::vector<T> parts(static_cast<std::size_t>(chunks * n * n));
+        team.run(chunks, [&](std::ptrdiff_t c, int) {
+            const index_t k0 = c * step, bk = std::max<index_t>(0, std::min(k, k0 + step) - k0);
+            T* t = parts.data() + c * n * n;
+            if (bk == 0)
+                std::fill(t, t + n * n, T(0));
+            else
+                syrk_lower<T>(x.xt ? 'T' : 'N', n, bk, alpha, x.at(0, k0), x.ld, T(0), t, n);
+        });
+        for (index_t c = 1; c < chunks; ++c) {
+            const T* p = parts.data() + c * n * n;
+            for (index_t j = 0; j < n; ++j)
+                for (index_t i = j; i < n; ++i) parts[static_cast<std::size_t>(i + j * n)] += p[i + j * n];
+        }
+        store_tile(parts.data(), n, n, 0, 0, out, ldo, beta, write_upper);
+        return;
+    }
+
+    // Lower-triangle tiles (bi, bj) with bi >= bj, enumerated row by row.
+    const index_t n_tiles = nb * (nb + 1) / 2;
+    team.run(n_tiles, [&](std::ptrdiff_t tile, int) {
+        index_t ib = static_cast<index_t>((std::sqrt(8.0 * double(tile) + 1.0) - 1.0) / 2.0);
+        while (ib * (ib + 1) / 2 > tile) --ib;
+        while ((ib + 1) * (ib + 2) / 2 <= tile) ++ib;
+        const index_t jb = tile - ib * (ib + 1) / 2;
+        const index_t i0 = ib * b, j0 = jb * b;
+        const index_t bi = std::min(b, n - i0), bj = std::min(b, n - j0);
+        std::vector<T>& t = scratch<T>(static_cast<std::size_t>(bi * bj));
+        tile_product(x, i0, bi, j0, bj, 0, k, alpha, t.data());
+        store_tile(t.data(), bi, bj, i0, j0, out, ldo, beta, write_upper);
+    });
+}
+
+template <class T>
+void fisher(const Strided<T>& J, const T* w, T* out, index_t ldo, T alpha, T beta, bool write_upper) {
+    const index_t N = J.rows, P = J.cols;
+    Panel<T> panel;
+    T scale = alpha;
+    if (w) {
+        std::vector<T> sw(static_cast<std::size_t>(N));
+        for (index_t i = 0; i < N; ++i) sw[static_cast<std::size_t>(i)] = std::sqrt(w[i]);
+        panel = make_panel(J, sw.data());
+    } else {
+        panel = make_panel(J);
+        scale = alpha / T(N);
+    }
+    // F = J^T J = X X^T with X = J^T (P x N): memory holds X itself when the
+    // panel stores J^T column-major.
+    GramOperand<T> x{panel.data, panel.ld, !panel.transposed, P, N};
+    gram(x, scale, out, ldo, beta, write_upper);
+}
+
+template <class T>
+bool all_finite(const T* data, index_t size) {
+    // Summing x - x is NaN exactly when some x is NaN or Inf; it vectorises
+    // where an early-exit test would not.
+    constexpr index_t chunk = 4096;
+    for (index_t s = 0; s < size; s += chunk) {
+        const index_t e = std::min(size, s + chunk);
+        T acc = 0;
+        for (index_t i = s; i < e; ++i) acc += data[i] - data[i];
+        if (acc != T(0)) return false;
+    }
+    return true;
+}
+
+template <class T>
+bool all_finite(const Strided<T>& a) {
+    if (a.cs == 1 && a.rs == a.cols) return all_finite(a.data, a.rows * a.cols);
+    if (a.rs == 1 && a.cs == a.rows) return all_finite(a.data, a.rows * a.cols);
+    for (index_t i = 0; i < a.rows; ++i) {
+        T acc = 0;
+        for (index_t j = 0; j < a.cols; ++j) {
+            const T v = a(i, j);
+            acc += v - v;
+        }
+        if (acc != T(0)) return false;
+    }
+    return true;
+}
+
+#define NGDFAST_INSTANTIATE(T)                                                                  \
+    template void gram<T>(const GramOperand<T>&, T, T*, index_t, T, bool);                      \
+    template void fisher<T>(const Strided<T>&, const T*, T*, index_t, T, T, bool);              \
+    template bool all_finite<T>(const T*, index_t);                                             \
+    template bool all_finite<T>(const Strided<T>&);
+NGDFAST_INSTANTIATE(float)
+NGDFAST_INSTANTIATE(double)
+#undef NGDFAST_INSTANTIATE
+
+}  // namespace ngdfast

@@ -1,0 +1,41 @@
+// Fisher accumulation F = J^T diag(w) J as a blocked, threaded SYRK.
+#pragma once
+
+#include "ngdfast/matrix.hpp"
+
+namespace ngdfast {
+
+// G = X X^T for an n x k operand X held column-major either as X itself
+// (xt == false, X(i, j) = data[i + j * ld]) or as X^T (xt == true,
+// X(i, j) = data[j + i * ld]).
+template <class T>
+struct GramOperand {
+    const T* data;
+    index_t ld;
+    bool xt;
+    index_t n, k;
+    const T* at(index_t i, index_t j) const { return xt ? data + i * ld + j : data + i + j * ld; }
+};
+
+// out = beta * out + alpha * X X^T for the n x n column-major `out` (leading
+// dimension ldo). Every written element follows that formula exactly, so an
+// out that is not symmetric still gets the elementwise EMA; beta == 0 means
+// out is not read. With write_upper == false only the lower triangle (i >= j)
+// is written. Tiles of the lower triangle run on the thread team; when the
+// output is a single tile, the contraction dimension k is split instead.
+template <class T>
+void gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool write_upper);
+
+// out = beta * out + alpha * J^T diag(w) J, J an N x P strided matrix, w the
+// weights (N,) or nullptr for w_i = 1/N. out is P x P with leading dimension
+// ldo (C or Fortran order alike: both triangles get the same formula).
+template <class T>
+void fisher(const Strided<T>& J, const T* w, T* out, index_t ldo, T alpha, T beta, bool write_upper = true);
+
+// True when no element is NaN or Inf.
+template <class T>
+bool all_finite(const T* data, index_t size);
+template <class T>
+bool all_finite(const Strided<T>& a);
+
+}  // namespace ngdfast

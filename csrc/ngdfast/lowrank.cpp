@@ -1,0 +1,77 @@
+#include "ngdfast/lowrank.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "ngdfast/cholesky.hpp"
+#include "ngdfast/fisher.hpp"
+#include "ngdfast/parallel.hpp"
+
+namespace ngdfast {
+namespace {
+
+constexpr double kParallelFlops = 4.0e6;
+
+}  // namespace
+
+template <class T>
+index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T damping, T* x) {
+    const index_t N = J.rows, P = J.cols, m = G.cols;
+    const Panel<T> panel = make_panel(J);
+    // Gram K = J J^T (lower), then K <- D K D + lam I with D = diag(sqrt(w)).
+    Matrix<T> K(N, N);
+    const GramOperand<T> op{panel.data, panel.ld, panel.transposed, N, P};
+    gram(op, T(1), K.data(), N, T(0), false);
+    std::vector<T> d(static_cast<std::size_t>(N));
+    for (index_t i = 0; i < N; ++i) d[static_cast<std::size_t>(i)] = w ? std::sqrt(w[i]) : T(1) / std::sqrt(T(N));
+    for (index_t j = 0; j < N; ++j) {
+        for (index_t i = j; i < N; ++i) K(i, j) *= d[static_cast<std::size_t>(i)] * d[static_cast<std::size_t>(j)];
+        K(j, j) += damping;
+    }
+    const index_t info = cholesky(K.data(), N, N);
+    if (info != 0) return info;
+
+    copy_to(G, x, P);
+    // B = J X (N x m), contraction over P split into chunks across threads.
+    const double flops = 2.0 * double(N) * double(P) * double(m);
+    Team team(flops >= kParallelFlops);
+    const index_t chunks = std::min<index_t>(team.slots(), std::max<index_t>(1, P / 256));
+    const index_t step = (P + chunks - 1) / chunks;
+    auto jblock = [&](index_t p0) {  // pointer to J(0, p0) in the panel's layout
+        return panel.transposed ? panel.data + p0 : panel.data + p0 * panel.ld;
+    };
+    std::vector<T> parts(static_cast<std::size_t>(chunks * N * m));
+    team.run(chunks, [&](std::ptrdiff_t c, int) {
+        const index_t p0 = c * step, bp = std::max<index_t>(0, std::min(P, p0 + step) - p0);
+        T* out = parts.data() + c * N * m;
+        if (bp == 0) {
+            std::fill(out, out + N * m, T(0));
+            return;
+        }
+        // panel.transposed: memory holds J^T (P x N) column-major.
+        gemm<T>(panel.transposed ? 'T' : 'N', 'N', N, m, bp, T(1), jblock(p0), panel.ld, x + p0, P, T(0), out, N);
+    });
+    T* B = parts.data();
+    for (index_t c = 1; c < chunks; ++c)
+        for (index_t i = 0; i < N * m; ++i) B[i] += parts[static_cast<std::size_t>(c * N * m + i)];
+    // U = D K^-1 D B, folded with the final 1/lam of the update below.
+    for (index_t j = 0; j < m; ++j)
+        for (index_t i = 0; i < N; ++i) B[i + j * N] *= d[static_cast<std::size_t>(i)];
+    cholesky_solve(K.data(), N, N, B, m, N);
+    for (index_t j = 0; j < m; ++j)
+        for (index_t i = 0; i < N; ++i) B[i + j * N] *= d[static_cast<std::size_t>(i)];
+    // X = (X - J^T U) / lam, rows of X independent.
+    const T inv = T(1) / damping;
+    team.run(chunks, [&](std::ptrdiff_t c, int) {
+        const index_t p0 = c * step, bp = std::max<index_t>(0, std::min(P, p0 + step) - p0);
+        if (bp == 0) return;
+        gemm<T>(panel.transposed ? 'N' : 'T', 'N', bp, m, N, -inv, jblock(p0), panel.ld, B, N, inv, x + p0, P);
+    });
+    return 0;
+}
+
+template index_t lowrank_solve<float>(const Strided<float>&, const float*, const Strided<float>&, float, float*);
+template index_t lowrank_solve<double>(const Strided<double>&, const double*, const Strided<double>&, double,
+                                       double*);
+
+}  // namespace ngdfast

@@ -1,0 +1,63 @@
+// Views of caller memory. NumPy arrays arrive with arbitrary element strides;
+// the kernels work on column-major panels (BLAS convention), so a strided
+// matrix is classified as either A^T or A in column-major form without a copy
+// when one stride is 1, and copied once otherwise.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <vector>
+
+#include "ngdfast/blas.hpp"
+
+namespace ngdfast {
+
+// rows x cols matrix, element (i, j) at data[i * rs + j * cs]. Strides may be
+// negative or zero for length-1 dimensions.
+template <class T>
+struct Strided {
+    const T* data;
+    index_t rows, cols, rs, cs;
+    const T& operator()(index_t i, index_t j) const { return data[i * rs + j * cs]; }
+};
+
+// A column-major panel: either the matrix itself ("T" mode for Gram products,
+// element (i, j) at data[i + j * ld]) or its transpose ("N" mode, element
+// (i, j) at data[j + i * ld]). `store` owns the memory when a copy was needed.
+template <class T>
+struct Panel {
+    const T* data = nullptr;
+    index_t ld = 1;
+    bool transposed = false;  // true: memory holds A^T column-major (A is C-ordered)
+    std::vector<T> store;
+};
+
+// Column-major panel for `a`, copying only when neither stride is 1.
+// `scale`, when given, multiplies row i by scale[i] and always copies.
+template <class T>
+Panel<T> make_panel(const Strided<T>& a, const T* row_scale = nullptr);
+
+// Owned column-major matrix with ld = rows. Left uninitialised: zeroing a
+// P x P workspace would cost as much memory traffic as copying into it.
+template <class T>
+struct Matrix {
+    index_t rows = 0, cols = 0;
+    std::unique_ptr<T[]> store;
+    Matrix() = default;
+    Matrix(index_t r, index_t c) : rows(r), cols(c), store(new T[static_cast<std::size_t>(r * c > 0 ? r * c : 1)]) {}
+    T* data() { return store.get(); }
+    const T* data() const { return store.get(); }
+    T& operator()(index_t i, index_t j) { return store[static_cast<std::size_t>(i + j * rows)]; }
+};
+
+// dst (rows x cols, column-major, leading dimension ldd) = src, any strides;
+// blocked so that a transposing copy still streams through cache.
+template <class T>
+void copy_to(const Strided<T>& src, T* dst, index_t ldd);
+
+// dst(i, j) = src(i, j) for i >= j only (plus `shift` on the diagonal): the
+// lower triangle of a square matrix, the only part a lower Cholesky reads.
+template <class T>
+void copy_lower_shifted(const Strided<T>& src, T shift, T* dst, index_t ldd, bool parallel);
+
+}  // namespace ngdfast

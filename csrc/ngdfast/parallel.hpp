@@ -1,0 +1,72 @@
+// A small fork-join thread pool whose idle workers sleep on a condition
+// variable. Sleeping (not spinning) matters: trainers alternate NumPy's
+// OpenBLAS calls with ours every step, and spinning workers would steal the
+// cores NumPy's threads need (measured in bench/test_bench_threads.py).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace ngdfast {
+
+class ThreadPool {
+public:
+    explicit ThreadPool(int n_threads);
+    ~ThreadPool();
+    ThreadPool(const ThreadPool&) = delete;
+    ThreadPool& operator=(const ThreadPool&) = delete;
+
+    int size() const { return n_threads_; }
+
+    // Runs body(task, slot) for task in [0, n_tasks), tasks handed out
+    // dynamically; slot in [0, size()) identifies the executing thread so
+    // callers can index per-thread scratch. The caller takes part. When the
+    // pool is busy with another caller (several Python threads at once) the
+    // tasks run serially on the calling thread with slot 0 of a private range,
+    // so concurrent calls never wait on each other and never deadlock.
+    void run(std::ptrdiff_t n_tasks, const std::function<void(std::ptrdiff_t, int)>& body);
+
+private:
+    void worker_loop(int slot);
+
+    int n_threads_;
+    std::vector<std::thread> workers_;
+    std::mutex busy_;  // held by the caller owning the pool for one run()
+    std::mutex m_;
+    std::condition_variable wake_;
+    std::condition_variable done_;
+    const std::function<void(std::ptrdiff_t, int)>* body_ = nullptr;
+    std::ptrdiff_t n_tasks_ = 0;
+    std::atomic<std::ptrdiff_t> next_{0};
+    int active_ = 0;
+    unsigned long generation_ = 0;
+    bool stop_ = false;
+    std::exception_ptr error_;
+};
+
+// Process-wide pool size used by all kernels.
+int num_threads();
+void set_num_threads(int n);
+
+// The threads one kernel call works with: the global pool when `parallel`,
+// else just the caller (small problems: waking a worker costs more than it
+// saves). Holding the pool keeps it alive across a concurrent
+// set_num_threads. Slots index per-call scratch: 0 <= slot < slots().
+class Team {
+public:
+    explicit Team(bool parallel);
+    int slots() const { return pool_ ? pool_->size() : 1; }
+    void run(std::ptrdiff_t n_tasks, const std::function<void(std::ptrdiff_t, int)>& body) const;
+
+private:
+    std::shared_ptr<ThreadPool> pool_;
+};
+
+}  // namespace ngdfast

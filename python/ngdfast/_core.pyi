@@ -1,0 +1,66 @@
+"""Type stubs for the compiled module ``ngdfast._core``.
+
+Low-level entry points: every argument has already been validated and
+normalised by ``ngdfast._kernels`` (dtype float32/float64, all arrays of one
+dtype, shapes consistent, weights normalised to sum 1, finiteness checked).
+Arrays may have any strides; C- and Fortran-contiguous arrays (and arrays with
+one unit stride) are used without copies, others are copied once. All compute
+runs with the GIL released.
+
+``info`` results follow LAPACK: 0 on success, ``k > 0`` when the leading minor
+of order ``k`` of the damped matrix is not positive definite.
+"""
+
+from typing import Literal, Optional, Tuple, Union
+
+import numpy as np
+import numpy.typing as npt
+
+_Float = Union[npt.NDArray[np.float32], npt.NDArray[np.float64]]
+
+def all_finite(a: _Float) -> bool:
+    """True when no element of ``a`` (any shape, any strides) is NaN or Inf."""
+
+def fisher(J: _Float, w: Optional[_Float], out: _Float, alpha: float, beta: float) -> None:
+    """``out = beta * out + alpha * J.T @ diag(w) @ J`` elementwise, in place.
+
+    ``w`` is None (meaning ``w_i = 1/N``) or non-negative weights of shape (N,).
+    ``out`` is (P, P), C- or Fortran-contiguous; with ``beta == 0`` it is not read.
+    Both triangles are written.
+    """
+
+def damped_solve(F: _Float, G: _Float, damping: float, overwrite_f: bool) -> Tuple[_Float, int]:
+    """Solve ``(F + damping I) X = G`` by Cholesky; G is (P, K). Only the lower
+    triangle ``F[i, j], i >= j`` is read. With ``overwrite_f`` (internal use, F
+    contiguous and exactly symmetric) F is factored in place.
+    Returns ``(X, info)`` with X of shape (P, K)."""
+
+def lowrank_solve(J: _Float, w: Optional[_Float], G: _Float, damping: float) -> Tuple[_Float, int]:
+    """Solve ``(J.T diag(w) J + damping I) X = G`` by Woodbury in sample space
+    (N x N Cholesky), never forming P x P. ``damping > 0``. Returns ``(X, info)``."""
+
+def natural_gradient_dense(J: _Float, w: Optional[_Float], G: _Float, damping: float) -> Tuple[_Float, int]:
+    """Form ``F = J.T diag(w) J`` in one P x P buffer, factor ``F + damping I`` in
+    place and solve for G (P, K). Returns ``(X, info)``."""
+
+def kfac_precondition(
+    grad: _Float, A: _Float, S: _Float, damping_a: float, damping_s: float
+) -> Tuple[_Float, int, Literal["", "A", "S"]]:
+    """``X = (S + damping_s I)^-1 grad (A + damping_a I)^-1`` with grad (out, in),
+    A (in, in), S (out, out). Returns ``(X, info, factor)`` where ``factor`` names
+    the factor whose Cholesky failed ("" on success)."""
+
+def set_num_threads(n: int) -> None:
+    """Number of threads used by the compiled kernels (>= 1)."""
+
+def get_num_threads() -> int: ...
+
+def load_blas(path: str, prefix: str) -> bool:
+    """Use the BLAS/LAPACK library at ``path`` (symbols ``{prefix}dgemm_`` ...)
+    for tile kernels; returns False (Eigen tiles stay in use) if it cannot be loaded."""
+
+def use_blas(enabled: bool) -> None:
+    """Switch between the loaded BLAS tile kernels and Eigen's own."""
+
+def build_info() -> dict:
+    """Compiler, flags, SIMD instruction sets, tile backend, threads."""
