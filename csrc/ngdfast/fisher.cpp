@@ -64,11 +64,15 @@ void tile_product(const GramOperand<T>& x, index_t i0, index_t bi, index_t j0, i
         gemm<T>('N', 'T', bi, bj, bk, alpha, x.at(i0, k0), x.ld, x.at(j0, k0), x.ld, T(0), t, bi);
 }
 
-// Block size: tiles large enough for the tile GEMM to run near peak, small
-// enough that the lower triangle holds several tiles per thread.
+// Largest output tile: the tile GEMM runs near peak from about this size on
+// (OpenBLAS packs each operand block once per tile, an O(1/b) overhead).
+constexpr index_t kTileMax = 512;
+
+// Block size for outputs larger than one tile: as large as possible while the
+// lower triangle still holds several tiles per thread for load balance.
 index_t choose_block(index_t n, int threads) {
-    constexpr index_t kMax = 256, kMin = 64;
-    index_t nb = (n + kMax - 1) / kMax;
+    constexpr index_t kMin = 96;
+    index_t nb = (n + kTileMax - 1) / kTileMax;
     while (nb * (nb + 1) / 2 < 4 * threads && (n + nb) / (nb + 1) >= kMin) ++nb;
     index_t b = (n + nb - 1) / nb;
     return (b + 7) / 8 * 8;
@@ -83,12 +87,11 @@ void gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
     const double flops = double(n) * double(n) * double(k);
     Team team(flops >= kParallelFlops);
     const int threads = team.slots();
-    const index_t b = choose_block(n, threads);
-    const index_t nb = (n + b - 1) / b;
 
-    if (nb == 1 && threads > 1 && k >= 64) {
+    if (n <= kTileMax) {
         // One output tile: split the contraction across threads, then reduce.
-        const index_t chunks = threads;
+        // This also reads a wide operand (N x P Gram for Woodbury) once.
+        const index_t chunks = std::max<index_t>(1, std::min<index_t>(threads == 1 ? 1 : 2 * threads, k / 256));
         const index_t step = (k + chunks - 1) / chunks;
         std::vector<T> parts(static_cast<std::size_t>(chunks * n * n));
         team.run(chunks, [&](std::ptrdiff_t c, int) {
@@ -108,6 +111,8 @@ void gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
         return;
     }
 
+    const index_t b = choose_block(n, threads);
+    const index_t nb = (n + b - 1) / b;
     // Lower-triangle tiles (bi, bj) with bi >= bj, enumerated row by row.
     const index_t n_tiles = nb * (nb + 1) / 2;
     team.run(n_tiles, [&](std::ptrdiff_t tile, int) {

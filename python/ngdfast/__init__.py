@@ -5,6 +5,7 @@ pure-NumPy versions with identical semantics (the specification the tests
 compare against), and ``ngdfast.cuda`` the optional Numba CUDA versions.
 """
 
+from . import _backend  # noqa: F401  (selects the compiled tile engine first)
 from ._errors import NotPositiveDefiniteError
 from ._kernels import (
     damped_solve,

@@ -1,0 +1,128 @@
+"""The compiled core's internal paths against the reference.
+
+Both tile engines (OpenBLAS tiles and Eigen tiles), one and several threads,
+and sizes that cross every blocking threshold of csrc/ (single output tile
+with a split contraction, many tiles, blocked Cholesky with a ragged last
+panel, a busy pool running a second caller serially).
+"""
+
+import concurrent.futures
+
+import numpy as np
+import pytest
+
+import ngdfast
+from ngdfast import _backend, _core, reference
+
+TOL = {np.float64: 1e-10, np.float32: 2e-4}
+
+
+@pytest.fixture(params=["blas", "eigen"])
+def engine(request):
+    if request.param == "blas" and not _backend.BLAS_LOADED:
+        pytest.skip("scipy-openblas32 tile engine not loaded")
+    _core.use_blas(request.param == "blas")
+    yield request.param
+    _core.use_blas(_backend.BLAS_LOADED)
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    before = ngdfast.get_num_threads()
+    ngdfast.set_num_threads(request.param)
+    yield request.param
+    ngdfast.set_num_threads(before)
+
+
+def rel(a, b):
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)
+
+
+def spd(rng, p, dtype):
+    m = rng.standard_normal((p, p + 3))
+    return (m @ m.T / (p + 3)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n,p", [(700, 40), (40, 520), (33, 1100), (1, 600)])
+def test_fisher_blocking(engine, threads, dtype, n, p):
+    rng = np.random.default_rng(n * 7 + p)
+    J = rng.standard_normal((n, p)).astype(dtype)
+    w = rng.random(n)
+    F = ngdfast.fisher(J, w)
+    assert F.dtype == dtype
+    assert np.array_equal(F, F.T)
+    assert rel(F, reference.fisher(J, w)) < TOL[dtype]
+    out = np.asfortranarray(spd(rng, p, dtype))
+    expect = reference.fisher(J, out=out.copy(), decay=0.25)
+    ngdfast.fisher(J, out=out, decay=0.25)
+    assert rel(out, expect) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("p,k", [(129, 1), (450, 3), (700, 2)])
+def test_damped_solve_blocking(engine, threads, dtype, p, k):
+    rng = np.random.default_rng(p)
+    F = spd(rng, p, dtype)
+    g = rng.standard_normal((p, k)).astype(dtype)
+    x = ngdfast.damped_solve(F, g, 1e-2)
+    assert rel(x, reference.damped_solve(F, g, 1e-2)) < 50 * TOL[dtype]
+
+
+def test_not_positive_definite_pivot_in_late_panel(engine, threads):
+    # The failing pivot lies past the first Cholesky panels: info is global.
+    rng = np.random.default_rng(3)
+    p = 700
+    F = spd(rng, p, np.float64) + np.eye(p)
+    F[650, 650] = -50.0
+    with pytest.raises(ngdfast.NotPositiveDefiniteError) as compiled:
+        ngdfast.damped_solve(F, np.ones(p), 0.0)
+    with pytest.raises(ngdfast.NotPositiveDefiniteError) as ref:
+        reference.damped_solve(F, np.ones(p), 0.0)
+    assert "651" in str(compiled.value)
+    assert str(compiled.value) == str(ref.value)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n,p,order", [(64, 3000, "C"), (520, 700, "F"), (5, 4000, "C")])
+def test_lowrank_blocking(engine, threads, dtype, n, p, order):
+    rng = np.random.default_rng(n + p)
+    J = np.asarray(rng.standard_normal((n, p)), dtype=dtype, order=order)
+    g = rng.standard_normal(p).astype(dtype)
+    w = rng.random(n) + 0.1
+    x = ngdfast.lowrank_solve(J, g, 0.05, w)
+    assert rel(x, reference.lowrank_solve(J, g, 0.05, w)) < 20 * TOL[dtype]
+    x_dense = ngdfast.natural_gradient(J, g, 0.05, w, method="dense")
+    assert rel(x_dense, x) < 20 * TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_kfac_blocked_factors(engine, dtype):
+    rng = np.random.default_rng(11)
+    A, S = spd(rng, 200, dtype), spd(rng, 150, dtype)
+    grad = rng.standard_normal((150, 200)).astype(dtype)
+    X = ngdfast.kfac_precondition(grad, A, S, 1e-2)
+    assert rel(X, reference.kfac_precondition(grad, A, S, 1e-2)) < 50 * TOL[dtype]
+
+
+def test_concurrent_callers_share_the_pool():
+    # Several Python threads at once: one owns the pool, the others run their
+    # tiles serially on their own thread; every answer is the serial one.
+    rng = np.random.default_rng(5)
+    Js = [rng.standard_normal((200, 700)) for _ in range(6)]
+    expected = [ngdfast.fisher(J) for J in Js]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(ngdfast.fisher, Js))
+    for a, b in zip(got, expected):
+        assert rel(a, b) < 1e-13
+
+
+def test_set_num_threads_rejects_nonpositive():
+    with pytest.raises(ValueError):
+        ngdfast.set_num_threads(0)
+
+
+def test_build_info_reports_engine():
+    info = _core.build_info()
+    assert info["tile_backend"] in {"blas", "eigen"}
+    assert info["threads"] == ngdfast.get_num_threads()
