@@ -15,11 +15,21 @@ namespace ngdfast::bindings {
 
 namespace py = pybind11;
 
+// NumPy type number, read from the descriptor without Python attribute
+// lookups (those cost microseconds, and small calls must stay cheap).
+inline int type_num(const py::array& a) {
+    return py::detail::array_descriptor_proxy(py::detail::array_proxy(a.ptr())->descr)->type_num;
+}
+template <class T>
+int type_num_of() {
+    return py::detail::npy_format_descriptor<T>::value;
+}
+
 // Element-stride view of a 1-D or 2-D array (1-D counts as a column). The
 // array must outlive the view: callers keep the py::array in scope.
 template <class T>
 Strided<T> view(const py::array& a, const char* name) {
-    if (!py::isinstance<py::array_t<T>>(a) || a.dtype().kind() != 'f' || a.itemsize() != sizeof(T))
+    if (type_num(a) != type_num_of<T>())
         throw std::invalid_argument(std::string(name) + ": dtype does not match the other arguments");
     if (a.ndim() < 1 || a.ndim() > 2) throw std::invalid_argument(std::string(name) + ": must be 1-D or 2-D");
     const auto item = static_cast<py::ssize_t>(sizeof(T));
@@ -44,7 +54,7 @@ template <class T>
 const T* weights(const py::object& w, index_t n) {
     if (w.is_none()) return nullptr;
     auto arr = py::cast<py::array>(w);
-    if (!py::isinstance<py::array_t<T>>(arr) || arr.ndim() != 1 || arr.shape(0) != n ||
+    if (type_num(arr) != type_num_of<T>() || arr.ndim() != 1 || arr.shape(0) != n ||
         !(arr.flags() & py::array::c_style))
         throw std::invalid_argument("w: must be a contiguous (N,) array of the data dtype");
     return static_cast<const T*>(arr.data());
@@ -56,14 +66,12 @@ py::array_t<T, py::array::f_style> new_matrix(index_t rows, index_t cols) {
     return py::array_t<T, py::array::f_style>({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
 }
 
-inline bool is_float64(const py::array& a) { return a.dtype().kind() == 'f' && a.itemsize() == 8; }
-inline bool is_float32(const py::array& a) { return a.dtype().kind() == 'f' && a.itemsize() == 4; }
-
-// Calls f.template operator()<T>() for the dtype of `a`.
+// Calls f(T{}) for the dtype of `a` (float32 or float64).
 template <class F>
 auto dispatch(const py::array& a, F&& f) {
-    if (is_float64(a)) return f(double{});
-    if (is_float32(a)) return f(float{});
+    const int num = type_num(a);
+    if (num == type_num_of<double>()) return f(double{});
+    if (num == type_num_of<float>()) return f(float{});
     throw py::type_error("unsupported dtype " + std::string(py::str(a.dtype())) + ": expected float32 or float64");
 }
 

@@ -48,7 +48,11 @@ const Table<double>& table<double>() { return g_d; }
 template <>
 const Table<float>& table<float>() { return g_s; }
 
-bool use_external() { return g_enabled.load(std::memory_order_relaxed); }
+// Small products stay on Eigen: an external call's fixed cost (argument
+// checks, buffer allocation) exceeds the work below ~64^3 multiply-adds.
+constexpr double kExternalMinWork = 64.0 * 64.0 * 64.0;
+
+bool use_external(double work) { return work >= kExternalMinWork && g_enabled.load(std::memory_order_relaxed); }
 
 template <class T>
 using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
@@ -91,14 +95,14 @@ bool load_blas(const std::string& path, const std::string& prefix) {
 }
 
 void use_blas(bool enabled) { g_enabled = enabled && g_loaded.load(); }
-bool blas_active() { return use_external(); }
+bool blas_active() { return g_enabled.load(); }
 std::string blas_path() { return g_loaded ? g_path : std::string(); }
 
 template <class T>
 void gemm(char transa, char transb, index_t m, index_t n, index_t k, T alpha, const T* a, index_t lda, const T* b,
           index_t ldb, T beta, T* c, index_t ldc) {
     if (m <= 0 || n <= 0) return;
-    if (use_external()) {
+    if (use_external(double(m) * double(n) * double(k))) {
         fint fm = static_cast<fint>(m), fn = static_cast<fint>(n), fk = static_cast<fint>(k);
         fint la = static_cast<fint>(lda), lb = static_cast<fint>(ldb), lc = static_cast<fint>(ldc);
         table<T>().gemm(&transa, &transb, &fm, &fn, &fk, &alpha, a, &la, b, &lb, &beta, c, &lc, 1, 1);
@@ -127,7 +131,7 @@ void gemm(char transa, char transb, index_t m, index_t n, index_t k, T alpha, co
 template <class T>
 void syrk_lower(char trans, index_t n, index_t k, T alpha, const T* a, index_t lda, T beta, T* c, index_t ldc) {
     if (n <= 0) return;
-    if (use_external()) {
+    if (use_external(0.5 * double(n) * double(n) * double(k))) {
         const char uplo = 'L';
         fint fn = static_cast<fint>(n), fk = static_cast<fint>(k), la = static_cast<fint>(lda),
              lc = static_cast<fint>(ldc);
@@ -152,7 +156,7 @@ void syrk_lower(char trans, index_t n, index_t k, T alpha, const T* a, index_t l
 template <class T>
 void trsm_lower(char side, char trans, index_t m, index_t n, const T* l, index_t ldl, T* b, index_t ldb) {
     if (m <= 0 || n <= 0) return;
-    if (use_external()) {
+    if (use_external(0.5 * double(m) * double(n) * double(side == 'L' ? m : n))) {
         const char uplo = 'L', diag = 'N';
         const T one = 1;
         fint fm = static_cast<fint>(m), fn = static_cast<fint>(n), ll = static_cast<fint>(ldl),
@@ -181,7 +185,7 @@ void trsm_lower(char side, char trans, index_t m, index_t n, const T* l, index_t
 template <class T>
 index_t potrf_lower(index_t n, T* a, index_t lda) {
     if (n <= 0) return 0;
-    if (use_external()) {
+    if (use_external(double(n) * double(n) * double(n) / 3.0)) {
         const char uplo = 'L';
         fint fn = static_cast<fint>(n), la = static_cast<fint>(lda), info = 0;
         table<T>().potrf(&uplo, &fn, a, &la, &info, 1);

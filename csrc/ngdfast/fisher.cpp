@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "ngdfast/parallel.hpp"
 
@@ -149,14 +152,21 @@ void fisher(const Strided<T>& J, const T* w, T* out, index_t ldo, T alpha, T bet
 
 template <class T>
 bool all_finite(const T* data, index_t size) {
-    // Summing x - x is NaN exactly when some x is NaN or Inf; it vectorises
-    // where an early-exit test would not.
-    constexpr index_t chunk = 4096;
+    // A value is NaN or Inf exactly when its exponent bits are all ones. The
+    // integer OR-reduction vectorises; a floating-point one may not without
+    // -ffast-math, which would also break NaN tests.
+    using U = std::conditional_t<sizeof(T) == 8, std::uint64_t, std::uint32_t>;
+    constexpr U exp_mask = sizeof(T) == 8 ? U(0x7FF0000000000000ULL) : U(0x7F800000U);
+    constexpr index_t chunk = 2048;
     for (index_t s = 0; s < size; s += chunk) {
         const index_t e = std::min(size, s + chunk);
-        T acc = 0;
-        for (index_t i = s; i < e; ++i) acc += data[i] - data[i];
-        if (acc != T(0)) return false;
+        U bad = 0;
+        for (index_t i = s; i < e; ++i) {
+            U bits;
+            std::memcpy(&bits, data + i, sizeof(T));
+            bad |= U((bits & exp_mask) == exp_mask);
+        }
+        if (bad) return false;
     }
     return true;
 }
@@ -165,14 +175,9 @@ template <class T>
 bool all_finite(const Strided<T>& a) {
     if (a.cs == 1 && a.rs == a.cols) return all_finite(a.data, a.rows * a.cols);
     if (a.rs == 1 && a.cs == a.rows) return all_finite(a.data, a.rows * a.cols);
-    for (index_t i = 0; i < a.rows; ++i) {
-        T acc = 0;
-        for (index_t j = 0; j < a.cols; ++j) {
-            const T v = a(i, j);
-            acc += v - v;
-        }
-        if (acc != T(0)) return false;
-    }
+    for (index_t i = 0; i < a.rows; ++i)
+        for (index_t j = 0; j < a.cols; ++j)
+            if (!std::isfinite(a(i, j))) return false;
     return true;
 }
 
