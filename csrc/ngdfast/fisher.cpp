@@ -92,25 +92,38 @@ void gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
     const int threads = team.slots();
 
     if (n <= kTileMax) {
-        // One output tile: split the contraction across threads, then reduce.
-        // This also reads a wide operand (N x P Gram for Woodbury) once.
-        const index_t chunks = std::max<index_t>(1, std::min<index_t>(threads == 1 ? 1 : 2 * threads, k / 256));
+        // One output tile: split the contraction into chunks handed out
+        // dynamically; each thread accumulates into its own n x n buffer
+        // (at most threads x 512^2 elements), reduced at the end. This also
+        // streams a wide operand (the N x P Gram of Woodbury) exactly once.
+        const index_t chunks = std::max<index_t>(1, std::min<index_t>(threads == 1 ? 1 : 4 * threads, k / 256));
         const index_t step = (k + chunks - 1) / chunks;
-        std::vector<T> parts(static_cast<std::size_t>(chunks * n * n));
-        team.run(chunks, [&](std::ptrdiff_t c, int) {
-            const index_t k0 = c * step, bk = std::max<index_t>(0, std::min(k, k0 + step) - k0);
-            T* t = parts.data() + c * n * n;
-            if (bk == 0)
-                std::fill(t, t + n * n, T(0));
-            else
-                syrk_lower<T>(x.xt ? 'T' : 'N', n, bk, alpha, x.at(0, k0), x.ld, T(0), t, n);
+        const index_t nn = n * n;
+        std::vector<T> parts(static_cast<std::size_t>(threads * nn));
+        std::vector<char> used(static_cast<std::size_t>(threads), 0);
+        team.run(chunks, [&](std::ptrdiff_t c, int slot) {
+            const index_t k0 = c * step, bk = std::min(k, k0 + step) - k0;
+            if (bk <= 0) return;
+            const T b0 = used[static_cast<std::size_t>(slot)] ? T(1) : T(0);
+            used[static_cast<std::size_t>(slot)] = 1;
+            syrk_lower<T>(x.xt ? 'T' : 'N', n, bk, alpha, x.at(0, k0), x.ld, b0, parts.data() + slot * nn, n);
         });
-        for (index_t c = 1; c < chunks; ++c) {
-            const T* p = parts.data() + c * n * n;
+        T* sum = nullptr;
+        for (int s = 0; s < threads; ++s) {
+            if (!used[static_cast<std::size_t>(s)]) continue;
+            T* p = parts.data() + s * nn;
+            if (!sum) {
+                sum = p;
+                continue;
+            }
             for (index_t j = 0; j < n; ++j)
-                for (index_t i = j; i < n; ++i) parts[static_cast<std::size_t>(i + j * n)] += p[i + j * n];
+                for (index_t i = j; i < n; ++i) sum[i + j * n] += p[i + j * n];
         }
-        store_tile(parts.data(), n, n, 0, 0, out, ldo, beta, write_upper);
+        if (!sum) {  // k == 0 cannot reach here (validated), but stay defined
+            sum = parts.data();
+            std::fill(sum, sum + nn, T(0));
+        }
+        store_tile(sum, n, n, 0, 0, out, ldo, beta, write_upper);
         return;
     }
 
