@@ -1,0 +1,624 @@
+"""Argument checks shared by every kernel module.
+
+``ngdfast.reference``, the compiled wrappers in ``ngdfast._kernels`` and
+``ngdfast.cuda`` all validate through this module, so one bad input raises the
+same exception with the same message whichever backend runs it (the tests
+check this).  Messages start with the public function's name and name the
+argument and the shapes involved.
+
+Two layers:
+
+* building blocks (:func:`real_array`, :func:`matrix_shape`, :func:`rhs`,
+  :func:`nonnegative`, :func:`normalized_weights`, :func:`check_out`,
+  :func:`require_finite`, :func:`not_positive_definite`, ...);
+* one ``<kernel>_args`` function per kernel that runs the checks in a fixed
+  order and returns the normalised arguments (one float dtype for all data
+  arrays, weights normalised to sum 1, ``g`` as a (P, K) matrix).
+
+Data arrays are only touched through ``.ndim``, ``.shape``, ``.dtype``, the
+``all_finite`` callable and the ``cast`` callable, so device arrays (anything
+with ``__cuda_array_interface__``) pass through unconverted when the caller
+supplies device versions of those two callables.  Weights are small and are
+always normalised on the host.
+
+Dtype rules: float32 and float64 are kept, float16 becomes float32, bool and
+integers become float64, arrays of different float dtypes promote to the wider
+one, weights take the data dtype; complex, object, string, structured and
+extended-precision (longdouble) data raise ``TypeError``.
+
+The checks are written for the compiled wrappers' fast path (a few
+microseconds at P = 64): dtype comparisons, no copies of float32/float64
+inputs, no per-element Python loops.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from typing import Any, Callable, Optional, Tuple
+
+import numpy as np
+
+from ._errors import NotPositiveDefiniteError
+
+FLOAT32 = np.dtype(np.float32)
+FLOAT64 = np.dtype(np.float64)
+
+#: ``all_finite(a) -> bool``: True when no element of ``a`` is NaN or Inf.
+AllFinite = Callable[[Any], bool]
+#: ``cast(a, dtype) -> array``: ``a`` converted to ``dtype``, no copy when it already is.
+Cast = Callable[[Any, np.dtype], Any]
+
+#: Method names accepted by ``natural_gradient``.
+METHODS = ("auto", "dense", "lowrank")
+
+#: Above this size of the P x P matrix, ``method="auto"`` prefers the sample-space solve
+#: whenever its N x N matrix is smaller, whatever the flop counts say.
+DENSE_BYTES_LIMIT = 2 * 1024**3
+
+_FLOAT64_MAX = float(np.finfo(np.float64).max)
+
+_REJECTED_KINDS = {
+    "c": "complex",
+    "O": "object",
+    "U": "string",
+    "S": "bytes",
+    "V": "structured",
+    "M": "datetime",
+    "m": "timedelta",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# finiteness and casting callables
+
+
+def numpy_all_finite(a: np.ndarray) -> bool:
+    """``all_finite`` for the reference: a NumPy reduction (allocates a boolean temporary)."""
+    return bool(np.isfinite(a).all())
+
+
+def astype(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``cast`` for NumPy arrays: a view when ``a`` already has ``dtype``, else one copy."""
+    return a if a.dtype == dtype else a.astype(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# arrays and dtypes
+
+
+def float_dtype(dtype: np.dtype, func: str, name: str) -> np.dtype:
+    """The float dtype a data array of ``dtype`` is computed in.
+
+    Raises
+    ------
+    TypeError
+        For complex, object, string, structured, datetime and extended-precision data.
+    """
+    kind = dtype.kind
+    if kind == "f":
+        size = dtype.itemsize
+        if size == 8:
+            return FLOAT64
+        if size <= 4:  # float16 is computed in float32
+            return FLOAT32
+        raise TypeError(
+            f"{func}: {name} has dtype {dtype} (extended precision), which is not supported; "
+            "convert it to float64"
+        )
+    if kind in "biu":
+        return FLOAT64
+    what = _REJECTED_KINDS.get(kind, "non-numeric")
+    raise TypeError(
+        f"{func}: {name} has {what} dtype {dtype}; expected real numbers (float32, float64 or integers)"
+    )
+
+
+def real_array(x: Any, func: str, name: str) -> Tuple[Any, np.dtype]:
+    """``x`` as an array (lists are converted, NumPy and device arrays are kept) and its float dtype.
+
+    Returns
+    -------
+    (array, dtype)
+        ``array`` is ``x`` itself when it is an ``np.ndarray`` or a device array
+        (``__cuda_array_interface__``), else ``np.asarray(x)``; ``dtype`` is the float dtype
+        it is computed in (see :func:`float_dtype`).
+    """
+    if type(x) is not np.ndarray and not hasattr(x, "__cuda_array_interface__"):
+        try:
+            x = np.asarray(x)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{func}: {name} could not be converted to an array ({exc})") from None
+    dt = x.dtype
+    if dt is FLOAT64 or dt is FLOAT32:  # fast path: the common dtypes are singletons
+        return x, dt
+    return x, float_dtype(dt, func, name)
+
+
+def wider(*dtypes: np.dtype) -> np.dtype:
+    """The result dtype of data arrays computed in ``dtypes``: float64 if any is, else float32."""
+    for dt in dtypes:
+        if dt == FLOAT64:
+            return FLOAT64
+    return FLOAT32
+
+
+def matrix_shape(a: Any, func: str, name: str, dims: str) -> Tuple[int, int]:
+    """Check that ``a`` is a non-empty 2-D array and return its shape.
+
+    ``dims`` is the expected shape in symbols, e.g. ``"(N, P)"``, used in the message.
+    """
+    if a.ndim != 2:
+        raise ValueError(f"{func}: {name} must be 2-D {dims}, got shape {tuple(a.shape)}")
+    rows, cols = a.shape
+    if rows == 0 or cols == 0:
+        raise ValueError(f"{func}: {name} is empty: expected {dims} with both sizes >= 1, got shape {tuple(a.shape)}")
+    return rows, cols
+
+
+def square_shape(a: Any, size: int, func: str, name: str, dims: str, against: str) -> None:
+    """Check that ``a`` has shape (size, size); ``against`` says where ``size`` comes from."""
+    if a.ndim != 2 or a.shape[0] != size or a.shape[1] != size:
+        raise ValueError(
+            f"{func}: {name} must have shape {dims} = ({size}, {size}) to match {against}, "
+            f"got shape {tuple(a.shape)}"
+        )
+
+
+def rhs(g: Any, p: int, func: str, against: str) -> Tuple[Any, bool]:
+    """Check a right-hand side against P rows and return it as a (P, K) matrix.
+
+    Returns
+    -------
+    (G, vector)
+        ``G`` is ``g`` itself when 2-D, a (P, 1) view when 1-D; ``vector`` says which, so the
+        caller returns a result of ``g``'s shape.
+    """
+    ndim = g.ndim
+    if ndim == 1:
+        if g.shape[0] != p:
+            raise ValueError(f"{func}: g must have P = {p} rows to match {against}, got shape {tuple(g.shape)}")
+        return g.reshape(p, 1), True
+    if ndim == 2:
+        if g.shape[0] != p or g.shape[1] == 0:
+            raise ValueError(
+                f"{func}: g must have shape (P, K) with P = {p} to match {against} and K >= 1, "
+                f"got shape {tuple(g.shape)}"
+            )
+        return g, False
+    raise ValueError(f"{func}: g must be 1-D (P,) or 2-D (P, K), got shape {tuple(g.shape)}")
+
+
+def require_finite(a: Any, func: str, name: str, all_finite: AllFinite) -> None:
+    """Raise ``ValueError`` when ``a`` holds NaN or Inf (integer data is skipped: always finite)."""
+    if a.dtype.kind == "f" and not all_finite(a):
+        raise ValueError(
+            f"{func}: {name} contains NaN or Inf (shape {tuple(a.shape)}); "
+            "pass check_finite=False only if you know it cannot"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# scalars
+
+
+def real_scalar(x: Any, func: str, name: str) -> float:
+    """``x`` as a Python float; ``TypeError`` unless it is a real number (or 0-d real array)."""
+    if type(x) is float or type(x) is int:
+        return float(x)
+    if isinstance(x, numbers.Real):
+        return float(x)
+    if isinstance(x, np.ndarray) and x.ndim == 0 and x.dtype.kind in "biuf":
+        return float(x)
+    raise TypeError(f"{func}: {name} must be a real number, got {type(x).__name__} {x!r}")
+
+
+def nonnegative(x: Any, func: str, name: str) -> float:
+    """A finite real number >= 0, else ``ValueError``."""
+    v = real_scalar(x, func, name)
+    if not (0.0 <= v < math.inf):
+        raise ValueError(f"{func}: {name} must be a finite number >= 0, got {v!r}")
+    return v
+
+
+def positive(x: Any, func: str, name: str, why: str = "") -> float:
+    """A finite real number > 0, else ``ValueError`` (``why`` is appended to the message)."""
+    v = real_scalar(x, func, name)
+    if not (0.0 < v < math.inf):
+        raise ValueError(f"{func}: {name} must be a finite number > 0{why}, got {v!r}")
+    return v
+
+
+def decay_arg(decay: Any, has_out: bool, func: str) -> float:
+    """EMA decay: in [0, 1], and non-zero only when there is an ``out`` to decay."""
+    d = real_scalar(decay, func, "decay")
+    if not (0.0 <= d <= 1.0):
+        raise ValueError(f"{func}: decay must be in [0, 1], got {d!r}")
+    if d != 0.0 and not has_out:
+        raise ValueError(
+            f"{func}: decay={d!r} needs out= (the running estimate F <- decay*F + (1 - decay)*F_batch "
+            "is updated in place)"
+        )
+    return d
+
+
+def num_threads_arg(n: Any, func: str = "set_num_threads") -> int:
+    """A thread count: an integer >= 1, else ``ValueError``."""
+    if isinstance(n, bool):
+        raise ValueError(f"{func}: n must be an integer >= 1, got {n!r}")
+    try:
+        k = operator.index(n)
+    except TypeError:
+        raise ValueError(f"{func}: n must be an integer >= 1, got {type(n).__name__} {n!r}") from None
+    if k < 1:
+        raise ValueError(f"{func}: n must be an integer >= 1, got {k}")
+    return k
+
+
+# --------------------------------------------------------------------------------------------
+# weights and out
+
+
+def _host(x: Any) -> Any:
+    # Weights are N numbers: normalise them on the host even when they live on a GPU.
+    copy_to_host = getattr(x, "copy_to_host", None)
+    return copy_to_host() if copy_to_host is not None else x
+
+
+def normalized_weights(weights: Any, n: int, dtype: np.dtype, func: str, against: str) -> Optional[np.ndarray]:
+    """Check per-row weights and return ``w / sum(w)`` as a new host array of ``dtype``.
+
+    ``None`` (uniform weights ``1/N``) stays ``None``.  The weights are checked whatever
+    ``check_finite`` says: they are only N numbers, and a NaN or negative weight would
+    silently corrupt the estimate.
+
+    Raises
+    ------
+    TypeError
+        For non-real weights.
+    ValueError
+        Wrong shape, NaN/Inf, a negative weight, or all weights zero.
+    """
+    if weights is None:
+        return None
+    w, _ = real_array(_host(weights), func, "weights")
+    if w.ndim != 1 or w.shape[0] != n:
+        raise ValueError(f"{func}: weights must have shape (N,) = ({n},) to match {against}, got shape {tuple(w.shape)}")
+    w64 = np.asarray(w, dtype=np.float64)
+    # Two reductions decide the common case; NaN makes both comparisons fail.
+    lo = float(w64.min())
+    hi = float(w64.max())
+    if not (lo >= 0.0 and hi < math.inf):
+        if not np.isfinite(w64).all():
+            raise ValueError(f"{func}: weights contain NaN or Inf")
+        raise ValueError(f"{func}: weights must be >= 0, got a minimum of {lo!r}")
+    if hi == 0.0:
+        raise ValueError(f"{func}: weights are all zero (the Fisher sum_i w_i j_i j_i^T / sum_i w_i is undefined)")
+    if hi > _FLOAT64_MAX / n:  # the sum could overflow: rescale first
+        w64 = w64 / hi
+    return (w64 / float(w64.sum())).astype(dtype, copy=False)
+
+
+def _is_contiguous(a: Any) -> bool:
+    flags = a.flags
+    return bool(flags["C_CONTIGUOUS"] or flags["F_CONTIGUOUS"])
+
+
+def check_out(out: Any, shape: Tuple[int, ...], dtype: np.dtype, func: str, against: str) -> None:
+    """Check an ``out`` array: exact shape and dtype (no casting), C/F contiguous, writeable."""
+    if not isinstance(out, np.ndarray) and not hasattr(out, "__cuda_array_interface__"):
+        raise TypeError(f"{func}: out must be an array, got {type(out).__name__}")
+    if tuple(out.shape) != shape or out.dtype != dtype:
+        raise ValueError(
+            f"{func}: out must have shape {shape} and dtype {dtype} to match {against}, "
+            f"got shape {tuple(out.shape)} and dtype {out.dtype}"
+        )
+    if not _is_contiguous(out):
+        raise ValueError(f"{func}: out must be C- or Fortran-contiguous (it is updated in place)")
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
+        raise ValueError(f"{func}: out is read-only")
+
+
+# --------------------------------------------------------------------------------------------
+# errors from the factorisations
+
+
+def not_positive_definite(func: str, matrix: str, pivot: int, size: int, damping: float) -> NotPositiveDefiniteError:
+    """The exception for a failed Cholesky factorisation (returned, so callers ``raise`` it).
+
+    Parameters
+    ----------
+    func : str
+        Public function name.
+    matrix : str
+        What was factored, e.g. ``"F + damping*I"``.
+    pivot : int
+        1-based order of the first leading minor that is not positive definite (LAPACK ``info``).
+    size : int
+        Order of the factored matrix.
+    damping : float
+        The damping λ the caller passed.
+    """
+    return NotPositiveDefiniteError(
+        f"{func}: {matrix} is not positive definite: Cholesky failed at pivot {pivot} of {size} "
+        f"with damping={damping:.6g}; increase the damping",
+        pivot=pivot,
+        damping=damping,
+    )
+
+
+#: ``matrix`` descriptions for :func:`not_positive_definite`.
+DENSE_MATRIX = "F + damping*I"
+SAMPLE_MATRIX = "the sample-space matrix J_w J_w^T + damping*I (N x N)"
+
+
+def kfac_not_positive_definite(
+    func: str, factor: str, pivot: int, size: int, damping: float, damping_a: float, damping_s: float
+) -> NotPositiveDefiniteError:
+    """:func:`not_positive_definite` for K-FAC factor ``"A"`` or ``"S"``."""
+    if factor == "A":
+        matrix = f"factor A + damping_a*I (damping_a={damping_a:.6g})"
+    else:
+        matrix = f"factor S + damping_s*I (damping_s={damping_s:.6g})"
+    return not_positive_definite(func, matrix, pivot, size, damping)
+
+
+# --------------------------------------------------------------------------------------------
+# cost model and derived scalars
+
+
+def choose_method(n: int, p: int, dtype: Any, damping: float) -> str:
+    """Pick the cheaper natural-gradient solve for ``method="auto"``.
+
+    Flop counts (one right-hand side):
+
+    * dense: form F = J^T W J and factor F + λI,       N P^2 + P^3 / 3;
+    * low-rank (Woodbury): form K = J_w J_w^T, factor K + λI, two products with J,
+      N^2 P + N^3 / 3 + 4 N P.
+
+    The low-rank solve divides by λ, so it is only chosen when ``damping > 0``.  When the
+    P x P matrix would take more than :data:`DENSE_BYTES_LIMIT` bytes and the N x N one is
+    smaller, the low-rank solve is chosen whatever the flop counts say.
+
+    Returns
+    -------
+    "dense" or "lowrank"
+    """
+    if not damping > 0.0:
+        return "dense"
+    itemsize = np.dtype(dtype).itemsize
+    n = float(n)
+    p = float(p)
+    if p * p * itemsize > DENSE_BYTES_LIMIT and n < p:
+        return "lowrank"
+    dense = n * p * p + p**3 / 3.0
+    lowrank = n * n * p + n**3 / 3.0 + 4.0 * n * p
+    return "lowrank" if lowrank < dense else "dense"
+
+
+def kfac_damping(
+    trace_a: float, dim_a: int, trace_s: float, dim_s: int, damping: float, factored_damping: bool
+) -> Tuple[float, float]:
+    """Split λ between the K-FAC factors: ``(π sqrt(λ), sqrt(λ) / π)``.
+
+    π = sqrt((tr A / dim A) / (tr S / dim S)) balances the two factors; π = 1 when
+    ``factored_damping`` is False or the ratio is not a finite positive number (a zero trace).
+    """
+    pi = 1.0
+    if factored_damping:
+        mean_s = trace_s / dim_s
+        if mean_s != 0.0:
+            ratio = (trace_a / dim_a) / mean_s
+            if 0.0 < ratio < math.inf:
+                pi = math.sqrt(ratio)
+    root = math.sqrt(damping)
+    return pi * root, root / pi
+
+
+def kl_step_from_quadratic(q: float, epsilon: float, max_step: Optional[float], func: str = "kl_step_size") -> float:
+    """β = sqrt(2 ε / q) capped at ``max_step``, from q = gᵀñ; 0.0 when q == 0.
+
+    Raises
+    ------
+    ValueError
+        When q is negative or not finite (ñ does not come from a positive definite solve).
+    """
+    q = float(q)
+    if not (0.0 <= q < math.inf):
+        raise ValueError(
+            f"{func}: g^T nat_grad = {q!r} must be finite and >= 0; nat_grad should be "
+            "(F + damping*I)^-1 g for a positive semi-definite F"
+        )
+    if q == 0.0:
+        return 0.0
+    # sqrt(2 eps) / sqrt(q) rather than sqrt(2 eps / q): no overflow for subnormal q.
+    beta = math.sqrt(2.0 * epsilon) / math.sqrt(q)
+    if max_step is not None and beta > max_step:
+        beta = max_step
+    return float(beta)
+
+
+# --------------------------------------------------------------------------------------------
+# one function per kernel: fixed check order, normalised arguments
+
+
+def fisher_args(
+    J: Any,
+    weights: Any,
+    out: Any,
+    decay: Any,
+    check_finite: bool,
+    all_finite: AllFinite,
+    cast: Cast = astype,
+    func: str = "fisher",
+) -> Tuple[Any, Optional[np.ndarray], Any, float]:
+    """Validate ``fisher`` arguments; returns ``(J, w, out, decay)``.
+
+    ``J`` is cast to the result dtype, ``w`` is normalised (or None), ``out`` is None or
+    checked (shape (P, P), exactly the result dtype, contiguous, writeable).  Finiteness of
+    ``J`` and, when ``decay > 0`` (``out`` is read), of ``out`` is checked when
+    ``check_finite``.  Nothing is written.
+    """
+    J, dtype = real_array(J, func, "J")
+    n, p = matrix_shape(J, func, "J", "(N, P)")
+    against = f"J of shape {tuple(J.shape)}"
+    w = normalized_weights(weights, n, dtype, func, against)
+    decay = decay_arg(decay, out is not None, func)
+    if out is not None:
+        check_out(out, (p, p), dtype, func, against)
+    J = cast(J, dtype)
+    if check_finite:
+        require_finite(J, func, "J", all_finite)
+        if out is not None and decay > 0.0:
+            require_finite(out, func, "out", all_finite)
+    return J, w, out, decay
+
+
+def damped_solve_args(
+    F: Any,
+    g: Any,
+    damping: Any,
+    check_finite: bool,
+    all_finite: AllFinite,
+    cast: Cast = astype,
+    func: str = "damped_solve",
+) -> Tuple[Any, Any, float, bool]:
+    """Validate ``damped_solve`` arguments; returns ``(F, G, damping, vector)``.
+
+    ``G`` is g as (P, K); F and G share the promoted dtype.  With ``check_finite`` every
+    element of F is checked (also the unread upper triangle: NaN there signals a bug upstream).
+    """
+    F, tf = real_array(F, func, "F")
+    g, tg = real_array(g, func, "g")
+    if F.ndim != 2 or F.shape[0] != F.shape[1]:
+        raise ValueError(f"{func}: F must be square 2-D (P, P), got shape {tuple(F.shape)}")
+    p = F.shape[0]
+    if p == 0:
+        raise ValueError(f"{func}: F is empty: expected (P, P) with P >= 1, got shape {tuple(F.shape)}")
+    G, vector = rhs(g, p, func, f"F of shape {tuple(F.shape)}")
+    damping = nonnegative(damping, func, "damping")
+    dtype = wider(tf, tg)
+    F = cast(F, dtype)
+    G = cast(G, dtype)
+    if check_finite:
+        require_finite(F, func, "F", all_finite)
+        require_finite(G, func, "g", all_finite)
+    return F, G, damping, vector
+
+
+def lowrank_solve_args(
+    J: Any,
+    g: Any,
+    damping: Any,
+    weights: Any,
+    check_finite: bool,
+    all_finite: AllFinite,
+    cast: Cast = astype,
+    func: str = "lowrank_solve",
+    need_positive: bool = True,
+) -> Tuple[Any, Optional[np.ndarray], Any, float, bool]:
+    """Validate ``lowrank_solve`` arguments; returns ``(J, w, G, damping, vector)``.
+
+    With ``need_positive`` (the Woodbury solve divides by λ) damping must be > 0, else >= 0.
+    """
+    J, tj = real_array(J, func, "J")
+    g, tg = real_array(g, func, "g")
+    n, p = matrix_shape(J, func, "J", "(N, P)")
+    against = f"J of shape {tuple(J.shape)}"
+    G, vector = rhs(g, p, func, against)
+    if need_positive:
+        damping = positive(damping, func, "damping", " for the low-rank (Woodbury) solve, which divides by it")
+    else:
+        damping = nonnegative(damping, func, "damping")
+    dtype = wider(tj, tg)
+    w = normalized_weights(weights, n, dtype, func, against)
+    J = cast(J, dtype)
+    G = cast(G, dtype)
+    if check_finite:
+        require_finite(J, func, "J", all_finite)
+        require_finite(G, func, "g", all_finite)
+    return J, w, G, damping, vector
+
+
+def natural_gradient_args(
+    J: Any,
+    g: Any,
+    damping: Any,
+    weights: Any,
+    method: Any,
+    check_finite: bool,
+    all_finite: AllFinite,
+    cast: Cast = astype,
+    func: str = "natural_gradient",
+) -> Tuple[Any, Optional[np.ndarray], Any, float, bool, str]:
+    """Validate ``natural_gradient`` arguments; returns ``(J, w, G, damping, vector, method)``.
+
+    ``method`` comes back resolved to ``"dense"`` or ``"lowrank"`` (``"auto"`` by
+    :func:`choose_method`).
+    """
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"{func}: method must be one of {METHODS}, got {method!r}")
+    J, w, G, damping, vector = lowrank_solve_args(
+        J, g, damping, weights, check_finite, all_finite, cast, func, need_positive=method == "lowrank"
+    )
+    if method == "auto":
+        method = choose_method(J.shape[0], J.shape[1], J.dtype, damping)
+    return J, w, G, damping, vector, method
+
+
+def kl_step_size_args(
+    g: Any, nat_grad: Any, epsilon: Any, max_step: Any, func: str = "kl_step_size"
+) -> Tuple[Any, Any, float, Optional[float]]:
+    """Validate ``kl_step_size`` arguments; returns ``(g, nat_grad, epsilon, max_step)``.
+
+    g and nat_grad are non-empty arrays of the same shape (any number of dimensions >= 1);
+    ε >= 0; ``max_step`` is None or > 0 (+inf allowed: no cap).
+    """
+    g, _ = real_array(g, func, "g")
+    nat_grad, _ = real_array(nat_grad, func, "nat_grad")
+    if g.ndim == 0 or g.size == 0:
+        raise ValueError(f"{func}: g must be a non-empty array (P,), got shape {tuple(g.shape)}")
+    if tuple(g.shape) != tuple(nat_grad.shape):
+        raise ValueError(
+            f"{func}: g and nat_grad must have the same shape, got {tuple(g.shape)} and {tuple(nat_grad.shape)}"
+        )
+    epsilon = nonnegative(epsilon, func, "epsilon")
+    if max_step is not None:
+        max_step = real_scalar(max_step, func, "max_step")
+        if not max_step > 0.0:
+            raise ValueError(f"{func}: max_step must be > 0 (or None), got {max_step!r}")
+    return g, nat_grad, epsilon, max_step
+
+
+def kfac_args(
+    grad: Any,
+    A: Any,
+    S: Any,
+    damping: Any,
+    all_finite: AllFinite,
+    cast: Cast = astype,
+    func: str = "kfac_precondition",
+) -> Tuple[Any, Any, Any, float]:
+    """Validate ``kfac_precondition`` arguments; returns ``(grad, A, S, damping)``.
+
+    grad (out, in), A (in, in), S (out, out), one promoted dtype.  There is no
+    ``check_finite`` switch: all three are always checked (O(size) beside O(in^3 + out^3)).
+    Split the damping afterwards with :func:`kfac_damping`.
+    """
+    grad, tg = real_array(grad, func, "grad")
+    A, ta = real_array(A, func, "A")
+    S, ts = real_array(S, func, "S")
+    n_out, n_in = matrix_shape(grad, func, "grad", "(out, in)")
+    against = f"grad of shape {tuple(grad.shape)}"
+    square_shape(A, n_in, func, "A", "(in, in)", against)
+    square_shape(S, n_out, func, "S", "(out, out)", against)
+    damping = nonnegative(damping, func, "damping")
+    dtype = wider(tg, ta, ts)
+    grad = cast(grad, dtype)
+    A = cast(A, dtype)
+    S = cast(S, dtype)
+    require_finite(grad, func, "grad", all_finite)
+    require_finite(A, func, "A", all_finite)
+    require_finite(S, func, "S", all_finite)
+    return grad, A, S, damping
