@@ -29,7 +29,7 @@ void bind_fisher(py::module_& m) {
         py::arg("a"));
     m.def(
         "fisher",
-        [](const py::array& J, const py::object& w, const py::array& out, double alpha, double beta) {
+        [](const py::array& J, const py::object& w, const py::array& out, double alpha, double beta, bool fresh_out) {
             dispatch(J, [&](auto tag) {
                 using T = decltype(tag);
                 const Strided<T> j = view<T>(J, "J");
@@ -40,10 +40,10 @@ void bind_fisher(py::module_& m) {
                     throw std::invalid_argument("out: must be a writeable contiguous (P, P) array of J's dtype");
                 T* o = static_cast<T*>(const_cast<void*>(out.data()));
                 py::gil_scoped_release release;
-                fisher<T>(j, wp, o, j.cols, static_cast<T>(alpha), static_cast<T>(beta));
+                fisher<T>(j, wp, o, j.cols, static_cast<T>(alpha), static_cast<T>(beta), true, fresh_out);
             });
         },
-        py::arg("J"), py::arg("w"), py::arg("out"), py::arg("alpha"), py::arg("beta"));
+        py::arg("J"), py::arg("w"), py::arg("out"), py::arg("alpha"), py::arg("beta"), py::arg("fresh_out") = false);
 }
 
 }  // namespace ngdfast::bindings

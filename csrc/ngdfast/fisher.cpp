@@ -145,8 +145,21 @@ void gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
 }
 
 template <class T>
-void fisher(const Strided<T>& J, const T* w, T* out, index_t ldo, T alpha, T beta, bool write_upper) {
+void fisher(const Strided<T>& J, const T* w, T* out, index_t ldo, T alpha, T beta, bool write_upper,
+            bool fresh_out) {
     const index_t N = J.rows, P = J.cols;
+    if (fresh_out && P * ldo * index_t(sizeof(T)) >= (index_t(8) << 20)) {
+        // One store per 4 KiB page faults it in; the tiles then overwrite it.
+        const index_t per_page = 4096 / index_t(sizeof(T)), total = P * ldo;
+        const index_t n_pages = (total + per_page - 1) / per_page;
+        Team team(true);
+        const index_t chunks = 4 * team.slots();
+        const index_t step = (n_pages + chunks - 1) / chunks;
+        team.run(chunks, [&](std::ptrdiff_t c, int) {
+            const index_t p1 = std::min(n_pages, (c + 1) * step);
+            for (index_t p = c * step; p < p1; ++p) reinterpret_cast<volatile T*>(out)[p * per_page] = T(0);
+        });
+    }
     Panel<T> panel;
     T scale = alpha;
     if (w) {
@@ -196,7 +209,7 @@ bool all_finite(const Strided<T>& a) {
 
 #define NGDFAST_INSTANTIATE(T)                                                                  \
     template void gram<T>(const GramOperand<T>&, T, T*, index_t, T, bool);                      \
-    template void fisher<T>(const Strided<T>&, const T*, T*, index_t, T, T, bool);              \
+    template void fisher<T>(const Strided<T>&, const T*, T*, index_t, T, T, bool, bool);              \
     template bool all_finite<T>(const T*, index_t);                                             \
     template bool all_finite<T>(const Strided<T>&);
 NGDFAST_INSTANTIATE(float)

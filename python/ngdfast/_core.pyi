@@ -21,8 +21,11 @@ _Float = Union[npt.NDArray[np.float32], npt.NDArray[np.float64]]
 def all_finite(a: _Float) -> bool:
     """True when no element of ``a`` (any shape, any strides) is NaN or Inf."""
 
-def fisher(J: _Float, w: Optional[_Float], out: _Float, alpha: float, beta: float) -> None:
+def fisher(J: _Float, w: Optional[_Float], out: _Float, alpha: float, beta: float, fresh_out: bool = False) -> None:
     """``out = beta * out + alpha * J.T @ diag(w) @ J`` elementwise, in place.
+
+    ``fresh_out``: out was just allocated and never written; its pages are
+    faulted in by all threads first (page faults inside the tile stores are slow).
 
     ``w`` is None (meaning ``w_i = 1/N``) or non-negative weights of shape (N,).
     ``out`` is (P, P), C- or Fortran-contiguous; with ``beta == 0`` it is not read.

@@ -71,7 +71,7 @@ def fisher(J, weights=None, *, out=None, decay=0.0, check_finite=True):
     p = J.shape[1]
     if out is None:
         out = np.empty((p, p), dtype=J.dtype)
-        _core.fisher(J, w, out, 1.0, 0.0)
+        _core.fisher(J, w, out, 1.0, 0.0, True)
         return out
     if np.may_share_memory(out, J):
         J = J.copy()  # the core would read J while overwriting it
