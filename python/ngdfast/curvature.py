@@ -1,0 +1,617 @@
+"""Running estimates of the Fisher information matrix.
+
+Four representations of ``F ∈ R^{P×P}`` share one protocol, so the optimizer
+does not care which one it holds:
+
+=====================  ==========================  =================  ====================
+class                  stores                      memory             solve cost
+=====================  ==========================  =================  ====================
+:class:`DenseFisher`     F                           P²                 P³/3 (Cholesky)
+:class:`LowRankFisher`   ≤ max_rows weighted rows    max_rows·P         N²P (Woodbury)
+:class:`DiagonalFisher`  diag F                      P                  P
+:class:`KFACFisher`      A_l, S_l per layer          Σ in_l² + out_l²   Σ in_l³ + out_l³
+=====================  ==========================  =================  ====================
+
+Protocol
+--------
+``update(...)``
+    Fold a batch into the running estimate with the exponential moving average
+    ``F ← decay·F + (1 − decay)·F_batch``. The first update *replaces* the empty
+    estimate (``F = F_batch``) instead of averaging it with zeros, so the scale
+    of F is right from the first step. Inputs are validated first (``ValueError``
+    naming the argument, ``TypeError`` for complex/object data); a rejected
+    update changes no state.
+``solve(g, damping)``
+    ``(F + damping·I)⁻¹ g`` for g of shape (P,) or (P, K).
+    ``NotPositiveDefiniteError`` when the damped matrix is not positive definite.
+``mv(v)``
+    ``F v``.
+``to_dense()``
+    F as a new (P, P) array.
+``nbytes``, ``n_params``, ``decay``, ``n_updates``
+``snapshot()`` / ``restore(snapshot)``
+    Copy of the state and its reinstatement, used by the optimizer to undo an
+    update whose step failed.
+
+Reuse of factorisations: the first ``solve`` after an update (or with a new
+damping) factors and solves in one kernel call, which is the optimizer's pattern
+of one solve per update and costs nothing extra. A *second* ``solve`` with the
+same state and damping builds the inverse of the damped matrix (dense: P×P;
+low-rank: the N×N Woodbury core), keeps it until the next ``update`` or damping
+change, and answers this and later solves with matrix-vector products; so a
+trainer that refreshes the curvature every k steps pays for one factorisation
+per refresh. The diagonal keeps ``1 / (d + λ)`` from its first solve. K-FAC
+factors are small (layer widths) and are refactored on each solve by
+``kfac_precondition``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from ._core import all_finite
+from ._errors import NotPositiveDefiniteError
+from ._kernels import damped_solve, fisher, kfac_precondition, lowrank_solve
+
+__all__ = ["Curvature", "DenseFisher", "DiagonalFisher", "KFACFisher", "LowRankFisher"]
+
+
+@runtime_checkable
+class Curvature(Protocol):
+    """What :class:`ngdfast.NaturalGradient` needs from a Fisher estimate."""
+
+    n_params: int
+    decay: float
+
+    def update(self, *stats, weights=None) -> None: ...
+    def solve(self, g: np.ndarray, damping: float) -> np.ndarray: ...
+    def mv(self, v: np.ndarray) -> np.ndarray: ...
+    def to_dense(self) -> np.ndarray: ...
+    def snapshot(self) -> object: ...
+    def restore(self, snapshot: object) -> None: ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+
+# --------------------------------------------------------------------- checks
+def _float_array(x, name: str) -> np.ndarray:
+    """``x`` as an array of a float dtype, under the package's dtype rules."""
+    a = np.asarray(x)
+    if a.dtype.kind not in "fiub" or a.dtype == np.longdouble:
+        raise TypeError(f"{name}: unsupported dtype {a.dtype}")
+    if a.dtype.kind != "f":
+        a = a.astype(np.float64)
+    elif a.dtype == np.float16:
+        a = a.astype(np.float32)
+    return a
+
+
+def _check_rows(J, n_cols: int, dtype, name: str) -> np.ndarray:
+    J = _float_array(J, name)
+    if J.ndim != 2 or J.shape[1] != n_cols:
+        raise ValueError(f"{name}: expected shape (N, {n_cols}), got {J.shape}")
+    if J.shape[0] == 0:
+        raise ValueError(f"{name}: empty batch (shape {J.shape})")
+    if not all_finite(J):
+        raise ValueError(f"{name}: contains NaN or Inf")
+    return J.astype(dtype, copy=False)
+
+
+def _check_weights(weights, n: int, dtype) -> np.ndarray | None:
+    """Weights normalised to sum 1, or None for uniform."""
+    if weights is None:
+        return None
+    w = _float_array(weights, "weights")
+    if w.shape != (n,):
+        raise ValueError(f"weights: expected shape ({n},), got {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("weights: contains NaN or Inf")
+    if np.any(w < 0):
+        raise ValueError("weights: must be non-negative")
+    total = w.sum(dtype=np.float64)
+    if not total > 0:
+        raise ValueError("weights: all zero")
+    return (w / total).astype(dtype)
+
+
+def _check_damping(damping) -> float:
+    d = float(damping)
+    if not np.isfinite(d) or d < 0:
+        raise ValueError(f"damping must be finite and >= 0, got {damping}")
+    return d
+
+
+def _check_decay(decay) -> float:
+    d = float(decay)
+    if not 0.0 <= d < 1.0:
+        raise ValueError(f"decay must lie in [0, 1), got {decay}")
+    return d
+
+
+def _check_vector(g, n: int, name: str) -> np.ndarray:
+    g = _float_array(g, name)
+    if g.ndim not in (1, 2) or g.shape[0] != n:
+        raise ValueError(f"{name}: expected shape ({n},) or ({n}, K), got {g.shape}")
+    if not all_finite(g):
+        raise ValueError(f"{name}: contains NaN or Inf")
+    return g
+
+
+def _copied(value):
+    """Arrays (alone or in a list) copied; everything else in our state is immutable."""
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    return value
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+class _RunningFisher:
+    """State shared by the representations: size, EMA decay, update counter.
+
+    ``_version`` changes on every update and restore; solve caches are keyed
+    by ``(_version, damping)``.
+    """
+
+    def __init__(self, n_params: int, decay: float, dtype):
+        n_params = int(n_params)
+        if n_params < 1:
+            raise ValueError(f"n_params must be >= 1, got {n_params}")
+        self.n_params = n_params
+        self.decay = _check_decay(decay)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.n_updates = 0
+        self._version = 0
+        self._cache_key = None
+        self._cache = None
+
+    def _batch_decay(self) -> float:
+        """Weight of the old estimate in this update: 0 for the first one."""
+        return self.decay if self.n_updates else 0.0
+
+    def _updated(self) -> None:
+        self.n_updates += 1
+        self._version += 1
+        self._cache_key = self._cache = None
+
+    def _state(self) -> dict:
+        # The version and the solve cache are bookkeeping, not part of the estimate.
+        return {k: v for k, v in vars(self).items() if k not in ("_version", "_cache_key", "_cache")}
+
+    def snapshot(self) -> dict:
+        """A copy of the estimate, restorable with :meth:`restore`."""
+        return {k: _copied(v) for k, v in self._state().items()}
+
+    def restore(self, snapshot: dict) -> None:
+        """Reinstate a :meth:`snapshot` exactly (the snapshot stays reusable)."""
+        self._reinstate({k: _copied(v) for k, v in snapshot.items()})
+
+    def _reinstate(self, state: dict) -> None:
+        vars(self).update(state)
+        self._version += 1  # a new cache key: nothing solved before applies
+        self._cache_key = self._cache = None
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(n_params={self.n_params}, decay={self.decay}, "
+            f"n_updates={self.n_updates}, nbytes={self.nbytes})"
+        )
+
+
+class DenseFisher(_RunningFisher):
+    """The full P×P Fisher matrix.
+
+    ``update(J, weights=None)`` forms ``F_batch = Σ_i w_i j_i j_iᵀ / Σ_i w_i``
+    and applies the EMA in place (the ``fisher(out=..., decay=...)`` kernel);
+    ``solve`` is a Cholesky solve of ``(F + λI) x = g`` (``damped_solve``).
+
+    Parameters
+    ----------
+    n_params : int
+        P.
+    decay : float in [0, 1)
+        EMA factor; 0 keeps only the latest batch.
+    dtype : float32 or float64
+        Storage and compute precision; score rows are cast to it.
+    """
+
+    def __init__(self, n_params: int, *, decay: float = 0.95, dtype=np.float64):
+        super().__init__(n_params, decay, dtype)
+        self._F = np.zeros((self.n_params, self.n_params), dtype=self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        extra = self._cache.nbytes if isinstance(self._cache, np.ndarray) else 0
+        return self._F.nbytes + extra
+
+    def update(self, J, weights=None) -> None:
+        """Fold the score rows ``J`` (N, P) with optional weights (N,) into F."""
+        J = _check_rows(J, self.n_params, self.dtype, "J")
+        w = _check_weights(weights, J.shape[0], self.dtype)
+        fisher(J, w, out=self._F, decay=self._batch_decay(), check_finite=False)  # checked above
+        self._updated()
+
+    def solve(self, g, damping: float) -> np.ndarray:
+        """``(F + damping·I)⁻¹ g``; see the module notes on reuse."""
+        g = _check_vector(g, self.n_params, "g")
+        damping = _check_damping(damping)
+        key = (self._version, damping)
+        if self._cache_key != key:
+            x = damped_solve(self._F, g, damping, check_finite=False)
+            self._cache_key, self._cache = key, None
+            return x
+        if self._cache is None:
+            eye = np.eye(self.n_params, dtype=self.dtype)
+            self._cache = damped_solve(self._F, eye, damping, check_finite=False)
+        return self._cache @ g
+
+    def mv(self, v) -> np.ndarray:
+        """``F v``."""
+        return self._F @ _check_vector(v, self.n_params, "v")
+
+    def to_dense(self) -> np.ndarray:
+        return self._F.copy()
+
+
+class LowRankFisher(_RunningFisher):
+    """The Fisher kept as weighted score rows: ``F = Σ_r w_r j_r j_rᵀ / Σ_r w_r``.
+
+    Each update scales the stored rows' weights by ``decay`` and appends the
+    batch's rows with total weight ``1 − decay`` (the first batch: weight 1),
+    which is the EMA of the dense representation row by row. Past ``max_rows``
+    rows the oldest are dropped; the remaining weights are renormalised by the
+    kernels, i.e. the estimate becomes the EMA over the kept window. A single
+    batch with more than ``max_rows`` rows keeps its ``max_rows`` heaviest rows,
+    which loses little for ``kind="exact"`` scores whose weights p_ik are mostly
+    tiny. Rows with zero weight are not stored.
+
+    ``solve`` uses the Woodbury identity in sample space (``lowrank_solve``,
+    O(N²P) with N stored rows); nothing P×P is ever formed, except by
+    ``to_dense``, which builds F on request.
+
+    The stored arrays are never modified in place: an update builds the new
+    (N, P) block (the kept rows, oldest first, then the batch), so a
+    :meth:`snapshot` is a set of references and costs nothing.
+
+    Parameters
+    ----------
+    n_params : int
+    max_rows : int
+        Capacity in rows (memory ``max_rows·P``; solve cost grows as max_rows²).
+    decay : float in [0, 1)
+    dtype : float32 or float64
+    """
+
+    def __init__(self, n_params: int, *, max_rows: int = 1024, decay: float = 0.95, dtype=np.float64):
+        super().__init__(n_params, decay, dtype)
+        max_rows = int(max_rows)
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+        self.max_rows = max_rows
+        self._rows = _frozen(np.zeros((0, self.n_params), dtype=self.dtype))
+        self._w = _frozen(np.zeros(0, dtype=self.dtype))
+
+    @property
+    def nbytes(self) -> int:
+        extra = self._cache.nbytes if isinstance(self._cache, np.ndarray) else 0
+        return self._rows.nbytes + self._w.nbytes + extra
+
+    @property
+    def n_rows(self) -> int:
+        return self._rows.shape[0]
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The stored score rows (n_rows, P), oldest first (read-only)."""
+        return self._rows
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Each stored row's weight, not normalised (read-only)."""
+        return self._w
+
+    def snapshot(self) -> dict:
+        # The arrays are immutable, so references are a faithful copy.
+        return dict(self._state())
+
+    def restore(self, snapshot: dict) -> None:
+        self._reinstate(dict(snapshot))
+
+    def update(self, J, weights=None) -> None:
+        """Append the score rows ``J`` (N, P) with optional weights (N,)."""
+        given = J
+        J = _check_rows(J, self.n_params, self.dtype, "J")
+        w = _check_weights(weights, J.shape[0], self.dtype)
+        if w is None:
+            w = np.full(J.shape[0], 1.0 / J.shape[0], dtype=self.dtype)
+        else:
+            keep = w > 0
+            if not keep.all():
+                J, w = J[keep], w[keep]
+        if J.shape[0] > self.max_rows:
+            heaviest = np.sort(np.argpartition(-w, self.max_rows - 1)[: self.max_rows])
+            J, w = J[heaviest], w[heaviest]
+            w = w / w.sum()
+        m = J.shape[0]
+        kept = min(self.n_rows, self.max_rows - m)
+        decay = self._batch_decay()
+        if kept:
+            rows = np.empty((kept + m, self.n_params), dtype=self.dtype)
+            rows[:kept] = self._rows[self.n_rows - kept :]
+            rows[kept:] = J
+        elif np.shares_memory(J, given if isinstance(given, np.ndarray) else np.asarray(given)):
+            rows = J.copy()  # never keep a reference to the caller's array
+        else:
+            rows = J  # already a private copy (converted or selected)
+        self._rows = _frozen(rows)
+        self._w = _frozen(np.concatenate([decay * self._w[self._w.shape[0] - kept :], (1.0 - decay) * w]))
+        self._updated()
+
+    def solve(self, g, damping: float) -> np.ndarray:
+        """``(F + damping·I)⁻¹ g`` by Woodbury; ``damping = 0`` raises ``NotPositiveDefiniteError``."""
+        g = _check_vector(g, self.n_params, "g")
+        damping = _check_damping(damping)
+        if damping == 0:
+            # Woodbury divides by λ; with N < P rows F is singular anyway.
+            raise NotPositiveDefiniteError(
+                f"LowRankFisher.solve needs damping > 0 (F from {self.n_rows} rows has rank < "
+                f"{self.n_params} or the Woodbury form is unavailable); increase the damping",
+                pivot=min(self.n_rows + 1, self.n_params),
+                damping=damping,
+            )
+        if self.n_rows == 0:
+            return g / damping
+        R, w = self._rows, self._w
+        key = (self._version, damping)
+        if self._cache_key != key:
+            x = lowrank_solve(R, g, damping, w, check_finite=False)
+            self._cache_key, self._cache = key, None
+            return x
+        # Woodbury: with U = diag(s) R, s = sqrt(w / Σw),
+        # (UᵀU + λI)⁻¹ g = (g − Uᵀ (UUᵀ + λI)⁻¹ U g) / λ; keep (UUᵀ + λI)⁻¹ (N×N).
+        s = np.sqrt(w / w.sum())
+        if self._cache is None:
+            gram = (R @ R.T) * s[:, None] * s[None, :]
+            self._cache = damped_solve(gram, np.eye(self.n_rows, dtype=self.dtype), damping)
+        Ug = (R @ g) * (s if g.ndim == 1 else s[:, None])
+        core = self._cache @ Ug
+        return (g - R.T @ (core * (s if g.ndim == 1 else s[:, None]))) / damping
+
+    def mv(self, v) -> np.ndarray:
+        """``F v = Rᵀ (w ⊙ R v) / Σw`` in O(N·P)."""
+        v = _check_vector(v, self.n_params, "v")
+        if self.n_rows == 0:
+            return np.zeros_like(v, dtype=np.result_type(v, self.dtype))
+        R, w = self._rows, self._w
+        wn = w / w.sum()
+        return R.T @ ((R @ v) * (wn if v.ndim == 1 else wn[:, None]))
+
+    def to_dense(self) -> np.ndarray:
+        """F as a (P, P) array: the one place this class forms P×P."""
+        if self.n_rows == 0:
+            return np.zeros((self.n_params, self.n_params), dtype=self.dtype)
+        return fisher(self._rows, self._w)
+
+
+class DiagonalFisher(_RunningFisher):
+    """The diagonal of the Fisher: ``d = Σ_i w_i j_i² / Σ_i w_i`` (elementwise square).
+
+    ``solve`` is ``g / (d + λ)``; it raises ``NotPositiveDefiniteError`` when
+    some ``d_j + λ`` is 0 (a parameter no score row touches, with no damping).
+    """
+
+    def __init__(self, n_params: int, *, decay: float = 0.95, dtype=np.float64):
+        super().__init__(n_params, decay, dtype)
+        self._d = np.zeros(self.n_params, dtype=self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        extra = self._cache.nbytes if isinstance(self._cache, np.ndarray) else 0
+        return self._d.nbytes + extra
+
+    @property
+    def diagonal(self) -> np.ndarray:
+        """diag F, a copy."""
+        return self._d.copy()
+
+    def update(self, J, weights=None) -> None:
+        """Fold the score rows ``J`` (N, P) with optional weights (N,) into diag F."""
+        J = _check_rows(J, self.n_params, self.dtype, "J")
+        w = _check_weights(weights, J.shape[0], self.dtype)
+        batch = np.mean(J * J, axis=0) if w is None else w @ (J * J)
+        decay = self._batch_decay()
+        self._d *= decay
+        self._d += (1.0 - decay) * batch
+        self._updated()
+
+    def solve(self, g, damping: float) -> np.ndarray:
+        """``g / (diag F + damping)``."""
+        g = _check_vector(g, self.n_params, "g")
+        damping = _check_damping(damping)
+        key = (self._version, damping)
+        if self._cache_key != key:
+            shifted = self._d + damping
+            bad = np.flatnonzero(shifted <= 0)
+            if bad.size:
+                raise NotPositiveDefiniteError(
+                    f"diag(F) + damping is not positive at index {bad[0]} "
+                    f"(pivot {bad[0] + 1}, damping {damping}); increase the damping",
+                    pivot=int(bad[0]) + 1,
+                    damping=damping,
+                )
+            self._cache_key, self._cache = key, 1.0 / shifted
+        return g * (self._cache if g.ndim == 1 else self._cache[:, None])
+
+    def mv(self, v) -> np.ndarray:
+        v = _check_vector(v, self.n_params, "v")
+        return v * (self._d if v.ndim == 1 else self._d[:, None])
+
+    def to_dense(self) -> np.ndarray:
+        return np.diag(self._d)
+
+
+class KFACFisher(_RunningFisher):
+    """Kronecker-factored Fisher: block diagonal over layers, ``F_l ≈ S_l ⊗ A_l``.
+
+    For a layer with weights ``W`` of shape (out, in) (bias as the last input
+    column), ``A = fisher(ā)`` over its inputs ā (N, in) and ``S = fisher(δ)``
+    over the gradients of log p with respect to its outputs δ (N, out); with the
+    row-major flattening of W, ``F_layer ≈ S ⊗ A`` and the damped solve is
+    ``X = S̃⁻¹ G Ã⁻¹`` (``kfac_precondition``, with factored Tikhonov damping
+    ``Ã = A + π√λ I``, ``S̃ = S + (√λ/π) I``).
+
+    Parameters
+    ----------
+    layer_shapes : sequence of (out, in)
+        Shapes of the per-layer weight matrices, e.g. ``model.layer_shapes``.
+    decay : float in [0, 1)
+        EMA factor of both factors.
+    dtype : float32 or float64
+    factored_damping : bool
+        Use the π-balanced damping (else π = 1).
+    """
+
+    def __init__(self, layer_shapes: Sequence[tuple[int, int]], *, decay: float = 0.95, dtype=np.float64,
+                 factored_damping: bool = True):
+        shapes = []
+        for l, shape in enumerate(layer_shapes):
+            if len(shape) != 2 or int(shape[0]) < 1 or int(shape[1]) < 1:
+                raise ValueError(f"layer_shapes[{l}]: expected (out, in) positive, got {shape}")
+            shapes.append((int(shape[0]), int(shape[1])))
+        if not shapes:
+            raise ValueError("layer_shapes: at least one layer")
+        super().__init__(sum(o * i for o, i in shapes), decay, dtype)
+        self.layer_shapes = shapes
+        self.factored_damping = bool(factored_damping)
+        self._offsets = np.cumsum([0] + [o * i for o, i in shapes]).tolist()
+        self._A = [np.zeros((i, i), dtype=self.dtype) for _, i in shapes]
+        self._S = [np.zeros((o, o), dtype=self.dtype) for o, _ in shapes]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._A) + sum(s.nbytes for s in self._S)
+
+    @property
+    def factors(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(A_l, S_l)`` per layer (copies)."""
+        return [(A.copy(), S.copy()) for A, S in zip(self._A, self._S)]
+
+    def split(self, flat) -> list[np.ndarray]:
+        """Per-layer (out, in) views of a flat (P,) vector."""
+        flat = np.asarray(flat)
+        if flat.shape != (self.n_params,):
+            raise ValueError(f"expected a flat vector of shape ({self.n_params},), got {flat.shape}")
+        return [
+            flat[a:b].reshape(shape)
+            for a, b, shape in zip(self._offsets[:-1], self._offsets[1:], self.layer_shapes)
+        ]
+
+    def flatten(self, layers: Sequence[np.ndarray]) -> np.ndarray:
+        """Concatenate per-layer matrices into a flat (P,) vector."""
+        return np.concatenate([np.ravel(X) for X in self._check_layers(layers, "layers")])
+
+    def _check_layers(self, layers, name: str) -> list[np.ndarray]:
+        if len(layers) != len(self.layer_shapes):
+            raise ValueError(f"{name}: expected {len(self.layer_shapes)} layers, got {len(layers)}")
+        out = []
+        for l, (X, shape) in enumerate(zip(layers, self.layer_shapes)):
+            X = _float_array(X, f"{name}[{l}]")
+            if X.shape != shape:
+                raise ValueError(f"{name}[{l}]: expected shape {shape}, got {X.shape}")
+            if not all_finite(X):
+                raise ValueError(f"{name}[{l}]: contains NaN or Inf")
+            out.append(X)
+        return out
+
+    def update(self, activations, output_grads, weights=None) -> None:
+        """Fold per-layer statistics into the factors.
+
+        Parameters
+        ----------
+        activations : sequence of ndarray (N_l, in_l)
+            Layer inputs with the ones column (``model.kfac_stats``).
+        output_grads : sequence of ndarray (M_l, out_l)
+            Gradients of log p with respect to the layer outputs; M_l may
+            differ from N_l (A and S are separate averages).
+        weights : ndarray (N,), optional
+            Row weights for both factors; then every layer needs N_l = M_l = N.
+        """
+        n = len(self.layer_shapes)
+        if len(activations) != n or len(output_grads) != n:
+            raise ValueError(
+                f"expected {n} layers of activations and output_grads, "
+                f"got {len(activations)} and {len(output_grads)}"
+            )
+        # Everything is checked before any factor is touched, so a bad layer
+        # leaves all layers as they were.
+        acts, grads, ws = [], [], []
+        for l, (out, inp) in enumerate(self.layer_shapes):
+            a = _check_rows(activations[l], inp, self.dtype, f"activations[{l}]")
+            d = _check_rows(output_grads[l], out, self.dtype, f"output_grads[{l}]")
+            w = _check_weights(weights, a.shape[0], self.dtype)
+            if w is not None and d.shape[0] != a.shape[0]:
+                raise ValueError(
+                    f"weights: need as many rows in output_grads[{l}] {d.shape} "
+                    f"as in activations[{l}] {a.shape}"
+                )
+            acts.append(a)
+            grads.append(d)
+            ws.append(w)
+        decay = self._batch_decay()
+        for A, S, a, d, w in zip(self._A, self._S, acts, grads, ws):
+            fisher(a, w, out=A, decay=decay, check_finite=False)
+            fisher(d, w, out=S, decay=decay, check_finite=False)
+        self._updated()
+
+    def solve(self, g, damping: float):
+        """Precondition per layer: ``X_l = S̃_l⁻¹ G_l Ã_l⁻¹``.
+
+        ``g`` is a flat (P,) vector (returns flat) or a list of per-layer
+        (out, in) gradients (returns a list).
+        """
+        damping = _check_damping(damping)
+        flat = not isinstance(g, (list, tuple))
+        if flat:
+            g = _check_vector(g, self.n_params, "g")
+            if g.ndim != 1:
+                raise ValueError(f"g: KFACFisher.solve takes a flat (P,) vector, got {g.shape}")
+            layers = self.split(g)
+        else:
+            layers = self._check_layers(g, "g")
+        result = []
+        for l, (G, A, S) in enumerate(zip(layers, self._A, self._S)):
+            try:
+                result.append(kfac_precondition(G, A, S, damping, factored_damping=self.factored_damping))
+            except NotPositiveDefiniteError as e:
+                raise NotPositiveDefiniteError(f"layer {l}: {e}", pivot=e.pivot, damping=damping) from e
+        return np.concatenate([X.ravel() for X in result]) if flat else result
+
+    def mv(self, v):
+        """``F v`` with ``(S ⊗ A) vec(V) = vec(S V A)`` per layer; flat or per-layer like solve."""
+        flat = not isinstance(v, (list, tuple))
+        if flat:
+            v = _check_vector(v, self.n_params, "v")
+            if v.ndim != 1:
+                raise ValueError(f"v: KFACFisher.mv takes a flat (P,) vector, got {v.shape}")
+            layers = self.split(v)
+        else:
+            layers = self._check_layers(v, "v")
+        result = [S @ V @ A for V, A, S in zip(layers, self._A, self._S)]
+        return np.concatenate([X.ravel() for X in result]) if flat else result
+
+    def to_dense(self) -> np.ndarray:
+        """Block-diagonal ``diag(S_1 ⊗ A_1, ..., S_L ⊗ A_L)`` (P, P)."""
+        F = np.zeros((self.n_params, self.n_params), dtype=self.dtype)
+        for a, b, A, S in zip(self._offsets[:-1], self._offsets[1:], self._A, self._S):
+            F[a:b, a:b] = np.kron(S, A)
+        return F
