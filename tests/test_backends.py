@@ -143,3 +143,12 @@ def test_bitwise_reproducible(threads, n, p):
     ):
         first = call().tobytes()
         assert all(call().tobytes() == first for _ in range(8))
+
+
+@pytest.mark.parametrize("module", [ngdfast, reference])
+def test_nan_pivot_is_not_positive_definite_without_finite_check(module):
+    # check_finite=False skips the scan, not the pivot test: a NaN pivot is
+    # reported, never returned as a NaN answer.
+    F = np.diag([1.0, np.nan, 1.0])
+    with pytest.raises(ngdfast.NotPositiveDefiniteError, match="pivot 2 of 3"):
+        module.damped_solve(F, np.ones(3), 0.0, check_finite=False)

@@ -78,9 +78,12 @@ def _failing_pivot(M: np.ndarray) -> int:
 def _cholesky(M: np.ndarray) -> Tuple[Optional[np.ndarray], int]:
     """``(L, 0)`` with M = L Lᵀ (lower), or ``(None, pivot)`` when M is not positive definite."""
     try:
-        return np.linalg.cholesky(M), 0
+        L = np.linalg.cholesky(M)
     except np.linalg.LinAlgError:
         return None, _failing_pivot(M)
+    if not (np.diagonal(L) > 0).all():  # some LAPACKs let a NaN pivot through
+        return None, _failing_pivot(M)
+    return L, 0
 
 
 def _cholesky_solve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
