@@ -1,8 +1,5 @@
 #include "ngdfast/fisher.hpp"
 
-#if defined(__AVX512F__) || defined(__AVX__)
-#include <immintrin.h>
-#endif
 
 #include <algorithm>
 #include <cmath>
@@ -26,83 +23,37 @@ std::vector<T>& scratch(std::size_t n) {
     return buf;
 }
 
-// dst[e] = src[e * stride] for e < n. The result is written once and not read
-// again soon (a P x P Fisher is far larger than the caches), so full cache
-// lines go out as non-temporal stores: that skips reading each line in before
-// overwriting it, which cost ~10% of the Fisher's time on the reference
-// machine. Callers issue store_fence() before anyone reads the data.
-template <class T>
-void stream_copy(T* dst, const T* src, index_t stride, index_t n) {
-    index_t e = 0;
-#if defined(__AVX512F__) || defined(__AVX__)
-    constexpr index_t line = 64 / index_t(sizeof(T));
-    const index_t misalign = index_t(reinterpret_cast<std::uintptr_t>(dst) % 64);
-    if (misalign % index_t(sizeof(T)) == 0) {
-        const index_t head = std::min(n, misalign == 0 ? 0 : (64 - misalign) / index_t(sizeof(T)));
-        for (; e < head; ++e) dst[e] = src[e * stride];
-        alignas(64) T buf[line];
-        for (; e + line <= n; e += line) {
-            const T* s = src + e * stride;
-            for (index_t q = 0; q < line; ++q) buf[q] = s[q * stride];
-#if defined(__AVX512F__)
-            if constexpr (sizeof(T) == 8)
-                _mm512_stream_pd(reinterpret_cast<double*>(dst + e), _mm512_load_pd(reinterpret_cast<double*>(buf)));
-            else
-                _mm512_stream_ps(reinterpret_cast<float*>(dst + e), _mm512_load_ps(reinterpret_cast<float*>(buf)));
-#else
-            for (index_t h = 0; h < line; h += 32 / index_t(sizeof(T))) {
-                if constexpr (sizeof(T) == 8)
-                    _mm256_stream_pd(reinterpret_cast<double*>(dst + e + h), _mm256_load_pd(reinterpret_cast<double*>(buf + h)));
-                else
-                    _mm256_stream_ps(reinterpret_cast<float*>(dst + e + h), _mm256_load_ps(reinterpret_cast<float*>(buf + h)));
-            }
-#endif
-        }
-    }
-#endif
-    for (; e < n; ++e) dst[e] = src[e * stride];
-}
-
-void store_fence() {
-#if defined(__AVX512F__) || defined(__AVX__)
-    _mm_sfence();
-#endif
-}
-
 // Writes tile t (bi x bj, column-major, leading dimension bi) of X X^T whose
-// top-left corner is (i0, j0), i0 >= j0, into out by out = beta*out + t.
+// top-left corner is (i0, j0), i0 >= j0, into out by out = beta*out + t, in
+// both triangles. One pass over 32 x 32 blocks: each block of t is read once,
+// while it is in L1, for its column-major (lower) and transposed (upper)
+// destinations.
 template <class T>
 void store_tile(const T* t, index_t bi, index_t bj, index_t i0, index_t j0, T* out, index_t ldo, T beta,
                 bool write_upper) {
     const bool diag = i0 == j0;
-    if (beta == T(0)) {
-        for (index_t j = 0; j < bj; ++j) {
-            const index_t i_begin = diag ? j : 0;
-            stream_copy(out + (j0 + j) * ldo + i0 + i_begin, t + j * bi + i_begin, 1, bi - i_begin);
-        }
-        if (write_upper)
-            for (index_t i = 0; i < bi; ++i)  // out(j0 + j, i0 + i) = t(i, j)
-                stream_copy(out + (i0 + i) * ldo + j0, t + i, bi, diag ? std::min(i, bj) : bj);
-        store_fence();
-        return;
-    }
-    for (index_t j = 0; j < bj; ++j) {
-        const index_t i_begin = diag ? j : 0;
-        T* col = out + (j0 + j) * ldo + i0;
-        const T* tc = t + j * bi;
-        for (index_t i = i_begin; i < bi; ++i) col[i] = beta * col[i] + tc[i];
-    }
-    if (!write_upper) return;
-    // Mirror in small square blocks so both the tile and out stay in cache.
-    constexpr index_t kb = 16;
-    for (index_t ib = 0; ib < bi; ib += kb) {
-        const index_t ie = std::min(bi, ib + kb);
-        for (index_t jb = 0; jb < bj; jb += kb) {
-            const index_t je = std::min(bj, jb + kb);
-            for (index_t i = ib; i < ie; ++i) {
-                T* row = out + (i0 + i) * ldo + j0;  // out(j0 + j, i0 + i)
-                const index_t j_end = diag ? std::min(je, i) : je;
-                for (index_t j = jb; j < j_end; ++j) row[j] = beta * row[j] + t[i + j * bi];
+    constexpr index_t kb = 32;
+    for (index_t jb = 0; jb < bj; jb += kb) {
+        const index_t je = std::min(bj, jb + kb);
+        for (index_t ib = diag ? jb : 0; ib < bi; ib += kb) {
+            const index_t ie = std::min(bi, ib + kb);
+            for (index_t j = jb; j < je; ++j) {  // out(i0 + i, j0 + j), lower
+                const index_t is = diag ? std::max(ib, j) : ib;
+                T* col = out + (j0 + j) * ldo + i0;
+                const T* tc = t + j * bi;
+                if (beta == T(0))
+                    for (index_t i = is; i < ie; ++i) col[i] = tc[i];
+                else
+                    for (index_t i = is; i < ie; ++i) col[i] = beta * col[i] + tc[i];
+            }
+            if (!write_upper) continue;
+            for (index_t i = ib; i < ie; ++i) {  // out(j0 + j, i0 + i), upper
+                const index_t je2 = diag ? std::min(je, i) : je;
+                T* row = out + (i0 + i) * ldo + j0;
+                if (beta == T(0))
+                    for (index_t j = jb; j < je2; ++j) row[j] = t[i + j * bi];
+                else
+                    for (index_t j = jb; j < je2; ++j) row[j] = beta * row[j] + t[i + j * bi];
             }
         }
     }
@@ -120,8 +71,10 @@ void tile_product(const GramOperand<T>& x, index_t i0, index_t bi, index_t j0, i
 }
 
 // Largest output tile: the tile GEMM runs near peak from about this size on
-// (OpenBLAS packs each operand block once per tile, an O(1/b) overhead).
-constexpr index_t kTileMax = 512;
+// (OpenBLAS packs each operand block once per tile, an O(1/b) overhead), and a
+// double tile (1.1 MiB) still sits in one core's L2 for the store. 256, 384
+// and 512 measured within noise of each other at N=512, P=4096.
+constexpr index_t kTileMax = 384;
 
 // Block size for outputs larger than one tile: as large as possible while the
 // lower triangle still holds several tiles per thread for load balance.
