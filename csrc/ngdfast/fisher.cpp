@@ -86,42 +86,52 @@ index_t choose_block(index_t n, int threads) {
     return (b + 7) / 8 * 8;
 }
 
+bool split_path(index_t n, index_t k, index_t split_max_n) {
+    return n <= kTileMax || (n <= split_max_n && k >= 4 * n);
+}
+
+// Contraction chunks of the split path: several per thread (dynamic balance),
+// at most 64 MiB of n x n partial buffers, at least 128 columns each.
+template <class T>
+index_t split_chunks(index_t n, index_t k, int threads) {
+    const index_t by_memory = std::max<index_t>(1, (index_t(64) << 20) / (n * n * index_t(sizeof(T))));
+    const index_t chunks = threads == 1 ? 1 : std::min<index_t>(4 * threads, by_memory);
+    return std::max<index_t>(1, std::min<index_t>(chunks, k / 128));
+}
+
+bool parallel_gram(index_t n, index_t k) { return double(n) * double(n) * double(k) >= kParallelFlops; }
+
 }  // namespace
 
 template <class T>
-void gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool write_upper) {
+void gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool write_upper, index_t split_max_n) {
     const index_t n = x.n, k = x.k;
     if (n <= 0) return;
-    const double flops = double(n) * double(n) * double(k);
-    Team team(flops >= kParallelFlops);
+    Team team(parallel_gram(n, k));
     const int threads = team.slots();
 
-    if (n <= kTileMax) {
-        // One output tile: split the contraction. Task s owns buffer s and
-        // adds chunks s, s + T, s + 2T, ... in order, and the buffers are
-        // summed in order, so the result is bitwise reproducible for a given
-        // thread count whichever thread runs which task. This also streams a
-        // wide operand (the N x P Gram of Woodbury) exactly once.
-        const index_t tasks = std::max<index_t>(1, std::min<index_t>(threads, k / 256));
-        const index_t chunks = tasks == 1 ? 1 : 4 * tasks;
-        const index_t step = (k + chunks - 1) / chunks;
+    if (split_path(n, k, split_max_n)) {
+        // Split the contraction into chunks handed out dynamically, each into
+        // its own n x n buffer, summed in chunk order afterwards: bitwise
+        // reproducible for a given thread count, yet a thread slowed by a
+        // competitor (NumPy's OpenBLAS workers spin for ~0.1 s after each
+        // NumPy call) simply takes fewer chunks. A static split measured 2x
+        // slower right after a NumPy call. Buffers are capped at 64 MiB.
         const index_t nn = n * n;
-        std::vector<T> parts(static_cast<std::size_t>(tasks * nn));
-        team.run(tasks, [&](std::ptrdiff_t s, int) {
-            T* part = parts.data() + s * nn;
-            T b0 = T(0);
-            for (index_t c = s; c < chunks; c += tasks) {
-                const index_t k0 = c * step, bk = std::min(k, k0 + step) - k0;
-                if (bk <= 0) continue;
-                syrk_lower<T>(x.xt ? 'T' : 'N', n, bk, alpha, x.at(0, k0), x.ld, b0, part, n);
-                b0 = T(1);
-            }
-            if (b0 == T(0))
+        const index_t chunks = split_chunks<T>(n, k, threads);
+        const index_t step = (k + chunks - 1) / chunks;
+        std::vector<T> parts(static_cast<std::size_t>(chunks * nn));
+        team.run(chunks, [&](std::ptrdiff_t c, int) {
+            const index_t k0 = c * step, bk = std::max<index_t>(0, std::min(k, k0 + step) - k0);
+            T* part = parts.data() + c * nn;
+            if (bk == 0)
                 for (index_t j = 0; j < n; ++j) std::fill(part + j * n + j, part + (j + 1) * n, T(0));
+            else
+                syrk_lower<T>(x.xt ? 'T' : 'N', n, bk, alpha, x.at(0, k0), x.ld, T(0), part, n);
         });
         T* sum = parts.data();
-        for (index_t s = 1; s < tasks; ++s) {
-            const T* p = parts.data() + s * nn;
+        for (index_t c = 1; c < chunks; ++c) {
+            const T* p = parts.data() + c * nn;
             for (index_t j = 0; j < n; ++j)
                 for (index_t i = j; i < n; ++i) sum[i + j * n] += p[i + j * n];
         }
@@ -210,7 +220,7 @@ bool all_finite(const Strided<T>& a) {
 }
 
 #define NGDFAST_INSTANTIATE(T)                                                                  \
-    template void gram<T>(const GramOperand<T>&, T, T*, index_t, T, bool);                      \
+    template void gram<T>(const GramOperand<T>&, T, T*, index_t, T, bool, index_t);                      \
     template void fisher<T>(const Strided<T>&, const T*, T*, index_t, T, T, bool, bool);              \
     template bool all_finite<T>(const T*, index_t);                                             \
     template bool all_finite<T>(const Strided<T>&);

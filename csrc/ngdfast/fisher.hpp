@@ -22,9 +22,11 @@ struct GramOperand {
 // out that is not symmetric still gets the elementwise EMA; beta == 0 means
 // out is not read. With write_upper == false only the lower triangle (i >= j)
 // is written. Tiles of the lower triangle run on the thread team; when the
-// output is a single tile, the contraction dimension k is split instead.
+// output is a single tile, or when k >= 4n and n <= split_max_n, the
+// contraction dimension k is split instead (one n x n buffer per thread), so
+// that a wide operand is streamed once rather than once per tile row.
 template <class T>
-void gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool write_upper);
+void gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool write_upper, index_t split_max_n = 0);
 
 // out = beta * out + alpha * J^T diag(w) J, J an N x P strided matrix, w the
 // weights (N,) or nullptr for w_i = 1/N. out is P x P with leading dimension

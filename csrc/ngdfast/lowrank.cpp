@@ -19,9 +19,10 @@ index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T da
     const index_t N = J.rows, P = J.cols, m = G.cols;
     const Panel<T> panel = make_panel(J);
     // Gram K = J J^T (lower), then K <- D K D + lam I with D = diag(sqrt(w)).
+    // Sample space is small: the split path's n x n buffers are fine up to N = 2048.
     Matrix<T> K(N, N);
     const GramOperand<T> op{panel.data, panel.ld, panel.transposed, N, P};
-    gram(op, T(1), K.data(), N, T(0), false);
+    gram(op, T(1), K.data(), N, T(0), false, 2048);
     std::vector<T> d(static_cast<std::size_t>(N));
     for (index_t i = 0; i < N; ++i) d[static_cast<std::size_t>(i)] = w ? std::sqrt(w[i]) : T(1) / std::sqrt(T(N));
     for (index_t j = 0; j < N; ++j) {
@@ -32,10 +33,12 @@ index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T da
     if (info != 0) return info;
 
     copy_to(G, x, P);
-    // B = J X (N x m), contraction over P split into chunks across threads.
-    const double flops = 2.0 * double(N) * double(P) * double(m);
-    Team team(flops >= kParallelFlops);
-    const index_t chunks = std::min<index_t>(team.slots(), std::max<index_t>(1, P / 256));
+    // B = J X (N x m), the contraction over P in chunks handed out dynamically
+    // (several per thread, so a thread slowed by a competing process takes
+    // fewer), partial products summed in chunk order (reproducible).
+    Team team(2.0 * double(N) * double(P) * double(m) >= kParallelFlops);
+    const index_t chunks =
+        std::min<index_t>(team.slots() == 1 ? 1 : 4 * team.slots(), std::max<index_t>(1, P / 256));
     const index_t step = (P + chunks - 1) / chunks;
     auto jblock = [&](index_t p0) {  // pointer to J(0, p0) in the panel's layout
         return panel.transposed ? panel.data + p0 : panel.data + p0 * panel.ld;
