@@ -90,13 +90,17 @@ bool split_path(index_t n, index_t k, index_t split_max_n) {
     return n <= kTileMax || (n <= split_max_n && k >= 4 * n);
 }
 
-// Contraction chunks of the split path: several per thread (dynamic balance),
-// at most 64 MiB of n x n partial buffers, at least 128 columns each.
+// Contraction chunks of the split path: several per thread for dynamic
+// balance while each keeps >= 512 columns (shorter SYRKs lose efficiency to
+// packing), at least one per thread while each keeps >= 128, and at most
+// 64 MiB of n x n partial buffers.
 template <class T>
 index_t split_chunks(index_t n, index_t k, int threads) {
+    if (threads == 1) return 1;
     const index_t by_memory = std::max<index_t>(1, (index_t(64) << 20) / (n * n * index_t(sizeof(T))));
-    const index_t chunks = threads == 1 ? 1 : std::min<index_t>(4 * threads, by_memory);
-    return std::max<index_t>(1, std::min<index_t>(chunks, k / 128));
+    index_t chunks = std::min<index_t>(4 * threads, k / 512);
+    if (chunks < threads) chunks = std::min<index_t>(threads, k / 128);
+    return std::max<index_t>(1, std::min(chunks, by_memory));
 }
 
 bool parallel_gram(index_t n, index_t k) { return double(n) * double(n) * double(k) >= kParallelFlops; }

@@ -11,8 +11,12 @@ For every kernel and size the table shows
   measured at start as NumPy ``A @ B`` with n = 2048 and counted as
   :math:`2n^3` (float32 cases are compared with the float32 rate);
 - ``vs peers``: peer time / ngdfast time for every peer timed in the same
-  process, samples interleaved so load from elsewhere hits all alike
-  (> 1 means ngdfast is faster);
+  process (> 1 means ngdfast is faster). Each function is timed in a block of
+  its own after a short pause: NumPy's OpenBLAS workers keep spinning for
+  ~0.1 s after each NumPy call, and whatever runs next on a 2-core machine
+  pays for that (measured: a 18 ms Woodbury solve took 31 ms right after a
+  NumPy matmul). That interference is real for trainers, so the alternating
+  section below measures it on purpose;
 - ``max err``: the largest relative difference
   :math:`\|x - x_\text{peer}\|_F / \|x_\text{peer}\|_F` between ngdfast's
   answer and a peer's; every answer is checked, and the exit status is 1 when
@@ -99,15 +103,20 @@ def _samples_per_call(fn: Callable[[], Any], min_sample: float, once: float | No
     return min(int(min_sample / max(once, 1e-7)) + 1, 100_000)
 
 
-def time_interleaved(
+#: Seconds to wait before each timed block: longer than the ~0.1 s that NumPy's
+#: OpenBLAS workers spin after a call (their ``THREAD_TIMEOUT``).
+SETTLE = 0.15
+
+
+def time_blocks(
     fns: dict[str, Callable[[], Any]], repeats: int, min_sample: float = 1e-3,
     once: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Median seconds per call of each function, after a warm-up call.
 
-    The functions take turns sample by sample, so a burst of load from other
-    processes lands on all of them rather than on whichever ran at that time:
-    the ratios between them are what the benchmark reports. ``once`` holds the
+    Each function runs its ``repeats`` samples back to back, after a pause of
+    :data:`SETTLE` seconds and one untimed call, so that no function is charged
+    for the spinning threads another library left behind. ``once`` holds the
     durations of warm-up calls the caller already made.
     """
     once = once or {}
@@ -116,9 +125,11 @@ def time_interleaved(
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside one sample would be charged to that kernel
     try:
-        for _ in range(repeats):
-            for name, fn in fns.items():
-                number = numbers[name]
+        for name, fn in fns.items():
+            number = numbers[name]
+            time.sleep(SETTLE)
+            fn()
+            for _ in range(repeats):
                 t0 = time.perf_counter()
                 for _ in range(number):
                     fn()
@@ -134,7 +145,7 @@ def gemm_rate(dtype: str, n: int, repeats: int) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n)).astype(dtype)
     b = rng.standard_normal((n, n)).astype(dtype)
-    seconds = time_interleaved({"gemm": lambda: a @ b}, repeats)["gemm"]
+    seconds = time_blocks({"gemm": lambda: a @ b}, repeats)["gemm"]
     return {"n": n, "seconds": seconds, "gflops": 2.0 * n**3 / seconds / 1e9}
 
 
@@ -474,7 +485,7 @@ def run_case(case: Case, repeats: int, gemm: dict[str, dict[str, Any]]) -> dict[
         once[name] = time.perf_counter() - t0
     x = answers.pop("ngdfast")
     errors = {name: peers[name][1](x, answer) for name, answer in answers.items()}
-    times = time_interleaved(fns, repeats, once=once)
+    times = time_blocks(fns, repeats, once=once)
     seconds = times.pop("ngdfast")
     gflops = case.flops / seconds / 1e9
     return {
@@ -504,54 +515,83 @@ def _print_result(r: dict[str, Any], section: str, out) -> None:
 
 
 def _alternating(quick: bool, repeats: int) -> list[dict[str, Any]]:
-    """A trainer's step: NumPy matmul, then the curvature work, every step."""
-    from . import damped_solve, fisher
+    """A trainer's step: NumPy matmul, then the curvature work, every step.
 
-    m, n, p = (128, 32, 128) if quick else (512, 256, 1024)
+    Two workloads (a dense EMA Fisher + Cholesky solve, and a Woodbury natural
+    gradient), each with ngdfast and with the NumPy/SciPy code a user would
+    write. With threadpoolctl installed, ngdfast is also run with NumPy's
+    BLAS limited to one thread, which removes NumPy's spinning workers.
+    """
+    from . import damped_solve, fisher, natural_gradient
+
+    m = 128 if quick else 512
     rng = np.random.default_rng(6)
     A = rng.standard_normal((m, m))
     B = rng.standard_normal((m, m))
+
+    def matmul():
+        return A @ B
+
+    have_scipy = _scipy() is not None
+    solve = scipy_cho_solve if have_scipy else np.linalg.solve
+
+    n, p = (32, 128) if quick else (256, 1024)
     J = _scores(n, p, "float64")
     g = rng.standard_normal(p)
     eye = np.eye(p)
     F_ng = _gram(J)
     F_np = F_ng.copy()
 
-    def matmul():
-        return A @ B
-
-    def ngd():
+    def dense_ngd():
         fisher(J, out=F_ng, decay=DECAY)
         return damped_solve(F_ng, g, DAMPING)
 
-    have_scipy = _scipy() is not None
-    solve = scipy_cho_solve if have_scipy else np.linalg.solve
-    peer_name = "numpy+scipy-cho" if have_scipy else "numpy-solve"
-
-    def peer():
+    def dense_peer():
         F_np[...] *= DECAY
         F_np[...] += (J.T @ J) * ((1.0 - DECAY) / n)
         return solve(F_np + DAMPING * eye, g)
 
-    fns = {
-        "matmul": matmul,
-        "ngdfast": ngd,
-        "ngdfast+matmul": lambda: (matmul(), ngd()),
-        "peer": peer,
-        "peer+matmul": lambda: (matmul(), peer()),
-    }
-    t = time_interleaved(fns, repeats)
-    step = f"fisher(out=) + damped_solve, N={n} P={p}; matmul {m}x{m}"
+    nw, pw = (32, 512) if quick else (256, 16384)
+    Jw = _scores(nw, pw, "float64")
+    gw = rng.standard_normal(pw)
+    workloads = [
+        (f"fisher(out=) + damped_solve, N={n} P={p}", dense_ngd, dense_peer,
+         "numpy+scipy-cho" if have_scipy else "numpy-solve"),
+        (f"natural_gradient, N={nw} P={pw}", lambda: natural_gradient(Jw, gw, DAMPING),
+         lambda: numpy_woodbury(Jw, gw, DAMPING), "numpy-woodbury"),
+    ]
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        threadpool_limits = None
+
     rows = []
-    for label, alone, both in (("ngdfast", "ngdfast", "ngdfast+matmul"), (peer_name, "peer", "peer+matmul")):
-        rows.append({
-            "variant": label,
-            "step": step,
-            "matmul_seconds": t["matmul"],
-            "kernel_seconds": t[alone],
-            "alternating_seconds": t[both],
-            "slowdown": t[both] / (t["matmul"] + t[alone]),
-        })
+    for step, ngd, peer, peer_name in workloads:
+        fns = {
+            "matmul": matmul,
+            "ngdfast": ngd,
+            "ngdfast+matmul": lambda ngd=ngd: (matmul(), ngd()),
+            "peer": peer,
+            "peer+matmul": lambda peer=peer: (matmul(), peer()),
+        }
+        t = time_blocks(fns, repeats)
+        variants = [("ngdfast", t["ngdfast"], t["ngdfast+matmul"]), (peer_name, t["peer"], t["peer+matmul"])]
+        if threadpool_limits is not None:
+            with threadpool_limits(limits=1, user_api="blas"):
+                # Limits every BLAS pool in the process, ngdfast's private one
+                # included (it is single-threaded anyway); ngdfast's own
+                # threads are not BLAS threads and keep running.
+                t1 = time_blocks({"matmul": matmul, "both": lambda ngd=ngd: (matmul(), ngd())}, repeats)
+            variants.append(("ngdfast, numpy 1 thread", t["ngdfast"], t1["both"]))
+        for label, alone, both in variants:
+            rows.append({
+                "variant": label,
+                "step": step,
+                "matmul_seconds": t["matmul"],
+                "kernel_seconds": alone,
+                "alternating_seconds": both,
+                "slowdown": both / (t["matmul"] + alone),
+            })
     return rows
 
 
@@ -726,11 +766,13 @@ def main(argv: list[str] | None = None) -> int:
     if "alternating" in args.kernels:
         alternating = _alternating(args.quick, args.repeats)
         print(file=out)
-        print(f"Alternating with NumPy BLAS every step ({alternating[0]['step']})", file=out)
-        print(f"{'variant':<18}  {'matmul':>10}  {'kernel':>10}  {'alternating':>11}  "
+        print("Alternating with NumPy BLAS every step (matmul, then the kernel; kernel timed alone after a pause)",
+              file=out)
+        print(f"{'step':<46}  {'variant':<24}  {'matmul':>10}  {'kernel':>10}  {'alternating':>11}  "
               f"{'slowdown (alternating / sum alone)':<}", file=out)
         for a in alternating:
-            print(f"{a['variant']:<18}  {_fmt_time(a['matmul_seconds']):>10}  {_fmt_time(a['kernel_seconds']):>10}  "
+            print(f"{a['step']:<46}  {a['variant']:<24}  {_fmt_time(a['matmul_seconds']):>10}  "
+                  f"{_fmt_time(a['kernel_seconds']):>10}  "
                   f"{_fmt_time(a['alternating_seconds']):>11}  {a['slowdown']:.2f}", file=out)
 
     targets = _check_targets(results)
