@@ -745,7 +745,9 @@ def main(argv: list[str] | None = None) -> int:
         set_num_threads(args.threads)
 
     gemm_n = 256 if args.quick else 2048
-    gemm = {dt: gemm_rate(dt, gemm_n, max(args.repeats, 3)) for dt in ("float64", "float32")}
+    # Every fraction divides by this rate: more samples than the kernels get, so
+    # that one burst of load from elsewhere cannot skew the whole table.
+    gemm = {dt: gemm_rate(dt, gemm_n, max(2 * args.repeats + 1, 5)) for dt in ("float64", "float32")}
     machine = _header(gemm, out)
     machine["ngdfast_threads"] = get_num_threads()
 
