@@ -109,8 +109,10 @@ def test_repeated_solves_reuse_a_factorisation_and_agree(cls):
     first = curv.solve(g, 0.1)
     second = curv.solve(g, 0.1)  # builds the reusable inverse
     third = curv.solve(2 * g, 0.1)
+    both = curv.solve(np.stack([g, 2 * g], axis=1), 0.1)  # several right-hand sides, reused state
     np.testing.assert_allclose(second, first, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(third, 2 * first, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(both, np.stack([first, 2 * first], axis=1), rtol=1e-9, atol=1e-12)
     x = curv.solve(g, 1.0)  # a new damping refactors
     np.testing.assert_allclose(curv.mv(x) + x, g, atol=1e-9)
     curv.update(*_batches()[0])  # invalidates the cache

@@ -1,3 +1,5 @@
+#include <algorithm>
+
 #include "bindings.hpp"
 #include "ngdfast/cholesky.hpp"
 #include "ngdfast/fisher.hpp"
@@ -31,6 +33,47 @@ void bind_cholesky(py::module_& m) {
             });
         },
         py::arg("F"), py::arg("G"), py::arg("damping"), py::arg("overwrite_f") = false);
+    m.def(
+        "cholesky_factor",
+        [](const py::array& F, double damping) {
+            return dispatch(F, [&](auto tag) -> py::tuple {
+                using T = decltype(tag);
+                const Strided<T> f = view<T>(F, "F");
+                if (f.rows != f.cols) throw std::invalid_argument("cholesky_factor: F must be square");
+                const index_t n = f.rows;
+                auto l = new_matrix<T>(n, n);
+                T* lp = l.mutable_data();
+                index_t info;
+                {
+                    py::gil_scoped_release release;
+                    copy_lower_shifted(f, static_cast<T>(damping), lp, n, double(n) * double(n) >= 1.0e6);
+                    info = cholesky(lp, n, n);
+                    for (index_t j = 1; j < n; ++j) std::fill(lp + j * n, lp + j * n + j, T(0));
+                }
+                return py::make_tuple(std::move(l), info);
+            });
+        },
+        py::arg("F"), py::arg("damping"));
+    m.def(
+        "cholesky_solve",
+        [](const py::array& L, const py::array& G) {
+            return dispatch(L, [&](auto tag) -> py::array {
+                using T = decltype(tag);
+                const Strided<T> l = view<T>(L, "L");
+                const Strided<T> g = view<T>(G, "G");
+                if (l.rows != l.cols || l.rs != 1 || l.cs != l.rows || g.rows != l.rows)
+                    throw std::invalid_argument("cholesky_solve: L must be a Fortran-ordered (P, P) factor, G (P, K)");
+                auto x = new_matrix<T>(g.rows, g.cols);
+                T* xp = x.mutable_data();
+                {
+                    py::gil_scoped_release release;
+                    copy_to(g, xp, g.rows);
+                    cholesky_solve(l.data, l.rows, l.rows, xp, g.cols, g.rows);
+                }
+                return std::move(x);
+            });
+        },
+        py::arg("L"), py::arg("G"));
     m.def(
         "natural_gradient_dense",
         [](const py::array& J, const py::object& w, const py::array& G, double damping) {

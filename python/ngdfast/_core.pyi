@@ -38,6 +38,13 @@ def damped_solve(F: _Float, G: _Float, damping: float, overwrite_f: bool) -> Tup
     contiguous and exactly symmetric) F is factored in place.
     Returns ``(X, info)`` with X of shape (P, K)."""
 
+def cholesky_factor(F: _Float, damping: float) -> Tuple[_Float, int]:
+    """``(L, info)``: the lower Cholesky factor of ``F + damping I`` (lower
+    triangle of F read) as a Fortran-ordered (P, P) array, strict upper part zero."""
+
+def cholesky_solve(L: _Float, G: _Float) -> _Float:
+    """``X = (L L^T)^-1 G`` for a factor from :func:`cholesky_factor`; G (P, K)."""
+
 def lowrank_solve(J: _Float, w: Optional[_Float], G: _Float, damping: float) -> Tuple[_Float, int]:
     """Solve ``(J.T diag(w) J + damping I) X = G`` by Woodbury in sample space
     (N x N Cholesky), never forming P x P. ``damping > 0``. Returns ``(X, info)``."""

@@ -36,11 +36,11 @@ Protocol
 Reuse of factorisations: the first ``solve`` after an update (or with a new
 damping) factors and solves in one kernel call, which is the optimizer's pattern
 of one solve per update and costs nothing extra. A *second* ``solve`` with the
-same state and damping builds the inverse of the damped matrix (dense: P×P;
-low-rank: the N×N Woodbury core), keeps it until the next ``update`` or damping
-change, and answers this and later solves with matrix-vector products; so a
-trainer that refreshes the curvature every k steps pays for one factorisation
-per refresh. The diagonal keeps ``1 / (d + λ)`` from its first solve. K-FAC
+same state and damping keeps a factorisation until the next ``update`` or
+damping change (dense: the P×P Cholesky factor of F + λI, so later solves are
+two triangular solves; low-rank: the inverse of the N×N Woodbury core, so later
+solves are matrix-vector products); a trainer that refreshes the curvature every
+k steps pays for one factorisation per refresh. The diagonal keeps ``1 / (d + λ)`` from its first solve. K-FAC
 factors are small (layer widths) and are refactored on each solve by
 ``kfac_precondition``.
 """
@@ -51,7 +51,8 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from ._core import all_finite
+from . import _validation
+from ._core import all_finite, cholesky_factor, cholesky_solve
 from ._errors import NotPositiveDefiniteError
 from ._kernels import damped_solve, fisher, kfac_precondition, lowrank_solve
 
@@ -246,14 +247,19 @@ class DenseFisher(_RunningFisher):
         g = _check_vector(g, self.n_params, "g")
         damping = _check_damping(damping)
         key = (self._version, damping)
-        if self._cache_key != key:
+        if self._cache_key != key or g.dtype != self.dtype:  # mixed dtypes promote, as damped_solve does
             x = damped_solve(self._F, g, damping, check_finite=False)
-            self._cache_key, self._cache = key, None
+            if self._cache_key != key:
+                self._cache_key, self._cache = key, None
             return x
         if self._cache is None:
-            eye = np.eye(self.n_params, dtype=self.dtype)
-            self._cache = damped_solve(self._F, eye, damping, check_finite=False)
-        return self._cache @ g
+            L, info = cholesky_factor(self._F, damping)
+            if info:
+                raise _validation.not_positive_definite(
+                    "DenseFisher.solve", _validation.DENSE_MATRIX, info, self.n_params, damping)
+            self._cache = L
+        x = cholesky_solve(self._cache, g.reshape(self.n_params, -1))
+        return x.reshape(g.shape)
 
     def mv(self, v) -> np.ndarray:
         """``F v``."""
