@@ -152,3 +152,22 @@ def test_nan_pivot_is_not_positive_definite_without_finite_check(module):
     F = np.diag([1.0, np.nan, 1.0])
     with pytest.raises(ngdfast.NotPositiveDefiniteError, match="pivot 2 of 3"):
         module.damped_solve(F, np.ones(3), 0.0, check_finite=False)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("p", [1, 70, 450])
+def test_cholesky_factor_and_solve(engine, dtype, p):
+    # The factor DenseFisher keeps between solves: L L^T = F + lam I with a
+    # zero strict upper part, and solves with it match the reference.
+    rng = np.random.default_rng(p)
+    F = spd(rng, p, dtype)
+    L, info = _core.cholesky_factor(F, 0.1)
+    assert info == 0 and L.dtype == dtype and L.flags.f_contiguous
+    assert not np.triu(L, 1).any()
+    expect = np.linalg.cholesky(F.astype(np.float64) + 0.1 * np.eye(p))
+    assert rel(L, expect) < 20 * TOL[dtype]
+    G = rng.standard_normal((p, 3)).astype(dtype)
+    assert rel(_core.cholesky_solve(L, G), reference.damped_solve(F, G, 0.1)) < 50 * TOL[dtype]
+    bad = F.copy()
+    bad[p // 2, p // 2] = -10.0
+    assert _core.cholesky_factor(bad, 0.0)[1] == p // 2 + 1
