@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <type_traits>
 
 #include "bindings.hpp"
 #include "ngdfast/cholesky.hpp"
@@ -77,24 +78,14 @@ void bind_cholesky(py::module_& m) {
     m.def(
         "natural_gradient_dense",
         [](const py::array& J, const py::object& w, const py::array& G, double damping) {
-            return dispatch(J, [&](auto tag) -> py::tuple {
-                using T = decltype(tag);
-                const Strided<T> j = view<T>(J, "J");
-                const Strided<T> g = view<T>(G, "G");
-                const T* wp = weights<T>(w, j.rows);
-                if (g.rows != j.cols) throw std::invalid_argument("natural_gradient_dense: G must be (P, K)");
-                auto x = new_matrix<T>(g.rows, g.cols);
-                T* xp = x.mutable_data();
-                index_t info;
-                {
-                    py::gil_scoped_release release;
-                    const index_t P = j.cols;
-                    Matrix<T> f(P, P);  // the only P x P buffer: F, then its factor
-                    fisher<T>(j, wp, f.data(), P, T(1), T(0), false);
-                    info = damped_solve_in_place<T>(f.data(), P, P, g, static_cast<T>(damping), xp);
-                }
-                return py::make_tuple(std::move(x), info);
-            });
+            return solve_from_scores("natural_gradient_dense", J, w, G,
+                                     [&](const auto& j, const auto* wp, const auto& g, auto* x) {
+                                         using T = std::remove_pointer_t<decltype(x)>;
+                                         const index_t P = j.cols;
+                                         Matrix<T> f(P, P);  // the only P x P buffer: F, then its factor
+                                         fisher<T>(j, wp, f.data(), P, T(1), T(0), false);
+                                         return damped_solve_in_place<T>(f.data(), P, P, g, static_cast<T>(damping), x);
+                                     });
         },
         py::arg("J"), py::arg("w"), py::arg("G"), py::arg("damping"));
 }

@@ -1,3 +1,5 @@
+#include <type_traits>
+
 #include "bindings.hpp"
 #include "ngdfast/lowrank.hpp"
 
@@ -7,21 +9,10 @@ void bind_lowrank(py::module_& m) {
     m.def(
         "lowrank_solve",
         [](const py::array& J, const py::object& w, const py::array& G, double damping) {
-            return dispatch(J, [&](auto tag) -> py::tuple {
-                using T = decltype(tag);
-                const Strided<T> j = view<T>(J, "J");
-                const Strided<T> g = view<T>(G, "G");
-                const T* wp = weights<T>(w, j.rows);
-                if (g.rows != j.cols) throw std::invalid_argument("lowrank_solve: G must be (P, K)");
-                if (!(damping > 0)) throw std::invalid_argument("lowrank_solve: damping must be > 0");
-                auto x = new_matrix<T>(g.rows, g.cols);
-                T* xp = x.mutable_data();
-                index_t info;
-                {
-                    py::gil_scoped_release release;
-                    info = lowrank_solve<T>(j, wp, g, static_cast<T>(damping), xp);
-                }
-                return py::make_tuple(std::move(x), info);
+            if (!(damping > 0)) throw std::invalid_argument("lowrank_solve: damping must be > 0");
+            return solve_from_scores("lowrank_solve", J, w, G, [&](const auto& j, const auto* wp, const auto& g, auto* x) {
+                using T = std::remove_pointer_t<decltype(x)>;
+                return lowrank_solve<T>(j, wp, g, static_cast<T>(damping), x);
             });
         },
         py::arg("J"), py::arg("w"), py::arg("G"), py::arg("damping"));

@@ -75,6 +75,29 @@ auto dispatch(const py::array& a, F&& f) {
     throw py::type_error("unsupported dtype " + std::string(py::str(a.dtype())) + ": expected float32 or float64");
 }
 
+// The binding of a solve from score rows: J (N, P), optional weights (N,),
+// right-hand sides G (P, K). Calls solve(j, w, g, x) -> info with the GIL
+// released into a fresh X (P, K) and returns (X, info).
+template <class Solve>
+py::tuple solve_from_scores(const char* name, const py::array& J, const py::object& w, const py::array& G,
+                            Solve&& solve) {
+    return dispatch(J, [&](auto tag) -> py::tuple {
+        using T = decltype(tag);
+        const Strided<T> j = view<T>(J, "J");
+        const Strided<T> g = view<T>(G, "G");
+        const T* wp = weights<T>(w, j.rows);
+        if (g.rows != j.cols) throw std::invalid_argument(std::string(name) + ": G must be (P, K)");
+        auto x = new_matrix<T>(g.rows, g.cols);
+        T* xp = x.mutable_data();
+        index_t info;
+        {
+            py::gil_scoped_release release;
+            info = solve(j, wp, g, xp);
+        }
+        return py::make_tuple(std::move(x), info);
+    });
+}
+
 void bind_fisher(py::module_& m);
 void bind_cholesky(py::module_& m);
 void bind_lowrank(py::module_& m);

@@ -109,6 +109,26 @@ def _size_step(g, nat, kl_radius, max_step, damping, retries) -> tuple[np.ndarra
     return delta, info
 
 
+def _solve_with_retries(solve, damping: float, max_retries: int, min_damping: float):
+    """``solve(damping)``, raising the damping x10 (from ``min_damping`` when it is 0) after each
+    ``NotPositiveDefiniteError``, at most ``max_retries`` times: ``(ñ, damping used, retries)``."""
+    lam = damping
+    max_retries = max(int(max_retries), 0)
+    for retries in range(max_retries + 1):
+        try:
+            return solve(lam), lam, retries
+        except NotPositiveDefiniteError as e:
+            if retries == max_retries:
+                raise NotPositiveDefiniteError(
+                    f"{e} -- still not positive definite after {max_retries} retries "
+                    f"(damping raised from {damping} to {lam}); increase the damping",
+                    pivot=getattr(e, "pivot", 0),
+                    damping=lam,
+                ) from e
+            lam = lam * 10.0 if lam > 0 else min_damping
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
 class NaturalGradient:
     """Natural gradient descent with a running Fisher estimate and a KL trust region.
 
@@ -232,20 +252,9 @@ class NaturalGradient:
 
     def _solve(self, g: np.ndarray):
         """Solve with retries: ``(ñ, damping used, retries)``."""
-        damping = self.damping
-        for attempt in range(self.max_retries + 1):
-            try:
-                return self.curvature.solve(g, damping), damping, attempt
-            except NotPositiveDefiniteError as e:
-                error = e
-                if attempt < self.max_retries:
-                    damping = damping * 10.0 if damping > 0 else self.min_damping
-        raise NotPositiveDefiniteError(
-            f"{error} -- still not positive definite after {self.max_retries} retries "
-            f"(damping raised from {self.damping} to {damping}); increase the damping",
-            pivot=getattr(error, "pivot", 0),
-            damping=damping,
-        ) from error
+        return _solve_with_retries(
+            lambda damping: self.curvature.solve(g, damping), self.damping, self.max_retries, self.min_damping
+        )
 
     def step(self, params: np.ndarray, grad, *stats, weights=None, loss: float | None = None) -> StepInfo:
         """Update the curvature from ``stats``, then ``params -= β ñ`` in place.
@@ -392,20 +401,9 @@ def natural_gradient_step(
     max_step = None if max_step is None else _check_positive(max_step, "max_step")
     if damping == 0 and method == "auto":
         method = "dense"  # the Woodbury form needs λ > 0
-    lam = damping
-    for retries in range(max_retries + 1):
-        try:
-            nat = natural_gradient(J, g, lam, weights, method=method)
-            break
-        except NotPositiveDefiniteError as e:
-            if retries == max_retries:
-                raise NotPositiveDefiniteError(
-                    f"{e} -- still not positive definite after {max_retries} retries "
-                    f"(damping raised from {damping} to {lam})",
-                    pivot=getattr(e, "pivot", 0),
-                    damping=lam,
-                ) from e
-            lam = lam * 10.0 if lam > 0 else 1e-8
+    nat, lam, retries = _solve_with_retries(
+        lambda lam: natural_gradient(J, g, lam, weights, method=method), damping, max_retries, 1e-8
+    )
     delta, info = _size_step(g, nat, kl_radius, max_step, lam, retries)
     dtype = params.dtype if params.dtype.kind == "f" else np.float64
     return params.astype(dtype) - delta.astype(dtype, copy=False), info
