@@ -147,6 +147,19 @@ def _lower_tile(t):
     return r, t - r * (r + 1) // 2
 
 
+@cuda.jit(device=True, inline="always")
+def _store_symmetric(out, i, j, v, beta):
+    """``out[i, j] = out[j, i] = v + beta * out`` (the EMA rule), out not read when beta == 0."""
+    if beta != 0:
+        out[i, j] = v + beta * out[i, j]
+        if i != j:
+            out[j, i] = v + beta * out[j, i]
+    else:
+        out[i, j] = v
+        if i != j:
+            out[j, i] = v
+
+
 @lru_cache(maxsize=None)
 def syrk_kernel(dtype, tile, micro, depth, walk_m, weighted):
     """``out = beta*out + alpha * X^T diag(w) X`` for X (K, M), out (M, M), both triangles.
@@ -284,15 +297,7 @@ def syrk_kernel(dtype, tile, micro, depth, walk_m, weighted):
                         if split:
                             ws[cuda.blockIdx.y, i, j] = acc[r, c]
                         else:
-                            v = alpha * acc[r, c]
-                            if beta != 0:
-                                out[i, j] = v + beta * out[i, j]
-                                if i != j:
-                                    out[j, i] = v + beta * out[j, i]
-                            else:
-                                out[i, j] = v
-                                if i != j:
-                                    out[j, i] = v
+                            _store_symmetric(out, i, j, alpha * acc[r, c], beta)
 
     return syrk
 
@@ -313,15 +318,7 @@ def sym_reduce_kernel(dtype):
             s = ws[0, i, j]
             for p in range(1, ws.shape[0]):
                 s += ws[p, i, j]
-            v = alpha * s
-            if beta != 0:
-                out[i, j] = v + beta * out[i, j]
-                if i != j:
-                    out[j, i] = v + beta * out[j, i]
-            else:
-                out[i, j] = v
-                if i != j:
-                    out[j, i] = v
+            _store_symmetric(out, i, j, alpha * s, beta)
 
     return sym_reduce
 
