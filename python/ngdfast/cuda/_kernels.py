@@ -148,6 +148,18 @@ def _lower_tile(t):
 
 
 @cuda.jit(device=True, inline="always")
+def _block_sum(buf, tid, T):
+    """Tree-sum the block's shared ``buf[0:T]`` (T a power of two) into ``buf[0]``."""
+    cuda.syncthreads()
+    h = T // 2
+    while h > 0:
+        if tid < h:
+            buf[tid] = buf[tid] + buf[tid + h]
+        cuda.syncthreads()
+        h //= 2
+
+
+@cuda.jit(device=True, inline="always")
 def _store_symmetric(out, i, j, v, beta):
     """``out[i, j] = out[j, i] = v + beta * out`` (the EMA rule), out not read when beta == 0."""
     if beta != 0:
@@ -612,13 +624,7 @@ def dot_kernel(threads):
         for i in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
             s += float(a[i]) * float(b[i])
         buf[tid] = s
-        cuda.syncthreads()
-        h = T // 2
-        while h > 0:
-            if tid < h:
-                buf[tid] = float(buf[tid]) + float(buf[tid + h])
-            cuda.syncthreads()
-            h //= 2
+        _block_sum(buf, tid, T)
         if tid == 0:
             partial[cuda.blockIdx.x] = buf[0]
 
@@ -638,13 +644,7 @@ def trace_kernel(threads):
         for i in range(tid, A.shape[0], T):
             s += float(A[i, i])
         buf[tid] = s
-        cuda.syncthreads()
-        h = T // 2
-        while h > 0:
-            if tid < h:
-                buf[tid] = float(buf[tid]) + float(buf[tid + h])
-            cuda.syncthreads()
-            h //= 2
+        _block_sum(buf, tid, T)
         if tid == 0:
             out[0] = buf[0]
 
@@ -671,13 +671,7 @@ def rows_dot_kernel(dtype, threads):
         for p in range(tid, J.shape[1], T):
             acc += J[i, p] * G[p, k]
         buf[tid] = acc
-        cuda.syncthreads()
-        h = T // 2
-        while h > 0:
-            if tid < h:
-                buf[tid] += buf[tid + h]
-            cuda.syncthreads()
-            h //= 2
+        _block_sum(buf, tid, T)
         if tid == 0:
             V[i, k] = buf[0] * s[i]
 
