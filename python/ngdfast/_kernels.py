@@ -29,6 +29,16 @@ __all__ = [
 _all_finite = _core.all_finite
 
 
+def _cast(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``a`` in ``dtype`` as the core takes it: no copy for float32/float64 with any strides
+    that are whole elements; one copy for strides that split an element (byte-offset views)."""
+    if a.dtype != dtype:
+        return a.astype(dtype)
+    if not (a.flags.c_contiguous or a.flags.f_contiguous) and any(s % a.itemsize for s in a.strides):
+        return np.ascontiguousarray(a)
+    return a
+
+
 def _result(X: np.ndarray, vector: bool) -> np.ndarray:
     return X[:, 0] if vector else X
 
@@ -67,7 +77,7 @@ def fisher(J, weights=None, *, out=None, decay=0.0, check_finite=True):
     --------
     ngdfast.reference.fisher : the specification.
     """
-    J, w, out, decay = _v.fisher_args(J, weights, out, decay, check_finite, _all_finite)
+    J, w, out, decay = _v.fisher_args(J, weights, out, decay, check_finite, _all_finite, _cast)
     p = J.shape[1]
     if out is None:
         out = np.empty((p, p), dtype=J.dtype)
@@ -106,7 +116,7 @@ def damped_solve(F, g, damping, *, check_finite=True):
     --------
     ngdfast.reference.damped_solve : the specification.
     """
-    F, G, damping, vector = _v.damped_solve_args(F, g, damping, check_finite, _all_finite)
+    F, G, damping, vector = _v.damped_solve_args(F, g, damping, check_finite, _all_finite, _cast)
     X, info = _core.damped_solve(F, G, damping, False)
     _check_info(info, "damped_solve", _v.DENSE_MATRIX, F.shape[0], damping)
     return _result(X, vector)
@@ -134,7 +144,7 @@ def lowrank_solve(J, g, damping, weights=None, *, check_finite=True):
     --------
     ngdfast.reference.lowrank_solve : the specification.
     """
-    J, w, G, damping, vector = _v.lowrank_solve_args(J, g, damping, weights, check_finite, _all_finite)
+    J, w, G, damping, vector = _v.lowrank_solve_args(J, g, damping, weights, check_finite, _all_finite, _cast)
     X, info = _core.lowrank_solve(J, w, G, damping)
     _check_info(info, "lowrank_solve", _v.SAMPLE_MATRIX, J.shape[0], damping)
     return _result(X, vector)
@@ -162,7 +172,7 @@ def natural_gradient(J, g, damping, weights=None, *, method="auto", check_finite
     ngdfast.reference.natural_gradient : the specification.
     """
     J, w, G, damping, vector, method = _v.natural_gradient_args(
-        J, g, damping, weights, method, check_finite, _all_finite
+        J, g, damping, weights, method, check_finite, _all_finite, _cast
     )
     if method == "dense":
         X, info = _core.natural_gradient_dense(J, w, G, damping)
@@ -201,7 +211,7 @@ def kfac_precondition(grad, A, S, damping, *, factored_damping=True):
     --------
     ngdfast.reference.kfac_precondition : the specification.
     """
-    grad, A, S, damping = _v.kfac_args(grad, A, S, damping, _all_finite)
+    grad, A, S, damping = _v.kfac_args(grad, A, S, damping, _all_finite, _cast)
     n_out, n_in = grad.shape
     damping_a, damping_s = _v.kfac_damping(
         float(np.trace(A, dtype=np.float64)), n_in, float(np.trace(S, dtype=np.float64)), n_out,
