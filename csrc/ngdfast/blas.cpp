@@ -5,6 +5,8 @@
 #include <Eigen/Dense>
 #include <atomic>
 #include <cmath>
+#include <initializer_list>
+#include <limits>
 #include <mutex>
 
 namespace ngdfast {
@@ -52,7 +54,16 @@ const Table<float>& table<float>() { return g_s; }
 // checks, buffer allocation) exceeds the work below ~64^3 multiply-adds.
 constexpr double kExternalMinWork = 64.0 * 64.0 * 64.0;
 
-bool use_external(double work) { return work >= kExternalMinWork && g_enabled.load(std::memory_order_relaxed); }
+// The external library takes 32-bit dimensions; anything larger stays on Eigen.
+bool fits(std::initializer_list<index_t> dims) {
+    for (index_t d : dims)
+        if (d > index_t(std::numeric_limits<fint>::max())) return false;
+    return true;
+}
+
+bool use_external(double work, std::initializer_list<index_t> dims) {
+    return work >= kExternalMinWork && g_enabled.load(std::memory_order_relaxed) && fits(dims);
+}
 
 template <class T>
 using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
@@ -102,7 +113,7 @@ template <class T>
 void gemm(char transa, char transb, index_t m, index_t n, index_t k, T alpha, const T* a, index_t lda, const T* b,
           index_t ldb, T beta, T* c, index_t ldc) {
     if (m <= 0 || n <= 0) return;
-    if (use_external(double(m) * double(n) * double(k))) {
+    if (use_external(double(m) * double(n) * double(k), {m, n, k, lda, ldb, ldc})) {
         fint fm = static_cast<fint>(m), fn = static_cast<fint>(n), fk = static_cast<fint>(k);
         fint la = static_cast<fint>(lda), lb = static_cast<fint>(ldb), lc = static_cast<fint>(ldc);
         table<T>().gemm(&transa, &transb, &fm, &fn, &fk, &alpha, a, &la, b, &lb, &beta, c, &lc, 1, 1);
@@ -131,7 +142,7 @@ void gemm(char transa, char transb, index_t m, index_t n, index_t k, T alpha, co
 template <class T>
 void syrk_lower(char trans, index_t n, index_t k, T alpha, const T* a, index_t lda, T beta, T* c, index_t ldc) {
     if (n <= 0) return;
-    if (use_external(0.5 * double(n) * double(n) * double(k))) {
+    if (use_external(0.5 * double(n) * double(n) * double(k), {n, k, lda, ldc})) {
         const char uplo = 'L';
         fint fn = static_cast<fint>(n), fk = static_cast<fint>(k), la = static_cast<fint>(lda),
              lc = static_cast<fint>(ldc);
@@ -156,7 +167,7 @@ void syrk_lower(char trans, index_t n, index_t k, T alpha, const T* a, index_t l
 template <class T>
 void trsm_lower(char side, char trans, index_t m, index_t n, const T* l, index_t ldl, T* b, index_t ldb) {
     if (m <= 0 || n <= 0) return;
-    if (use_external(0.5 * double(m) * double(n) * double(side == 'L' ? m : n))) {
+    if (use_external(0.5 * double(m) * double(n) * double(side == 'L' ? m : n), {m, n, ldl, ldb})) {
         const char uplo = 'L', diag = 'N';
         const T one = 1;
         fint fm = static_cast<fint>(m), fn = static_cast<fint>(n), ll = static_cast<fint>(ldl),
@@ -185,7 +196,7 @@ void trsm_lower(char side, char trans, index_t m, index_t n, const T* l, index_t
 template <class T>
 index_t potrf_lower(index_t n, T* a, index_t lda) {
     if (n <= 0) return 0;
-    if (use_external(double(n) * double(n) * double(n) / 3.0)) {
+    if (use_external(double(n) * double(n) * double(n) / 3.0, {n, lda})) {
         const char uplo = 'L';
         fint fn = static_cast<fint>(n), la = static_cast<fint>(lda), info = 0;
         table<T>().potrf(&uplo, &fn, a, &la, &info, 1);
