@@ -124,7 +124,7 @@ void gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
         const index_t nn = n * n;
         const index_t chunks = split_chunks<T>(n, k, threads);
         const index_t step = (k + chunks - 1) / chunks;
-        std::vector<T> parts(static_cast<std::size_t>(chunks * nn));
+        Matrix<T> parts(nn, chunks);  // uninitialised: only lower triangles are written and read
         team.run(chunks, [&](std::ptrdiff_t c, int) {
             const index_t k0 = c * step, bk = std::max<index_t>(0, std::min(k, k0 + step) - k0);
             T* part = parts.data() + c * nn;
