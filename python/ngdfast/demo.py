@@ -194,40 +194,41 @@ def _progress(total, desc, enabled):
     return tqdm(total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False, dynamic_ncols=True)
 
 
-def run_gd(problem, theta0, steps, lr, bar) -> Run:
-    run = Run({"lr": lr})
+def _run_first_order(problem, theta0, steps, settings, bar, update) -> Run:
+    """The loop GD and Adam share: ``update(theta, grad, t)`` changes theta in place;
+    only the gradient and the update are timed."""
+    run = Run(settings)
     theta = theta0.copy()
-    elapsed = 0.0
-    for _ in range(steps):
-        start = time.perf_counter()
-        _, grad = problem.objective(theta)
-        theta -= lr * grad
-        elapsed += time.perf_counter() - start
-        run.record(problem, theta, elapsed)
-        bar.update()
-        if run.diverged:
-            break
-    return run
-
-
-def run_adam(problem, theta0, steps, lr, bar, beta1=0.9, beta2=0.999, eps=1e-8) -> Run:
-    run = Run({"lr": lr, "beta1": beta1, "beta2": beta2})
-    theta = theta0.copy()
-    m = np.zeros_like(theta)
-    v = np.zeros_like(theta)
     elapsed = 0.0
     for t in range(1, steps + 1):
         start = time.perf_counter()
         _, grad = problem.objective(theta)
-        m = beta1 * m + (1 - beta1) * grad
-        v = beta2 * v + (1 - beta2) * grad * grad
-        theta -= lr * (m / (1 - beta1**t)) / (np.sqrt(v / (1 - beta2**t)) + eps)
+        update(theta, grad, t)
         elapsed += time.perf_counter() - start
         run.record(problem, theta, elapsed)
         bar.update()
         if run.diverged:
             break
     return run
+
+
+def run_gd(problem, theta0, steps, lr, bar) -> Run:
+    def update(theta, grad, t):
+        theta -= lr * grad
+
+    return _run_first_order(problem, theta0, steps, {"lr": lr}, bar, update)
+
+
+def run_adam(problem, theta0, steps, lr, bar, beta1=0.9, beta2=0.999, eps=1e-8) -> Run:
+    m = np.zeros_like(theta0)
+    v = np.zeros_like(theta0)
+
+    def update(theta, grad, t):
+        m[...] = beta1 * m + (1 - beta1) * grad
+        v[...] = beta2 * v + (1 - beta2) * grad * grad
+        theta -= lr * (m / (1 - beta1**t)) / (np.sqrt(v / (1 - beta2**t)) + eps)
+
+    return _run_first_order(problem, theta0, steps, {"lr": lr, "beta1": beta1, "beta2": beta2}, bar, update)
 
 
 def _make_curvature(settings, model):

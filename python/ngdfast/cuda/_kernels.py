@@ -209,17 +209,21 @@ def syrk_kernel(dtype, tile, micro, depth, walk_m, weighted):
         raise ValueError(f"micro={tm} must be a multiple of {vec} for {np.dtype(dtype)}")
 
     @cuda.jit(device=True, inline="always")
+    def slot(l):
+        # (k, m) in the (bk x bm) slice of this thread's l-th element
+        e = cuda.threadIdx.x + l * nthreads
+        if walk_m:
+            kk = e // bm
+            return kk, e - kk * bm
+        mm = e // bk
+        return e - mm * bk, mm
+
+    @cuda.jit(device=True, inline="always")
     def gather(X, w, k0, kend, m0, regs, scale):
         # global -> registers: this thread's share of the (bk x bm) slice
         M = X.shape[1]
         for l in range(loads):
-            e = cuda.threadIdx.x + l * nthreads
-            if walk_m:
-                kk = e // bm
-                mm = e - kk * bm
-            else:
-                mm = e // bk
-                kk = e - mm * bk
+            kk, mm = slot(l)
             k = k0 + kk
             m = m0 + mm
             if k < kend and m < M:
@@ -234,13 +238,7 @@ def syrk_kernel(dtype, tile, micro, depth, walk_m, weighted):
     def scatter(smem, base, buf, regs):
         # smem[base:base + slab] is [buffer][k][m], rows bmp long
         for l in range(loads):
-            e = cuda.threadIdx.x + l * nthreads
-            if walk_m:
-                kk = e // bm
-                mm = e - kk * bm
-            else:
-                mm = e // bk
-                kk = e - mm * bk
+            kk, mm = slot(l)
             smem[uint32(base + buf * (bk * bmp) + kk * bmp + mm)] = regs[l]
 
     @cuda.jit
