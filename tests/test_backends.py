@@ -85,6 +85,16 @@ def test_not_positive_definite_pivot_in_late_panel(engine, threads):
     assert str(compiled.value) == str(ref.value)
 
 
+@pytest.mark.parametrize("n,p", [(64, 3000), (520, 700)])
+def test_lowrank_several_right_hand_sides(engine, threads, n, p):
+    # (64, 3000): J X fused with the Gram's contraction chunks; (520, 700): separate pass.
+    rng = np.random.default_rng(n)
+    J = rng.standard_normal((n, p))
+    G = rng.standard_normal((p, 5))
+    x = ngdfast.lowrank_solve(J, G, 0.05)
+    assert rel(x, reference.lowrank_solve(J, G, 0.05)) < 20 * TOL[np.float64]
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n,p,order", [(64, 3000, "C"), (520, 700, "F"), (5, 4000, "C")])
 def test_lowrank_blocking(engine, threads, dtype, n, p, order):

@@ -276,3 +276,65 @@ def test_set_num_threads_rejects_bad_counts():
     for bad in (0, -2, 1.5, "2", None, True):
         with pytest.raises(ValueError, match="set_num_threads"):
             ngdfast.set_num_threads(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# J's finiteness read off the kernel's Gram diagonal (no separate pass over J)
+
+_SCORE_CALLS = {
+    "fisher": lambda m, J, g, w, cf: m.fisher(J, w, check_finite=cf),
+    "lowrank_solve": lambda m, J, g, w, cf: m.lowrank_solve(J, g, 0.1, w, check_finite=cf),
+    "natural_gradient-dense": lambda m, J, g, w, cf: m.natural_gradient(J, g, 0.1, w, method="dense", check_finite=cf),
+    "natural_gradient-lowrank": lambda m, J, g, w, cf: m.natural_gradient(
+        J, g, 0.1, w, method="lowrank", check_finite=cf
+    ),
+}
+
+
+@pytest.mark.parametrize("func", list(_SCORE_CALLS))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(4, 3), (37, 530), (530, 37)])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["first", "last", "zero-weight-row"])
+def test_non_finite_J_is_found_through_the_gram_diagonal(func, dtype, shape, value, where):
+    rng = np.random.default_rng(shape[0] + shape[1])
+    n, p = shape
+    J = rng.standard_normal(shape).astype(dtype)
+    w = rng.random(n) + 0.1
+    row, col = {"first": (0, 0), "last": (n - 1, p - 1), "zero-weight-row": (n // 2, p // 3)}[where]
+    if where == "zero-weight-row":
+        w[row] = 0.0
+    J[row, col] = value
+    g = rng.standard_normal(p).astype(dtype)
+    call = _SCORE_CALLS[func]
+    name = func.split("-")[0]
+    for m in (ngdfast, ngdfast.reference):
+        with pytest.raises(ValueError, match=f"{name}: J contains NaN or Inf") as info:
+            call(m, J, g, w, True)
+        message = str(info.value)
+    with pytest.raises(ValueError) as both:  # J and g both bad: J is named, as in the reference
+        call(ngdfast, J, np.full(p, np.nan, dtype), w, True)
+    assert str(both.value) == message
+
+
+@pytest.mark.parametrize("func", list(_SCORE_CALLS))
+def test_finite_J_whose_gram_overflows_is_not_rejected(func):
+    # A finite J with squares beyond float64's range: the Gram diagonal is Inf,
+    # yet J is finite, so check_finite must not reject it; the result is the
+    # one computed without the check.
+    rng = np.random.default_rng(5)
+    J = rng.standard_normal((6, 5)) * 1e200
+    g = rng.standard_normal(5)
+    call = _SCORE_CALLS[func]
+    outcomes = []
+    for cf in (True, False):
+        try:
+            with np.errstate(all="ignore"):
+                outcomes.append(call(ngdfast, J, g, None, cf))
+        except (ValueError, NotPositiveDefiniteError) as exc:
+            assert "contains NaN or Inf" not in str(exc)
+            outcomes.append(type(exc))
+    if isinstance(outcomes[0], type):
+        assert outcomes[0] is outcomes[1]
+    else:
+        np.testing.assert_array_equal(outcomes[0], outcomes[1])

@@ -77,17 +77,18 @@ void bind_cholesky(py::module_& m) {
         py::arg("L"), py::arg("G"));
     m.def(
         "natural_gradient_dense",
-        [](const py::array& J, const py::object& w, const py::array& G, double damping) {
+        [](const py::array& J, const py::object& w, const py::array& G, double damping, bool check_scores) {
             return solve_from_scores("natural_gradient_dense", J, w, G,
                                      [&](const auto& j, const auto* wp, const auto& g, auto* x) {
                                          using T = std::remove_pointer_t<decltype(x)>;
                                          const index_t P = j.cols;
                                          Matrix<T> f(P, P);  // the only P x P buffer: F, then its factor
                                          fisher<T>(j, wp, f.data(), P, T(1), T(0), false);
+                                         if (check_scores && !diagonal_finite(f.data(), P, P)) return kNonFiniteScores;
                                          return damped_solve_in_place<T>(f.data(), P, P, g, static_cast<T>(damping), x);
                                      });
         },
-        py::arg("J"), py::arg("w"), py::arg("G"), py::arg("damping"));
+        py::arg("J"), py::arg("w"), py::arg("G"), py::arg("damping"), py::arg("check_scores") = false);
 }
 
 }  // namespace ngdfast::bindings

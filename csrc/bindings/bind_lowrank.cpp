@@ -8,14 +8,15 @@ namespace ngdfast::bindings {
 void bind_lowrank(py::module_& m) {
     m.def(
         "lowrank_solve",
-        [](const py::array& J, const py::object& w, const py::array& G, double damping) {
+        [](const py::array& J, const py::object& w, const py::array& G, double damping, bool check_scores) {
             if (!(damping > 0)) throw std::invalid_argument("lowrank_solve: damping must be > 0");
             return solve_from_scores("lowrank_solve", J, w, G, [&](const auto& j, const auto* wp, const auto& g, auto* x) {
                 using T = std::remove_pointer_t<decltype(x)>;
-                return lowrank_solve<T>(j, wp, g, static_cast<T>(damping), x);
+                return lowrank_solve<T>(j, wp, g, static_cast<T>(damping), x, check_scores);
             });
         },
-        py::arg("J"), py::arg("w"), py::arg("G"), py::arg("damping"));
+        py::arg("J"), py::arg("w"), py::arg("G"), py::arg("damping"), py::arg("check_scores") = false);
+    m.attr("NON_FINITE_SCORES") = static_cast<long>(kNonFiniteScores);
 }
 
 }  // namespace ngdfast::bindings

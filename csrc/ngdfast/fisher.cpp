@@ -140,9 +140,10 @@ bool parallel_gram(index_t n, index_t k) { return double(n) * double(n) * double
 }  // namespace
 
 template <class T>
-void gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool write_upper, index_t split_max_n) {
+bool gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool write_upper, index_t split_max_n,
+          const GramAlong* along) {
     const index_t n = x.n, k = x.k;
-    if (n <= 0) return;
+    if (n <= 0) return false;
     Team team(parallel_gram(n, k));
     const int threads = team.slots();
 
@@ -157,6 +158,7 @@ void gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
         const index_t chunks = split_chunks<T>(n, k, threads);
         const index_t step = (k + chunks - 1) / chunks;
         Matrix<T> parts(nn, chunks);  // uninitialised: only lower triangles are written and read
+        if (along) (*along)(-1, chunks, 0);
         team.run(chunks, [&](std::ptrdiff_t c, int) {
             const index_t k0 = c * step, bk = std::max<index_t>(0, std::min(k, k0 + step) - k0);
             T* part = parts.data() + c * nn;
@@ -164,6 +166,7 @@ void gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
                 for (index_t j = 0; j < n; ++j) std::fill(part + j * n + j, part + (j + 1) * n, T(0));
             else
                 syrk_lower<T>(x.xt ? 'T' : 'N', n, bk, alpha, x.at(0, k0), x.ld, T(0), part, n);
+            if (along) (*along)(c, std::min(k0, k), bk);
         });
         T* sum = parts.data();
         for (index_t c = 1; c < chunks; ++c) {
@@ -172,7 +175,7 @@ void gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
                 for (index_t i = j; i < n; ++i) sum[i + j * n] += p[i + j * n];
         }
         store_tile(sum, n, n, 0, 0, out, ldo, beta, write_upper);
-        return;
+        return true;
     }
 
     // Every element is computed by exactly one block with the full
@@ -185,6 +188,7 @@ void gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
         tile_product(x, bl.i0, bl.bi, bl.j0, bl.bj, 0, k, alpha, t.data());
         store_tile(t.data(), bl.bi, bl.bj, bl.i0, bl.j0, out, ldo, beta, write_upper);
     });
+    return false;
 }
 
 template <class T>
@@ -251,7 +255,7 @@ bool all_finite(const Strided<T>& a) {
 }
 
 #define NGDFAST_INSTANTIATE(T)                                                                  \
-    template void gram<T>(const GramOperand<T>&, T, T*, index_t, T, bool, index_t);                      \
+    template bool gram<T>(const GramOperand<T>&, T, T*, index_t, T, bool, index_t, const GramAlong*);    \
     template void fisher<T>(const Strided<T>&, const T*, T*, index_t, T, T, bool, bool);              \
     template bool all_finite<T>(const T*, index_t);                                             \
     template bool all_finite<T>(const Strided<T>&);

@@ -1,6 +1,8 @@
 // Fisher accumulation F = J^T diag(w) J as a blocked, threaded SYRK.
 #pragma once
 
+#include <functional>
+
 #include "ngdfast/matrix.hpp"
 
 namespace ngdfast {
@@ -25,8 +27,18 @@ struct GramOperand {
 // output is a single tile, or when k >= 4n and n <= split_max_n, the
 // contraction dimension k is split instead (one n x n buffer per thread), so
 // that a wide operand is streamed once rather than once per tile row.
+//
+// `along`, when given, is called on the split path only: once with the number
+// of contraction chunks before any runs (`chunk` < 0, k0 = chunks), then once
+// per chunk right after its product, on the thread that computed it, with the
+// chunk index and its column range [k0, k0 + bk) of X (bk may be 0). Work on
+// the same columns of X done there finds them in cache. Returns whether the
+// split path ran (and so whether `along` was called).
+using GramAlong = std::function<void(std::ptrdiff_t chunk, index_t k0, index_t bk)>;
+
 template <class T>
-void gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool write_upper, index_t split_max_n = 0);
+bool gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool write_upper, index_t split_max_n = 0,
+          const GramAlong* along = nullptr);
 
 // out = beta * out + alpha * J^T diag(w) J, J an N x P strided matrix, w the
 // weights (N,) or nullptr for w_i = 1/N. out is P x P with leading dimension

@@ -15,14 +15,41 @@ constexpr double kParallelFlops = 4.0e6;
 }  // namespace
 
 template <class T>
-index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T damping, T* x) {
+index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T damping, T* x, bool check_scores) {
     const index_t N = J.rows, P = J.cols, m = G.cols;
     const Panel<T> panel = make_panel(J);
+    auto jblock = [&](index_t p0) {  // pointer to J(0, p0) in the panel's layout
+        return panel.transposed ? panel.data + p0 : panel.data + p0 * panel.ld;
+    };
+    // B = J X (N x m) over column chunks of J, each into its own partial
+    // buffer, summed in chunk order (reproducible for a given thread count).
+    copy_to(G, x, P);
+    std::vector<T> parts;
+    index_t chunks = 0;
+    auto jx = [&](std::ptrdiff_t c, index_t p0, index_t bp) {
+        T* out = parts.data() + c * N * m;
+        if (bp == 0)
+            std::fill(out, out + N * m, T(0));
+        else  // panel.transposed: memory holds J^T (P x N) column-major.
+            gemm<T>(panel.transposed ? 'T' : 'N', 'N', N, m, bp, T(1), jblock(p0), panel.ld, x + p0, P, T(0), out, N);
+    };
     // Gram K = J J^T (lower), then K <- D K D + lam I with D = diag(sqrt(w)).
-    // Sample space is small: the split path's n x n buffers are fine up to N = 2048.
+    // Sample space is small: the split path's n x n buffers are fine up to
+    // N = 2048. That path splits the contraction over P into chunks; each
+    // chunk's part of B is computed right after, while those columns of J are
+    // still in cache, which saves a pass over J from memory.
+    const GramAlong along = [&](std::ptrdiff_t c, index_t p0, index_t bp) {
+        if (c < 0) {
+            chunks = p0;
+            parts.resize(static_cast<std::size_t>(chunks * N * m));
+        } else {
+            jx(c, p0, bp);
+        }
+    };
     Matrix<T> K(N, N);
     const GramOperand<T> op{panel.data, panel.ld, panel.transposed, N, P};
-    gram(op, T(1), K.data(), N, T(0), false, 2048);
+    const bool fused = gram(op, T(1), K.data(), N, T(0), false, 2048, &along);
+    if (check_scores && !diagonal_finite(K.data(), N, N)) return kNonFiniteScores;
     std::vector<T> d(static_cast<std::size_t>(N));
     for (index_t i = 0; i < N; ++i) d[static_cast<std::size_t>(i)] = w ? std::sqrt(w[i]) : T(1) / std::sqrt(T(N));
     for (index_t j = 0; j < N; ++j) {
@@ -32,28 +59,21 @@ index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T da
     const index_t info = cholesky(K.data(), N, N);
     if (info != 0) return info;
 
-    copy_to(G, x, P);
-    // B = J X (N x m), the contraction over P in chunks handed out dynamically
-    // (several per thread, so a thread slowed by a competing process takes
-    // fewer), partial products summed in chunk order (reproducible).
+    // Chunks of P for the passes over J not fused with the Gram: several per
+    // thread, handed out dynamically, so a thread slowed by a competing
+    // process takes fewer.
     Team team(2.0 * double(N) * double(P) * double(m) >= kParallelFlops);
-    const index_t chunks =
+    const index_t pchunks =
         std::min<index_t>(team.slots() == 1 ? 1 : 4 * team.slots(), std::max<index_t>(1, P / 256));
-    const index_t step = (P + chunks - 1) / chunks;
-    auto jblock = [&](index_t p0) {  // pointer to J(0, p0) in the panel's layout
-        return panel.transposed ? panel.data + p0 : panel.data + p0 * panel.ld;
-    };
-    std::vector<T> parts(static_cast<std::size_t>(chunks * N * m));
-    team.run(chunks, [&](std::ptrdiff_t c, int) {
-        const index_t p0 = c * step, bp = std::max<index_t>(0, std::min(P, p0 + step) - p0);
-        T* out = parts.data() + c * N * m;
-        if (bp == 0) {
-            std::fill(out, out + N * m, T(0));
-            return;
-        }
-        // panel.transposed: memory holds J^T (P x N) column-major.
-        gemm<T>(panel.transposed ? 'T' : 'N', 'N', N, m, bp, T(1), jblock(p0), panel.ld, x + p0, P, T(0), out, N);
-    });
+    const index_t step = (P + pchunks - 1) / pchunks;
+    if (!fused) {
+        chunks = pchunks;
+        parts.resize(static_cast<std::size_t>(chunks * N * m));
+        team.run(chunks, [&](std::ptrdiff_t c, int) {
+            const index_t p0 = std::min(P, c * step);
+            jx(c, p0, std::min(P, p0 + step) - p0);
+        });
+    }
     T* B = parts.data();
     for (index_t c = 1; c < chunks; ++c)
         for (index_t i = 0; i < N * m; ++i) B[i] += parts[static_cast<std::size_t>(c * N * m + i)];
@@ -65,7 +85,7 @@ index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T da
         for (index_t i = 0; i < N; ++i) B[i + j * N] *= d[static_cast<std::size_t>(i)];
     // X = (X - J^T U) / lam, rows of X independent.
     const T inv = T(1) / damping;
-    team.run(chunks, [&](std::ptrdiff_t c, int) {
+    team.run(pchunks, [&](std::ptrdiff_t c, int) {
         const index_t p0 = c * step, bp = std::max<index_t>(0, std::min(P, p0 + step) - p0);
         if (bp == 0) return;
         gemm<T>(panel.transposed ? 'N' : 'T', 'N', bp, m, N, -inv, jblock(p0), panel.ld, B, N, inv, x + p0, P);
@@ -73,8 +93,9 @@ index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T da
     return 0;
 }
 
-template index_t lowrank_solve<float>(const Strided<float>&, const float*, const Strided<float>&, float, float*);
+template index_t lowrank_solve<float>(const Strided<float>&, const float*, const Strided<float>&, float, float*,
+                                      bool);
 template index_t lowrank_solve<double>(const Strided<double>&, const double*, const Strided<double>&, double,
-                                       double*);
+                                       double*, bool);
 
 }  // namespace ngdfast

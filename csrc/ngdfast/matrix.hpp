@@ -12,6 +12,21 @@
 
 namespace ngdfast {
 
+// Returned instead of a pivot index by the solves that check their score
+// rows' finiteness themselves (lowrank_solve, the dense natural gradient).
+constexpr index_t kNonFiniteScores = -1;
+
+// True when the diagonal of the n x n column-major `a` (leading dimension
+// lda) is free of NaN and Inf.
+template <class T>
+bool diagonal_finite(const T* a, index_t n, index_t lda) {
+    for (index_t i = 0; i < n; ++i) {
+        const T v = a[i + i * lda];
+        if (!(v - v == T(0))) return false;  // NaN and +-Inf give NaN
+    }
+    return true;
+}
+
 // rows x cols matrix, element (i, j) at data[i * rs + j * cs]. Strides may be
 // negative or zero for length-1 dimensions.
 template <class T>

@@ -45,11 +45,19 @@ def cholesky_factor(F: _Float, damping: float) -> Tuple[_Float, int]:
 def cholesky_solve(L: _Float, G: _Float) -> _Float:
     """``X = (L L^T)^-1 G`` for a factor from :func:`cholesky_factor`; G (P, K)."""
 
-def lowrank_solve(J: _Float, w: Optional[_Float], G: _Float, damping: float) -> Tuple[_Float, int]:
+NON_FINITE_SCORES: int
+"""``info`` of the two solves from score rows when ``check_scores`` found NaN/Inf on
+the diagonal of their Gram product (J holds NaN/Inf, or its squares overflow)."""
+
+def lowrank_solve(
+    J: _Float, w: Optional[_Float], G: _Float, damping: float, check_scores: bool = False
+) -> Tuple[_Float, int]:
     """Solve ``(J.T diag(w) J + damping I) X = G`` by Woodbury in sample space
     (N x N Cholesky), never forming P x P. ``damping > 0``. Returns ``(X, info)``."""
 
-def natural_gradient_dense(J: _Float, w: Optional[_Float], G: _Float, damping: float) -> Tuple[_Float, int]:
+def natural_gradient_dense(
+    J: _Float, w: Optional[_Float], G: _Float, damping: float, check_scores: bool = False
+) -> Tuple[_Float, int]:
     """Form ``F = J.T diag(w) J`` in one P x P buffer, factor ``F + damping I`` in
     place and solve for G (P, K). Returns ``(X, info)``."""
 

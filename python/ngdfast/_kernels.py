@@ -3,7 +3,14 @@
 Each wrapper validates and normalises its arguments with ``ngdfast._validation``
 (the same checks and messages as ``ngdfast.reference``, with the finiteness
 test done by ``_core.all_finite`` without temporaries) and then makes one call
-into the C++ core, which releases the GIL.  Semantics are those of the
+into the C++ core, which releases the GIL.
+
+Score rows J are the largest input and the kernels read them anyway, so J's
+finiteness is read off the diagonal of the Gram product the kernel forms
+(``sum_p J[i, p]**2``, non-finite exactly when row i holds NaN/Inf, or when its
+squares overflow): a separate pass over J would cost as much memory traffic as
+the rest of a low-rank solve outside its Gram product. Only when that diagonal
+is non-finite is J scanned, to raise the same error the reference raises.  Semantics are those of the
 reference kernels; their docstrings hold the full formulas.
 """
 
@@ -43,6 +50,22 @@ def _result(X: np.ndarray, vector: bool) -> np.ndarray:
     return X[:, 0] if vector else X
 
 
+def _solve_from_scores(core, func: str, J, w, G, damping: float, check_finite: bool):
+    """``core(J, w, G, damping, check_scores)`` with the checks of ``check_finite``:
+    g first scanned (small), J through the kernel's Gram diagonal; errors name J
+    before g, as the reference does."""
+    if not check_finite:
+        return core(J, w, G, damping, False)
+    if not _all_finite(G):
+        _v.require_finite(J, func, "J", _all_finite)
+        _v.require_finite(G, func, "g", _all_finite)
+    X, info = core(J, w, G, damping, True)
+    if info == _core.NON_FINITE_SCORES:
+        _v.require_finite(J, func, "J", _all_finite)
+        X, info = core(J, w, G, damping, False)  # J is finite: its Gram product overflowed
+    return X, info
+
+
 def _check_info(info: int, func: str, matrix: str, size: int, damping: float) -> None:
     """Turn a LAPACK-style ``info`` from the core into an exception."""
     if info > 0:
@@ -77,11 +100,14 @@ def fisher(J, weights=None, *, out=None, decay=0.0, check_finite=True):
     --------
     ngdfast.reference.fisher : the specification.
     """
-    J, w, out, decay = _v.fisher_args(J, weights, out, decay, check_finite, _all_finite, _cast)
+    # A given out must not be written for a rejected J: check J first then.
+    J, w, out, decay = _v.fisher_args(J, weights, out, decay, check_finite and out is not None, _all_finite, _cast)
     p = J.shape[1]
     if out is None:
         out = np.empty((p, p), dtype=J.dtype)
         _core.fisher(J, w, out, 1.0, 0.0, True)
+        if check_finite and not _all_finite(out.diagonal()):
+            _v.require_finite(J, "fisher", "J", _all_finite)  # raises unless J J^T merely overflowed
         return out
     if np.may_share_memory(out, J):
         J = J.copy()  # the core would read J while overwriting it
@@ -144,8 +170,8 @@ def lowrank_solve(J, g, damping, weights=None, *, check_finite=True):
     --------
     ngdfast.reference.lowrank_solve : the specification.
     """
-    J, w, G, damping, vector = _v.lowrank_solve_args(J, g, damping, weights, check_finite, _all_finite, _cast)
-    X, info = _core.lowrank_solve(J, w, G, damping)
+    J, w, G, damping, vector = _v.lowrank_solve_args(J, g, damping, weights, False, _all_finite, _cast)
+    X, info = _solve_from_scores(_core.lowrank_solve, "lowrank_solve", J, w, G, damping, check_finite)
     _check_info(info, "lowrank_solve", _v.SAMPLE_MATRIX, J.shape[0], damping)
     return _result(X, vector)
 
@@ -172,13 +198,14 @@ def natural_gradient(J, g, damping, weights=None, *, method="auto", check_finite
     ngdfast.reference.natural_gradient : the specification.
     """
     J, w, G, damping, vector, method = _v.natural_gradient_args(
-        J, g, damping, weights, method, check_finite, _all_finite, _cast
+        J, g, damping, weights, method, False, _all_finite, _cast
     )
+    func = "natural_gradient"
     if method == "dense":
-        X, info = _core.natural_gradient_dense(J, w, G, damping)
+        X, info = _solve_from_scores(_core.natural_gradient_dense, func, J, w, G, damping, check_finite)
         _check_info(info, "natural_gradient", _v.DENSE_MATRIX, J.shape[1], damping)
     else:
-        X, info = _core.lowrank_solve(J, w, G, damping)
+        X, info = _solve_from_scores(_core.lowrank_solve, func, J, w, G, damping, check_finite)
         _check_info(info, "natural_gradient", _v.SAMPLE_MATRIX, J.shape[0], damping)
     return _result(X, vector)
 
