@@ -85,9 +85,10 @@ def test_not_positive_definite_pivot_in_late_panel(engine, threads):
     assert str(compiled.value) == str(ref.value)
 
 
-@pytest.mark.parametrize("n,p", [(64, 3000), (520, 700)])
+@pytest.mark.parametrize("n,p", [(64, 3000), (450, 1900), (520, 700), (700, 2900)])
 def test_lowrank_several_right_hand_sides(engine, threads, n, p):
-    # (64, 3000): J X fused with the Gram's contraction chunks; (520, 700): separate pass.
+    # (64, 3000), (450, 1900): the Gram's contraction split in chunks, J X fused
+    # with them; (520, 700) and (700, 2900): tiled Gram, J X a separate pass.
     rng = np.random.default_rng(n)
     J = rng.standard_normal((n, p))
     G = rng.standard_normal((p, 5))
