@@ -62,7 +62,7 @@ def test_fisher_blocking(engine, threads, dtype, n, p):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("p,k", [(129, 1), (450, 3), (700, 2)])
+@pytest.mark.parametrize("p,k", [(129, 1), (450, 3), (700, 2), (300, 21)])
 def test_damped_solve_blocking(engine, threads, dtype, p, k):
     rng = np.random.default_rng(p)
     F = spd(rng, p, dtype)
@@ -110,10 +110,12 @@ def test_lowrank_blocking(engine, threads, dtype, n, p, order):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_kfac_blocked_factors(engine, dtype):
+@pytest.mark.parametrize("n_out,n_in", [(150, 200), (37, 300), (300, 45)])
+def test_kfac_blocked_factors(engine, threads, dtype, n_out, n_in):
+    # Right-hand solves in row chunks of the gradient (ragged last chunk, or one).
     rng = np.random.default_rng(11)
-    A, S = spd(rng, 200, dtype), spd(rng, 150, dtype)
-    grad = rng.standard_normal((150, 200)).astype(dtype)
+    A, S = spd(rng, n_in, dtype), spd(rng, n_out, dtype)
+    grad = rng.standard_normal((n_out, n_in)).astype(dtype)
     X = ngdfast.kfac_precondition(grad, A, S, 1e-2)
     assert rel(X, reference.kfac_precondition(grad, A, S, 1e-2)) < 50 * TOL[dtype]
 

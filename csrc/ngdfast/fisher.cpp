@@ -26,9 +26,9 @@ std::vector<T>& scratch(std::size_t n) {
 
 // Writes block t (bi x bj, column-major, leading dimension bi) of X X^T whose
 // top-left corner is (i0, j0), i0 >= j0 (i0 == j0: a square diagonal block),
-// into out by out = beta*out + t, in both triangles. One pass over 32 x 32 blocks: each block of t is read once,
-// while it is in L1, for its column-major (lower) and transposed (upper)
-// destinations.
+// into out by out = beta*out + t, in both triangles. One pass over 32 x 32
+// sub-blocks: each is read once, while it is in L1, for its column-major
+// (lower) and transposed (upper) destinations.
 template <class T>
 void store_tile(const T* t, index_t bi, index_t bj, index_t i0, index_t j0, T* out, index_t ldo, T beta,
                 bool write_upper) {

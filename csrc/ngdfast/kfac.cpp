@@ -1,8 +1,16 @@
 #include "ngdfast/kfac.hpp"
 
+#include <algorithm>
+
 #include "ngdfast/cholesky.hpp"
+#include "ngdfast/parallel.hpp"
 
 namespace ngdfast {
+namespace {
+
+constexpr double kParallelFlops = 4.0e6;
+
+}  // namespace
 
 template <class T>
 index_t kfac_precondition(const Strided<T>& grad, const Strided<T>& A, const Strided<T>& S, T damping_a,
@@ -22,10 +30,19 @@ index_t kfac_precondition(const Strided<T>& grad, const Strided<T>& A, const Str
         return info;
     }
     copy_to(grad, x, n_out);
-    // S~^-1 grad, then (.) A~^-1 = (.) L_A^-T L_A^-1.
+    // S~^-1 grad, then (.) A~^-1 = (.) L_A^-T L_A^-1, the right-hand solves
+    // in independent row chunks of x on the pool (one thread took 2/3 of the
+    // call at out=512, in=1024).
     cholesky_solve(ls.data(), n_out, n_out, x, n_in, n_out);
-    trsm_lower<T>('R', 'T', n_out, n_in, la.data(), n_in, x, n_out);
-    trsm_lower<T>('R', 'N', n_out, n_in, la.data(), n_in, x, n_out);
+    Team team(2.0 * double(n_out) * double(n_in) * double(n_in) >= kParallelFlops);
+    const index_t chunks = std::max<index_t>(1, std::min<index_t>(4 * team.slots(), n_out / 32));
+    const index_t step = (n_out + chunks - 1) / chunks;
+    team.run(chunks, [&](std::ptrdiff_t c, int) {
+        const index_t r0 = c * step, rows = std::min(n_out, r0 + step) - r0;
+        if (rows <= 0) return;
+        trsm_lower<T>('R', 'T', rows, n_in, la.data(), n_in, x + r0, n_out);
+        trsm_lower<T>('R', 'N', rows, n_in, la.data(), n_in, x + r0, n_out);
+    });
     *factor = 0;
     return 0;
 }
