@@ -26,6 +26,18 @@ def engine(request):
     _core.use_blas(_backend.BLAS_LOADED)
 
 
+@pytest.fixture(params=["never", "always"])
+def borrow(request):
+    """Products on ngdfast's own pool ("never") or on NumPy's OpenBLAS ("always";
+    "auto" picks one per call, by whether another thread is running)."""
+    if request.param == "always" and not _backend.HOST_BLAS:
+        pytest.skip("NumPy's OpenBLAS was not found")
+    before = _core.get_borrow_mode()
+    _core.set_borrow_mode(request.param)
+    yield request.param
+    _core.set_borrow_mode(before)
+
+
 @pytest.fixture(params=[1, 2])
 def threads(request):
     before = ngdfast.get_num_threads()
@@ -45,7 +57,7 @@ def spd(rng, p, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n,p", [(700, 40), (40, 520), (33, 1100), (1, 600), (9, 2600)])
-def test_fisher_blocking(engine, threads, dtype, n, p):
+def test_fisher_blocking(engine, threads, borrow, dtype, n, p):
     # (9, 2600): a column panel taller than one GEMM block (2048 rows).
     rng = np.random.default_rng(n * 7 + p)
     J = rng.standard_normal((n, p)).astype(dtype)
@@ -86,7 +98,7 @@ def test_not_positive_definite_pivot_in_late_panel(engine, threads):
 
 
 @pytest.mark.parametrize("n,p", [(64, 3000), (450, 1900), (520, 700), (700, 2900)])
-def test_lowrank_several_right_hand_sides(engine, threads, n, p):
+def test_lowrank_several_right_hand_sides(engine, threads, borrow, n, p):
     # (64, 3000), (450, 1900): the Gram's contraction split in chunks, J X fused
     # with them; (520, 700) and (700, 2900): tiled Gram, J X a separate pass.
     rng = np.random.default_rng(n)
@@ -98,7 +110,7 @@ def test_lowrank_several_right_hand_sides(engine, threads, n, p):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n,p,order", [(64, 3000, "C"), (520, 700, "F"), (5, 4000, "C")])
-def test_lowrank_blocking(engine, threads, dtype, n, p, order):
+def test_lowrank_blocking(engine, threads, borrow, dtype, n, p, order):
     rng = np.random.default_rng(n + p)
     J = np.asarray(rng.standard_normal((n, p)), dtype=dtype, order=order)
     g = rng.standard_normal(p).astype(dtype)
@@ -144,9 +156,9 @@ def test_build_info_reports_engine():
 
 
 @pytest.mark.parametrize("n,p", [(5, 12), (256, 2000), (64, 9000), (40, 700)])
-def test_bitwise_reproducible(threads, n, p):
+def test_bitwise_reproducible(threads, borrow, n, p):
     # Dynamic scheduling must not change the summation order: identical calls
-    # give identical bits (for a given thread count).
+    # give identical bits (for a given thread count and borrowing mode).
     rng = np.random.default_rng(n * p)
     J = rng.standard_normal((n, p))
     g = rng.standard_normal(p)
@@ -201,3 +213,31 @@ def test_strides_that_split_elements_are_copied_once():
     assert np.array_equal(ngdfast.fisher(J), ngdfast.fisher(Jc))
     assert rel(ngdfast.lowrank_solve(J, g, 0.1), reference.lowrank_solve(Jc, g, 0.1)) < 1e-10
     assert rel(ngdfast.natural_gradient(J, g, 0.1), reference.natural_gradient(Jc, g, 0.1)) < 1e-10
+
+
+def test_other_thread_running_sees_a_busy_thread():
+    import threading
+    import time
+
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            pass
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        time.sleep(0.05)
+        assert _core.other_thread_running()
+    finally:
+        stop.set()
+        t.join()
+    time.sleep(0.5)  # NumPy's/SciPy's OpenBLAS workers stop spinning after ~0.1 s
+    assert not _core.other_thread_running()
+
+
+def test_borrow_mode_is_checked():
+    with pytest.raises(ValueError, match="never"):
+        _core.set_borrow_mode("sometimes")
+    assert _core.get_borrow_mode() in {"never", "auto", "always"}

@@ -2,11 +2,23 @@
 
 #include "bindings.hpp"
 #include "ngdfast/blas.hpp"
+#include "ngdfast/host_blas.hpp"
 #include "ngdfast/parallel.hpp"
 
 namespace ngdfast::bindings {
 
 namespace {
+
+const char* borrow_mode_name() {
+    switch (borrow_mode()) {
+        case BorrowMode::never:
+            return "never";
+        case BorrowMode::always:
+            return "always";
+        default:
+            return "auto";
+    }
+}
 
 py::list simd() {
     py::list out;
@@ -35,6 +47,26 @@ void bind_runtime(py::module_& m) {
     m.def("get_num_threads", &num_threads);
     m.def("load_blas", &load_blas, py::arg("path"), py::arg("prefix"));
     m.def("use_blas", &use_blas, py::arg("enabled"));
+    m.def("load_host_blas", &load_host_blas, py::arg("path"), py::arg("prefix"), py::arg("suffix"));
+    m.def(
+        "set_borrow_mode",
+        [](const std::string& mode) {
+            if (mode == "never")
+                set_borrow_mode(BorrowMode::never);
+            else if (mode == "auto")
+                set_borrow_mode(BorrowMode::automatic);
+            else if (mode == "always")
+                set_borrow_mode(BorrowMode::always);
+            else
+                throw std::invalid_argument("set_borrow_mode: mode must be 'never', 'auto' or 'always', got '" + mode +
+                                            "'");
+        },
+        py::arg("mode"));
+    m.def("get_borrow_mode", &borrow_mode_name);
+    m.def("other_thread_running", [] {
+        py::gil_scoped_release release;
+        return other_thread_running();
+    });
     m.def("build_info", [] {
         py::dict d;
         d["compiler"] = NGDFAST_COMPILER;
@@ -47,6 +79,9 @@ void bind_runtime(py::module_& m) {
         d["eigen_simd"] = Eigen::SimdInstructionSetsInUse();
         d["tile_backend"] = blas_active() ? "blas" : "eigen";
         d["blas_path"] = blas_path();
+        d["host_blas_path"] = host_blas_path();
+        d["host_blas_threads"] = host_blas_threads();
+        d["borrow_mode"] = borrow_mode_name();
         d["threads"] = num_threads();
         return d;
     });

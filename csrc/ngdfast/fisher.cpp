@@ -8,6 +8,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "ngdfast/host_blas.hpp"
 #include "ngdfast/parallel.hpp"
 
 namespace ngdfast {
@@ -191,11 +192,31 @@ bool gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
     return false;
 }
 
+// out(j, i) = out(i, j) for i > j: the upper triangle from the lower, in
+// 64-column strips handed out dynamically (32 x 32 blocks within a strip).
+template <class T>
+void mirror_lower(T* out, index_t n, index_t ldo) {
+    constexpr index_t strip = 64, kb = 32;
+    Team team(double(n) * double(n) >= 1.0e6);
+    team.run((n + strip - 1) / strip, [&](std::ptrdiff_t s, int) {
+        const index_t j0 = s * strip, j1 = std::min(n, j0 + strip);
+        for (index_t ib = j0; ib < n; ib += kb)
+            for (index_t jb = j0; jb < j1 && jb <= ib; jb += kb)
+                for (index_t j = jb; j < std::min(j1, jb + kb); ++j)
+                    for (index_t i = std::max(ib, j + 1); i < std::min(n, ib + kb); ++i)
+                        out[j + i * ldo] = out[i + j * ldo];
+    });
+}
+
 template <class T>
 void fisher(const Strided<T>& J, const T* w, T* out, index_t ldo, T alpha, T beta, bool write_upper,
             bool fresh_out) {
     const index_t N = J.rows, P = J.cols;
-    if (fresh_out && P * ldo * index_t(sizeof(T)) >= (index_t(8) << 20)) {
+    // NumPy's BLAS takes the product when another thread is running (see
+    // host_blas.hpp). Its SYRK fills the lower triangle only, so an EMA of
+    // both triangles (each updated by its own old value) stays on the pool.
+    const bool host = (beta == T(0) || !write_upper) && borrow_host_blas(double(N) * double(P) * double(P));
+    if (!host && fresh_out && P * ldo * index_t(sizeof(T)) >= (index_t(8) << 20)) {
         // One store per 4 KiB page faults it in; the tiles then overwrite it.
         const index_t per_page = 4096 / index_t(sizeof(T)), total = P * ldo;
         const index_t n_pages = (total + per_page - 1) / per_page;
@@ -220,6 +241,11 @@ void fisher(const Strided<T>& J, const T* w, T* out, index_t ldo, T alpha, T bet
     // F = J^T J = X X^T with X = J^T (P x N): memory holds X itself when the
     // panel stores J^T column-major.
     GramOperand<T> x{panel.data, panel.ld, !panel.transposed, P, N};
+    if (host) {
+        host_syrk_lower<T>(x.xt ? 'T' : 'N', P, N, scale, x.data, x.ld, beta, out, ldo);
+        if (write_upper) mirror_lower(out, P, ldo);
+        return;
+    }
     gram(x, scale, out, ldo, beta, write_upper);
 }
 

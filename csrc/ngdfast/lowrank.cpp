@@ -5,6 +5,7 @@
 
 #include "ngdfast/cholesky.hpp"
 #include "ngdfast/fisher.hpp"
+#include "ngdfast/host_blas.hpp"
 #include "ngdfast/parallel.hpp"
 
 namespace ngdfast {
@@ -48,9 +49,16 @@ index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T da
             jx(c, p0, bp);
         }
     };
+    // Or all three products on NumPy's BLAS when another thread is running
+    // (see host_blas.hpp).
+    const bool host = borrow_host_blas(double(N) * double(N) * double(P));
     Matrix<T> K(N, N);
     const GramOperand<T> op{panel.data, panel.ld, panel.transposed, N, P};
-    const bool fused = gram(op, T(1), K.data(), N, T(0), false, 640, &along);
+    bool fused = false;
+    if (host)
+        host_syrk_lower<T>(op.xt ? 'T' : 'N', N, P, T(1), op.data, op.ld, T(0), K.data(), N);
+    else
+        fused = gram(op, T(1), K.data(), N, T(0), false, 640, &along);
     if (check_scores && !diagonal_finite(K.data(), N, N)) return kNonFiniteScores;
     std::vector<T> d(static_cast<std::size_t>(N));
     for (index_t i = 0; i < N; ++i) d[static_cast<std::size_t>(i)] = w ? std::sqrt(w[i]) : T(1) / std::sqrt(T(N));
@@ -68,7 +76,12 @@ index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T da
     const index_t pchunks =
         std::min<index_t>(team.slots() == 1 ? 1 : 4 * team.slots(), std::max<index_t>(1, P / 256));
     const index_t step = (P + pchunks - 1) / pchunks;
-    if (!fused) {
+    if (host) {
+        chunks = 1;
+        parts.resize(static_cast<std::size_t>(N * m));
+        host_gemm<T>(panel.transposed ? 'T' : 'N', 'N', N, m, P, T(1), jblock(0), panel.ld, x, P, T(0), parts.data(),
+                     N);
+    } else if (!fused) {
         chunks = pchunks;
         parts.resize(static_cast<std::size_t>(chunks * N * m));
         team.run(chunks, [&](std::ptrdiff_t c, int) {
@@ -87,6 +100,10 @@ index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T da
         for (index_t i = 0; i < N; ++i) B[i + j * N] *= d[static_cast<std::size_t>(i)];
     // X = (X - J^T U) / lam, rows of X independent.
     const T inv = T(1) / damping;
+    if (host) {
+        host_gemm<T>(panel.transposed ? 'N' : 'T', 'N', P, m, N, -inv, jblock(0), panel.ld, B, N, inv, x, P);
+        return 0;
+    }
     team.run(pchunks, [&](std::ptrdiff_t c, int) {
         const index_t p0 = c * step, bp = std::max<index_t>(0, std::min(P, p0 + step) - p0);
         if (bp == 0) return;

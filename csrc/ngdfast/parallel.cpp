@@ -1,10 +1,68 @@
 #include "ngdfast/parallel.hpp"
 
+#include <dirent.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <stdexcept>
 
 namespace ngdfast {
+namespace {
+
+long this_tid() { return static_cast<long>(syscall(SYS_gettid)); }
+
+// Kernel thread ids of every ngdfast worker alive (all pools: a replaced pool
+// lives on while a run() holds it).
+std::mutex g_tids_mutex;
+std::vector<long> g_worker_tids;
+
+void register_worker(long tid, bool alive) {
+    std::lock_guard<std::mutex> lock(g_tids_mutex);
+    if (alive)
+        g_worker_tids.push_back(tid);
+    else
+        g_worker_tids.erase(std::remove(g_worker_tids.begin(), g_worker_tids.end(), tid), g_worker_tids.end());
+}
+
+}  // namespace
+
+bool other_thread_running() {
+    DIR* dir = opendir("/proc/self/task");
+    if (!dir) return false;
+    const long me = this_tid();
+    std::vector<long> ours;
+    {
+        std::lock_guard<std::mutex> lock(g_tids_mutex);
+        ours = g_worker_tids;
+    }
+    bool running = false;
+    while (dirent* entry = readdir(dir)) {
+        char* end = nullptr;
+        const long tid = std::strtol(entry->d_name, &end, 10);
+        if (end == entry->d_name || *end != '\0' || tid == me) continue;
+        if (std::find(ours.begin(), ours.end(), tid) != ours.end()) continue;
+        char path[64], buf[512];
+        std::snprintf(path, sizeof path, "/proc/self/task/%ld/stat", tid);
+        FILE* f = std::fopen(path, "r");
+        if (!f) continue;  // the thread ended meanwhile
+        const std::size_t got = std::fread(buf, 1, sizeof buf - 1, f);
+        std::fclose(f);
+        buf[got] = '\0';
+        // "tid (comm) S ...": the state follows the last ')' (comm may hold any byte).
+        const char* close = std::strrchr(buf, ')');
+        if (close && close[1] == ' ' && close[2] == 'R') {
+            running = true;
+            break;
+        }
+    }
+    closedir(dir);
+    return running;
+}
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
     workers_.reserve(static_cast<std::size_t>(n_threads_ - 1));
@@ -21,6 +79,11 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::worker_loop(int slot) {
+    struct Registered {
+        long tid = this_tid();
+        Registered() { register_worker(tid, true); }
+        ~Registered() { register_worker(tid, false); }
+    } registered;
     unsigned long seen = 0;
     for (;;) {
         const std::function<void(std::ptrdiff_t, int)>* body;

@@ -51,6 +51,12 @@ private:
     std::exception_ptr error_;
 };
 
+// True when a thread of this process other than the caller and ngdfast's own
+// workers is running or runnable (state R in /proc/self/task/*/stat): e.g.
+// NumPy's OpenBLAS workers, which busy-wait for ~0.1 s after each NumPy call.
+// False where /proc is unavailable. Costs ~30 us.
+bool other_thread_running();
+
 // Process-wide pool size used by all kernels.
 int num_threads();
 void set_num_threads(int n);

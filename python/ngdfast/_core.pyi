@@ -80,5 +80,19 @@ def load_blas(path: str, prefix: str) -> bool:
 def use_blas(enabled: bool) -> None:
     """Switch between the loaded BLAS tile kernels and Eigen's own."""
 
+def load_host_blas(path: str, prefix: str, suffix: str) -> bool:
+    """Bind to NumPy's already loaded OpenBLAS at ``path`` (symbols
+    ``{prefix}dsyrk{suffix}`` ..., 64-bit integers); False if it is not loaded or lacks them."""
+
+def set_borrow_mode(mode: Literal["never", "auto", "always"]) -> None:
+    """Whether the Gram products of ``fisher`` and the low-rank solves run on NumPy's
+    OpenBLAS: ``"auto"`` when another thread of the process is running (NumPy's
+    workers spin ~0.1 s after each NumPy call), ``"never"``, or ``"always"``."""
+
+def get_borrow_mode() -> Literal["never", "auto", "always"]: ...
+
+def other_thread_running() -> bool:
+    """True when a thread other than the caller and ngdfast's workers is running."""
+
 def build_info() -> dict:
     """Compiler, flags, SIMD instruction sets, tile backend, threads."""

@@ -1,0 +1,120 @@
+#include "ngdfast/host_blas.hpp"
+
+#include <dlfcn.h>
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+
+#include "ngdfast/parallel.hpp"
+
+namespace ngdfast {
+namespace {
+
+using lint = std::int64_t;  // NumPy's OpenBLAS is built with 64-bit integers
+template <class T>
+using gemm_fn = void (*)(const char*, const char*, const lint*, const lint*, const lint*, const T*, const T*,
+                         const lint*, const T*, const lint*, const T*, T*, const lint*, std::size_t, std::size_t);
+template <class T>
+using syrk_fn = void (*)(const char*, const char*, const lint*, const lint*, const T*, const T*, const lint*,
+                         const T*, T*, const lint*, std::size_t, std::size_t);
+
+using threads_fn = int (*)();
+threads_fn g_threads = nullptr;  // the host library's thread count, when it tells
+
+template <class T>
+struct HostTable {
+    gemm_fn<T> gemm = nullptr;
+    syrk_fn<T> syrk = nullptr;
+};
+
+HostTable<double> g_d;
+HostTable<float> g_s;
+std::atomic<bool> g_loaded{false};
+std::atomic<int> g_mode{static_cast<int>(BorrowMode::automatic)};
+std::string g_path;
+std::mutex g_mutex;
+
+template <class T>
+const HostTable<T>& host_table();
+template <>
+const HostTable<double>& host_table<double>() { return g_d; }
+template <>
+const HostTable<float>& host_table<float>() { return g_s; }
+
+// Below this the check's ~30 us would be a visible share of the call.
+constexpr double kBorrowMinFlops = 2.0e7;
+
+}  // namespace
+
+bool load_host_blas(const std::string& path, const std::string& prefix, const std::string& suffix) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    if (g_loaded) return true;
+    // RTLD_NOLOAD: only the instance NumPy already loaded (same threads and
+    // settings); never a second copy.
+    void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+    if (!h) return false;
+    auto sym = [&](const char* name) { return dlsym(h, (prefix + name + suffix).c_str()); };
+    HostTable<double> d{reinterpret_cast<gemm_fn<double>>(sym("dgemm")), reinterpret_cast<syrk_fn<double>>(sym("dsyrk"))};
+    HostTable<float> s{reinterpret_cast<gemm_fn<float>>(sym("sgemm")), reinterpret_cast<syrk_fn<float>>(sym("ssyrk"))};
+    if (!d.gemm || !d.syrk || !s.gemm || !s.syrk) {
+        dlclose(h);
+        return false;
+    }
+    for (const char* name : {"openblas_get_num_threads64_", "openblas_get_num_threads_64_", "openblas_get_num_threads"})
+        if (!g_threads) g_threads = reinterpret_cast<threads_fn>(dlsym(h, (prefix + name).c_str()));
+    g_d = d;
+    g_s = s;
+    g_path = path;
+    g_loaded = true;  // the handle stays open for the life of the process
+    return true;
+}
+
+bool host_blas_loaded() { return g_loaded.load(); }
+std::string host_blas_path() { return g_loaded ? g_path : std::string(); }
+int host_blas_threads() { return g_loaded && g_threads ? g_threads() : 0; }
+
+void set_borrow_mode(BorrowMode mode) { g_mode = static_cast<int>(mode); }
+BorrowMode borrow_mode() { return static_cast<BorrowMode>(g_mode.load()); }
+
+bool borrow_host_blas(double flops) {
+    if (!g_loaded.load(std::memory_order_relaxed)) return false;
+    switch (borrow_mode()) {
+        case BorrowMode::never:
+            return false;
+        case BorrowMode::always:
+            return true;
+        case BorrowMode::automatic:
+            break;
+    }
+    // A host limited to one thread (threadpoolctl) has no spinning workers to
+    // put to use, and would run the product on one core.
+    return flops >= kBorrowMinFlops && num_threads() > 1 && host_blas_threads() != 1 &&
+           other_thread_running();
+}
+
+template <class T>
+void host_syrk_lower(char trans, index_t n, index_t k, T alpha, const T* a, index_t lda, T beta, T* c, index_t ldc) {
+    if (n <= 0) return;
+    const char uplo = 'L';
+    const lint ln = n, lk = k, la = lda, lc = ldc;
+    host_table<T>().syrk(&uplo, &trans, &ln, &lk, &alpha, a, &la, &beta, c, &lc, 1, 1);
+}
+
+template <class T>
+void host_gemm(char transa, char transb, index_t m, index_t n, index_t k, T alpha, const T* a, index_t lda, const T* b,
+               index_t ldb, T beta, T* c, index_t ldc) {
+    if (m <= 0 || n <= 0) return;
+    const lint lm = m, ln = n, lk = k, la = lda, lb = ldb, lc = ldc;
+    host_table<T>().gemm(&transa, &transb, &lm, &ln, &lk, &alpha, a, &la, b, &lb, &beta, c, &lc, 1, 1);
+}
+
+#define NGDFAST_INSTANTIATE(T)                                                                              \
+    template void host_syrk_lower<T>(char, index_t, index_t, T, const T*, index_t, T, T*, index_t);       \
+    template void host_gemm<T>(char, char, index_t, index_t, index_t, T, const T*, index_t, const T*, index_t, T, \
+                               T*, index_t);
+NGDFAST_INSTANTIATE(float)
+NGDFAST_INSTANTIATE(double)
+#undef NGDFAST_INSTANTIATE
+
+}  // namespace ngdfast
