@@ -67,6 +67,10 @@ bool other_thread_running() {
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
     workers_.reserve(static_cast<std::size_t>(n_threads_ - 1));
     for (int slot = 1; slot < n_threads_; ++slot) workers_.emplace_back([this, slot] { worker_loop(slot); });
+    // Workers are known by thread id before the pool is used, so that
+    // other_thread_running() never takes a starting worker for a foreign thread.
+    std::unique_lock<std::mutex> lock(m_);
+    done_.wait(lock, [&] { return started_ == n_threads_ - 1; });
 }
 
 ThreadPool::~ThreadPool() {
@@ -84,6 +88,11 @@ void ThreadPool::worker_loop(int slot) {
         Registered() { register_worker(tid, true); }
         ~Registered() { register_worker(tid, false); }
     } registered;
+    {
+        std::lock_guard<std::mutex> lock(m_);
+        ++started_;
+    }
+    done_.notify_all();
     unsigned long seen = 0;
     for (;;) {
         const std::function<void(std::ptrdiff_t, int)>* body;

@@ -46,6 +46,7 @@ private:
     std::ptrdiff_t n_tasks_ = 0;
     std::atomic<std::ptrdiff_t> next_{0};
     int active_ = 0;
+    int started_ = 0;  // workers that have registered their thread id
     unsigned long generation_ = 0;
     bool stop_ = false;
     std::exception_ptr error_;

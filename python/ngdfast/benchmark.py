@@ -520,9 +520,10 @@ def _alternating(quick: bool, repeats: int) -> list[dict[str, Any]]:
     Two workloads (a dense EMA Fisher + Cholesky solve, and a Woodbury natural
     gradient), each with ngdfast and with the NumPy/SciPy code a user would
     write. With threadpoolctl installed, ngdfast is also run with NumPy's
-    BLAS limited to one thread, which removes NumPy's spinning workers.
+    BLAS limited to one thread, which removes NumPy's spinning workers, and
+    without borrowing NumPy's BLAS for its products (see ngdfast._backend).
     """
-    from . import damped_solve, fisher, natural_gradient
+    from . import _core, damped_solve, fisher, natural_gradient
 
     m = 128 if quick else 512
     rng = np.random.default_rng(6)
@@ -583,6 +584,14 @@ def _alternating(quick: bool, repeats: int) -> list[dict[str, Any]]:
                 # threads are not BLAS threads and keep running.
                 t1 = time_blocks({"matmul": matmul, "both": lambda ngd=ngd: (matmul(), ngd())}, repeats)
             variants.append(("ngdfast, numpy 1 thread", t["ngdfast"], t1["both"]))
+        if _core.get_borrow_mode() == "auto":
+            # The same loop without borrowing NumPy's BLAS (NGDFAST_BORROW_BLAS=never).
+            _core.set_borrow_mode("never")
+            try:
+                t0 = time_blocks({"ngdfast": ngd, "both": lambda ngd=ngd: (matmul(), ngd())}, repeats)
+            finally:
+                _core.set_borrow_mode("auto")
+            variants.append(("ngdfast, no borrowing", t0["ngdfast"], t0["both"]))
         for label, alone, both in variants:
             rows.append({
                 "variant": label,
