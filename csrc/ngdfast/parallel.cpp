@@ -40,8 +40,17 @@ bool other_thread_running() {
         std::lock_guard<std::mutex> lock(g_tids_mutex);
         ours = g_worker_tids;
     }
+    // Reading a stat file costs a few microseconds: past the first 64 threads
+    // the answer is "no" (the pool is the safe default) rather than a scan of
+    // a millisecond.
+    constexpr int kMaxScanned = 64;
+    int scanned = 0;
     bool running = false;
     while (dirent* entry = readdir(dir)) {
+        if (++scanned > kMaxScanned + 2) {  // + "." and ".."
+            running = false;
+            break;
+        }
         char* end = nullptr;
         const long tid = std::strtol(entry->d_name, &end, 10);
         if (end == entry->d_name || *end != '\0' || tid == me) continue;

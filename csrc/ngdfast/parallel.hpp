@@ -55,7 +55,9 @@ private:
 // True when a thread of this process other than the caller and ngdfast's own
 // workers is running or runnable (state R in /proc/self/task/*/stat): e.g.
 // NumPy's OpenBLAS workers, which busy-wait for ~0.1 s after each NumPy call.
-// False where /proc is unavailable. Costs ~30 us.
+// False where /proc is unavailable; only the first 64 threads listed are
+// looked at (a process with hundreds of threads is not scanned for a
+// millisecond). Costs ~30 us.
 bool other_thread_running();
 
 // Process-wide pool size used by all kernels.
