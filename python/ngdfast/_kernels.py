@@ -10,8 +10,10 @@ finiteness is read off the diagonal of the Gram product the kernel forms
 (``sum_p J[i, p]**2``, non-finite exactly when row i holds NaN/Inf, or when its
 squares overflow): a separate pass over J would cost as much memory traffic as
 the rest of a low-rank solve outside its Gram product. Only when that diagonal
-is non-finite is J scanned, to raise the same error the reference raises.  Semantics are those of the
-reference kernels; their docstrings hold the full formulas.
+is non-finite is J scanned, to raise the same error the reference raises.
+
+Semantics are those of the reference kernels; their docstrings hold the full
+formulas.
 """
 
 from __future__ import annotations
@@ -203,10 +205,10 @@ def natural_gradient(J, g, damping, weights=None, *, method="auto", check_finite
     func = "natural_gradient"
     if method == "dense":
         X, info = _solve_from_scores(_core.natural_gradient_dense, func, J, w, G, damping, check_finite)
-        _check_info(info, "natural_gradient", _v.DENSE_MATRIX, J.shape[1], damping)
+        _check_info(info, func, _v.DENSE_MATRIX, J.shape[1], damping)
     else:
         X, info = _solve_from_scores(_core.lowrank_solve, func, J, w, G, damping, check_finite)
-        _check_info(info, "natural_gradient", _v.SAMPLE_MATRIX, J.shape[0], damping)
+        _check_info(info, func, _v.SAMPLE_MATRIX, J.shape[0], damping)
     return _result(X, vector)
 
 
