@@ -66,11 +66,19 @@ def test_fisher_blocking(engine, threads, borrow, dtype, n, p):
     assert F.dtype == dtype
     assert np.array_equal(F, F.T)
     assert rel(F, reference.fisher(J, w)) < TOL[dtype]
-    # A non-symmetric out: the EMA rule holds elementwise in both triangles.
+    # A non-symmetric out: the EMA rule holds elementwise in both triangles
+    # (always on the pool); a symmetric one (NumPy's BLAS when borrowing, the
+    # upper triangle mirrored): the result stays exactly symmetric.
     out = np.asfortranarray(rng.standard_normal((p, p)).astype(dtype))
     expect = reference.fisher(J, out=out.copy(), decay=0.25)
     ngdfast.fisher(J, out=out, decay=0.25)
     assert rel(out, expect) < TOL[dtype]
+    out = np.asfortranarray(spd(rng, p, dtype))
+    assert np.array_equal(out, out.T)
+    expect = reference.fisher(J, w, out=out.copy(), decay=0.25)
+    ngdfast.fisher(J, w, out=out, decay=0.25)
+    assert rel(out, expect) < TOL[dtype]
+    assert np.array_equal(out, out.T)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -2,6 +2,7 @@
 
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -208,14 +209,35 @@ void mirror_lower(T* out, index_t n, index_t ldo) {
     });
 }
 
+// Whether out(i, j) == out(j, i) bitwise for all i, j (NaNs compare unequal,
+// so a NaN anywhere off the diagonal answers false).
+template <class T>
+bool exactly_symmetric(const T* out, index_t n, index_t ldo) {
+    constexpr index_t strip = 64, kb = 32;
+    std::atomic<bool> symmetric{true};
+    Team team(double(n) * double(n) >= 1.0e6);
+    team.run((n + strip - 1) / strip, [&](std::ptrdiff_t s, int) {
+        const index_t j0 = s * strip, j1 = std::min(n, j0 + strip);
+        for (index_t ib = j0; ib < n && symmetric.load(std::memory_order_relaxed); ib += kb)
+            for (index_t jb = j0; jb < j1 && jb <= ib; jb += kb)
+                for (index_t j = jb; j < std::min(j1, jb + kb); ++j)
+                    for (index_t i = std::max(ib, j + 1); i < std::min(n, ib + kb); ++i)
+                        if (!(out[j + i * ldo] == out[i + j * ldo])) symmetric.store(false, std::memory_order_relaxed);
+    });
+    return symmetric.load();
+}
+
 template <class T>
 void fisher(const Strided<T>& J, const T* w, T* out, index_t ldo, T alpha, T beta, bool write_upper,
             bool fresh_out) {
     const index_t N = J.rows, P = J.cols;
     // NumPy's BLAS takes the product when another thread is running (see
-    // host_blas.hpp). Its SYRK fills the lower triangle only, so an EMA of
-    // both triangles (each updated by its own old value) stays on the pool.
-    const bool host = (beta == T(0) || !write_upper) && borrow_host_blas(double(N) * double(P) * double(P));
+    // host_blas.hpp). Its SYRK updates the lower triangle only; the upper is
+    // then mirrored, which is the elementwise EMA of both triangles exactly
+    // when the old out is symmetric (as every out fisher wrote is). A
+    // non-symmetric EMA target stays on the pool.
+    bool host = borrow_host_blas(double(N) * double(P) * double(P));
+    if (host && beta != T(0) && write_upper) host = exactly_symmetric(out, P, ldo);
     if (!host && fresh_out && P * ldo * index_t(sizeof(T)) >= (index_t(8) << 20)) {
         // One store per 4 KiB page faults it in; the tiles then overwrite it.
         const index_t per_page = 4096 / index_t(sizeof(T)), total = P * ldo;
