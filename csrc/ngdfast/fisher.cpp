@@ -193,10 +193,11 @@ bool gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
     return false;
 }
 
-// out(j, i) = out(i, j) for i > j: the upper triangle from the lower, in
-// 64-column strips handed out dynamically (32 x 32 blocks within a strip).
-template <class T>
-void mirror_lower(T* out, index_t n, index_t ldo) {
+// Calls f(i, j) for every i > j < n, in 64-column strips handed out
+// dynamically on the pool, 32 x 32 blocks within a strip (so that the
+// transposed element (j, i) of column-major storage is touched block-wise).
+template <class F>
+void for_each_strict_lower(index_t n, const F& f) {
     constexpr index_t strip = 64, kb = 32;
     Team team(double(n) * double(n) >= 1.0e6);
     team.run((n + strip - 1) / strip, [&](std::ptrdiff_t s, int) {
@@ -204,25 +205,23 @@ void mirror_lower(T* out, index_t n, index_t ldo) {
         for (index_t ib = j0; ib < n; ib += kb)
             for (index_t jb = j0; jb < j1 && jb <= ib; jb += kb)
                 for (index_t j = jb; j < std::min(j1, jb + kb); ++j)
-                    for (index_t i = std::max(ib, j + 1); i < std::min(n, ib + kb); ++i)
-                        out[j + i * ldo] = out[i + j * ldo];
+                    for (index_t i = std::max(ib, j + 1); i < std::min(n, ib + kb); ++i) f(i, j);
     });
+}
+
+// out(j, i) = out(i, j) for i > j: the upper triangle from the lower.
+template <class T>
+void mirror_lower(T* out, index_t n, index_t ldo) {
+    for_each_strict_lower(n, [&](index_t i, index_t j) { out[j + i * ldo] = out[i + j * ldo]; });
 }
 
 // Whether out(i, j) == out(j, i) bitwise for all i, j (NaNs compare unequal,
 // so a NaN anywhere off the diagonal answers false).
 template <class T>
 bool exactly_symmetric(const T* out, index_t n, index_t ldo) {
-    constexpr index_t strip = 64, kb = 32;
     std::atomic<bool> symmetric{true};
-    Team team(double(n) * double(n) >= 1.0e6);
-    team.run((n + strip - 1) / strip, [&](std::ptrdiff_t s, int) {
-        const index_t j0 = s * strip, j1 = std::min(n, j0 + strip);
-        for (index_t ib = j0; ib < n && symmetric.load(std::memory_order_relaxed); ib += kb)
-            for (index_t jb = j0; jb < j1 && jb <= ib; jb += kb)
-                for (index_t j = jb; j < std::min(j1, jb + kb); ++j)
-                    for (index_t i = std::max(ib, j + 1); i < std::min(n, ib + kb); ++i)
-                        if (!(out[j + i * ldo] == out[i + j * ldo])) symmetric.store(false, std::memory_order_relaxed);
+    for_each_strict_lower(n, [&](index_t i, index_t j) {
+        if (!(out[j + i * ldo] == out[i + j * ldo])) symmetric.store(false, std::memory_order_relaxed);
     });
     return symmetric.load();
 }
