@@ -3,10 +3,16 @@
 Both tile engines (OpenBLAS tiles and Eigen tiles), one and several threads,
 and sizes that cross every blocking threshold of csrc/ (single output tile
 with a split contraction, many tiles, blocked Cholesky with a ragged last
-panel, a busy pool running a second caller serially).
+panel, a busy pool running a second caller serially), and the products both on
+ngdfast's pool and on NumPy's own BLAS (borrowed while another thread runs).
 """
 
 import concurrent.futures
+import os
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -224,9 +230,6 @@ def test_strides_that_split_elements_are_copied_once():
 
 
 def test_other_thread_running_sees_a_busy_thread():
-    import threading
-    import time
-
     stop = threading.Event()
 
     def spin():
@@ -249,3 +252,14 @@ def test_borrow_mode_is_checked():
     with pytest.raises(ValueError, match="never"):
         _core.set_borrow_mode("sometimes")
     assert _core.get_borrow_mode() in {"never", "auto", "always"}
+
+
+@pytest.mark.parametrize("value,mode,warns", [("never", "never", False), (" Always ", "always", False),
+                                              ("sometimes", "auto", True)])
+def test_borrow_mode_from_environment(value, mode, warns):
+    code = "import ngdfast; from ngdfast import _core; print(_core.get_borrow_mode())"
+    env = dict(os.environ, NGDFAST_BORROW_BLAS=value)
+    run = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert run.stdout.strip() == mode
+    assert ("NGDFAST_BORROW_BLAS" in run.stderr) == warns
