@@ -84,7 +84,7 @@ void bind_cholesky(py::module_& m) {
                                          const index_t P = j.cols;
                                          Matrix<T> f(P, P);  // the only P x P buffer: F, then its factor
                                          fisher<T>(j, wp, f.data(), P, T(1), T(0), false);
-                                         if (check_scores && !diagonal_finite(f.data(), P, P)) return kNonFiniteScores;
+                                         if (check_scores && !all_finite(diagonal(f.data(), P, P))) return kNonFiniteScores;
                                          return damped_solve_in_place<T>(f.data(), P, P, g, static_cast<T>(damping), x);
                                      });
         },

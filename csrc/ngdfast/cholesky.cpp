@@ -5,12 +5,6 @@
 #include "ngdfast/parallel.hpp"
 
 namespace ngdfast {
-namespace {
-
-constexpr double kParallelFlops = 4.0e6;
-
-}  // namespace
-
 template <class T>
 index_t cholesky(T* a, index_t n, index_t lda) {
     if (n <= 0) return 0;

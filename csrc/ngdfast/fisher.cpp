@@ -15,10 +15,6 @@
 namespace ngdfast {
 namespace {
 
-// Below this many flops a call stays on the calling thread: waking a worker
-// costs tens of microseconds.
-constexpr double kParallelFlops = 4.0e6;
-
 template <class T>
 std::vector<T>& scratch(std::size_t n) {
     thread_local std::vector<T> buf;

@@ -6,12 +6,6 @@
 #include "ngdfast/parallel.hpp"
 
 namespace ngdfast {
-namespace {
-
-constexpr double kParallelFlops = 4.0e6;
-
-}  // namespace
-
 template <class T>
 index_t kfac_precondition(const Strided<T>& grad, const Strided<T>& A, const Strided<T>& S, T damping_a,
                           T damping_s, T* x, char* factor) {

@@ -9,12 +9,6 @@
 #include "ngdfast/parallel.hpp"
 
 namespace ngdfast {
-namespace {
-
-constexpr double kParallelFlops = 4.0e6;
-
-}  // namespace
-
 template <class T>
 index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T damping, T* x, bool check_scores) {
     const index_t N = J.rows, P = J.cols, m = G.cols;
@@ -59,7 +53,7 @@ index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T da
         host_syrk_lower<T>(op.xt ? 'T' : 'N', N, P, T(1), op.data, op.ld, T(0), K.data(), N);
     else
         fused = gram(op, T(1), K.data(), N, T(0), false, 640, &along);
-    if (check_scores && !diagonal_finite(K.data(), N, N)) return kNonFiniteScores;
+    if (check_scores && !all_finite(diagonal(K.data(), N, N))) return kNonFiniteScores;
     std::vector<T> d(static_cast<std::size_t>(N));
     for (index_t i = 0; i < N; ++i) d[static_cast<std::size_t>(i)] = w ? std::sqrt(w[i]) : T(1) / std::sqrt(T(N));
     for (index_t j = 0; j < N; ++j) {

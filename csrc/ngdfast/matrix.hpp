@@ -16,17 +16,6 @@ namespace ngdfast {
 // rows' finiteness themselves (lowrank_solve, the dense natural gradient).
 constexpr index_t kNonFiniteScores = -1;
 
-// True when the diagonal of the n x n column-major `a` (leading dimension
-// lda) is free of NaN and Inf.
-template <class T>
-bool diagonal_finite(const T* a, index_t n, index_t lda) {
-    for (index_t i = 0; i < n; ++i) {
-        const T v = a[i + i * lda];
-        if (!(v - v == T(0))) return false;  // NaN and +-Inf give NaN
-    }
-    return true;
-}
-
 // rows x cols matrix, element (i, j) at data[i * rs + j * cs]. Strides may be
 // negative or zero for length-1 dimensions.
 template <class T>
@@ -35,6 +24,13 @@ struct Strided {
     index_t rows, cols, rs, cs;
     const T& operator()(index_t i, index_t j) const { return data[i * rs + j * cs]; }
 };
+
+// The diagonal of the n x n column-major matrix at `a` (leading dimension
+// lda), as an n x 1 view.
+template <class T>
+Strided<T> diagonal(const T* a, index_t n, index_t lda) {
+    return {a, n, 1, lda + 1, 1};
+}
 
 // A column-major panel: either the matrix itself ("T" mode for Gram products,
 // element (i, j) at data[i + j * ld]) or its transpose ("N" mode, element

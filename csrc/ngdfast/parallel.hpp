@@ -16,6 +16,10 @@
 
 namespace ngdfast {
 
+// Below this many flops a kernel stays on the calling thread: waking a worker
+// costs tens of microseconds.
+constexpr double kParallelFlops = 4.0e6;
+
 class ThreadPool {
 public:
     explicit ThreadPool(int n_threads);
