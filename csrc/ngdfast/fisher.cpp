@@ -135,13 +135,51 @@ index_t split_chunks(index_t n, index_t k, int threads) {
 
 bool parallel_gram(index_t n, index_t k) { return double(n) * double(n) * double(k) >= kParallelFlops; }
 
+// Calls f(i, j) for every i > j < n, in 64-column strips handed out
+// dynamically on the pool, 32 x 32 blocks within a strip (so that the
+// transposed element (j, i) of column-major storage is touched block-wise).
+template <class F>
+void for_each_strict_lower(index_t n, const F& f) {
+    constexpr index_t strip = 64, kb = 32;
+    Team team(double(n) * double(n) >= 1.0e6);
+    team.run((n + strip - 1) / strip, [&](std::ptrdiff_t s, int) {
+        const index_t j0 = s * strip, j1 = std::min(n, j0 + strip);
+        for (index_t ib = j0; ib < n; ib += kb)
+            for (index_t jb = j0; jb < j1 && jb <= ib; jb += kb)
+                for (index_t j = jb; j < std::min(j1, jb + kb); ++j)
+                    for (index_t i = std::max(ib, j + 1); i < std::min(n, ib + kb); ++i) f(i, j);
+    });
+}
+
+// out(j, i) = out(i, j) for i > j: the upper triangle from the lower.
+template <class T>
+void mirror_lower(T* out, index_t n, index_t ldo) {
+    for_each_strict_lower(n, [&](index_t i, index_t j) { out[j + i * ldo] = out[i + j * ldo]; });
+}
+
+// Whether out(i, j) == out(j, i) bitwise for all i, j (NaNs compare unequal,
+// so a NaN anywhere off the diagonal answers false).
+template <class T>
+bool exactly_symmetric(const T* out, index_t n, index_t ldo) {
+    std::atomic<bool> symmetric{true};
+    for_each_strict_lower(n, [&](index_t i, index_t j) {
+        if (!(out[j + i * ldo] == out[i + j * ldo])) symmetric.store(false, std::memory_order_relaxed);
+    });
+    return symmetric.load();
+}
+
 }  // namespace
 
 template <class T>
 bool gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool write_upper, index_t split_max_n,
-          const GramAlong* along) {
+          const GramAlong* along, bool on_host) {
     const index_t n = x.n, k = x.k;
     if (n <= 0) return false;
+    if (on_host) {
+        host_syrk_lower<T>(x.xt ? 'T' : 'N', n, k, alpha, x.data, x.ld, beta, out, ldo);
+        if (write_upper) mirror_lower(out, n, ldo);
+        return false;
+    }
     Team team(parallel_gram(n, k));
     const int threads = team.slots();
 
@@ -189,39 +227,6 @@ bool gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
     return false;
 }
 
-// Calls f(i, j) for every i > j < n, in 64-column strips handed out
-// dynamically on the pool, 32 x 32 blocks within a strip (so that the
-// transposed element (j, i) of column-major storage is touched block-wise).
-template <class F>
-void for_each_strict_lower(index_t n, const F& f) {
-    constexpr index_t strip = 64, kb = 32;
-    Team team(double(n) * double(n) >= 1.0e6);
-    team.run((n + strip - 1) / strip, [&](std::ptrdiff_t s, int) {
-        const index_t j0 = s * strip, j1 = std::min(n, j0 + strip);
-        for (index_t ib = j0; ib < n; ib += kb)
-            for (index_t jb = j0; jb < j1 && jb <= ib; jb += kb)
-                for (index_t j = jb; j < std::min(j1, jb + kb); ++j)
-                    for (index_t i = std::max(ib, j + 1); i < std::min(n, ib + kb); ++i) f(i, j);
-    });
-}
-
-// out(j, i) = out(i, j) for i > j: the upper triangle from the lower.
-template <class T>
-void mirror_lower(T* out, index_t n, index_t ldo) {
-    for_each_strict_lower(n, [&](index_t i, index_t j) { out[j + i * ldo] = out[i + j * ldo]; });
-}
-
-// Whether out(i, j) == out(j, i) bitwise for all i, j (NaNs compare unequal,
-// so a NaN anywhere off the diagonal answers false).
-template <class T>
-bool exactly_symmetric(const T* out, index_t n, index_t ldo) {
-    std::atomic<bool> symmetric{true};
-    for_each_strict_lower(n, [&](index_t i, index_t j) {
-        if (!(out[j + i * ldo] == out[i + j * ldo])) symmetric.store(false, std::memory_order_relaxed);
-    });
-    return symmetric.load();
-}
-
 template <class T>
 void fisher(const Strided<T>& J, const T* w, T* out, index_t ldo, T alpha, T beta, bool write_upper,
             bool fresh_out) {
@@ -258,12 +263,7 @@ void fisher(const Strided<T>& J, const T* w, T* out, index_t ldo, T alpha, T bet
     // F = J^T J = X X^T with X = J^T (P x N): memory holds X itself when the
     // panel stores J^T column-major.
     GramOperand<T> x{panel.data, panel.ld, !panel.transposed, P, N};
-    if (host) {
-        host_syrk_lower<T>(x.xt ? 'T' : 'N', P, N, scale, x.data, x.ld, beta, out, ldo);
-        if (write_upper) mirror_lower(out, P, ldo);
-        return;
-    }
-    gram(x, scale, out, ldo, beta, write_upper);
+    gram(x, scale, out, ldo, beta, write_upper, 0, nullptr, host);
 }
 
 template <class T>
@@ -298,7 +298,7 @@ bool all_finite(const Strided<T>& a) {
 }
 
 #define NGDFAST_INSTANTIATE(T)                                                                  \
-    template bool gram<T>(const GramOperand<T>&, T, T*, index_t, T, bool, index_t, const GramAlong*);    \
+    template bool gram<T>(const GramOperand<T>&, T, T*, index_t, T, bool, index_t, const GramAlong*, bool); \
     template void fisher<T>(const Strided<T>&, const T*, T*, index_t, T, T, bool, bool);              \
     template bool all_finite<T>(const T*, index_t);                                             \
     template bool all_finite<T>(const Strided<T>&);

@@ -34,11 +34,16 @@ struct GramOperand {
 // chunk index and its column range [k0, k0 + bk) of X (bk may be 0). Work on
 // the same columns of X done there finds them in cache. Returns whether the
 // split path ran (and so whether `along` was called).
+//
+// `on_host`: the product runs as one SYRK on NumPy's BLAS (the caller decided
+// with borrow_host_blas, see host_blas.hpp) and, with write_upper, the upper
+// triangle is mirrored from the lower: the elementwise formula holds when
+// beta == 0 or out is exactly symmetric, which the caller ensures.
 using GramAlong = std::function<void(std::ptrdiff_t chunk, index_t k0, index_t bk)>;
 
 template <class T>
 bool gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool write_upper, index_t split_max_n = 0,
-          const GramAlong* along = nullptr);
+          const GramAlong* along = nullptr, bool on_host = false);
 
 // out = beta * out + alpha * J^T diag(w) J, J an N x P strided matrix, w the
 // weights (N,) or nullptr for w_i = 1/N. out is P x P with leading dimension

@@ -48,11 +48,7 @@ index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T da
     const bool host = borrow_host_blas(double(N) * double(N) * double(P));
     Matrix<T> K(N, N);
     const GramOperand<T> op{panel.data, panel.ld, panel.transposed, N, P};
-    bool fused = false;
-    if (host)
-        host_syrk_lower<T>(op.xt ? 'T' : 'N', N, P, T(1), op.data, op.ld, T(0), K.data(), N);
-    else
-        fused = gram(op, T(1), K.data(), N, T(0), false, 640, &along);
+    const bool fused = gram(op, T(1), K.data(), N, T(0), false, 640, &along, host);
     if (check_scores && !all_finite(diagonal(K.data(), N, N))) return kNonFiniteScores;
     std::vector<T> d(static_cast<std::size_t>(N));
     for (index_t i = 0; i < N; ++i) d[static_cast<std::size_t>(i)] = w ? std::sqrt(w[i]) : T(1) / std::sqrt(T(N));

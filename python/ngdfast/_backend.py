@@ -48,14 +48,11 @@ _HOST_SYMBOLS = (("scipy_", "_64_"), ("", "_64_"))
 def _load_numpy_blas() -> str:
     """Path of NumPy's OpenBLAS when the core could bind to it, else ''."""
     mode = os.environ.get("NGDFAST_BORROW_BLAS", "auto").strip().lower()
-    if mode not in ("never", "auto", "always"):
-        warnings.warn(
-            f"NGDFAST_BORROW_BLAS={mode!r} is not one of 'never', 'auto', 'always'; using 'auto'",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        mode = "auto"
-    _core.set_borrow_mode(mode)
+    try:
+        _core.set_borrow_mode(mode)  # the core knows the valid modes
+    except ValueError as exc:
+        warnings.warn(f"NGDFAST_BORROW_BLAS: {exc}; using 'auto'", RuntimeWarning, stacklevel=2)
+        _core.set_borrow_mode("auto")
     np_dir = os.path.dirname(np.__file__)
     candidates = sorted(glob.glob(os.path.join(os.path.dirname(np_dir), "numpy.libs", "*openblas*")))
     candidates += sorted(glob.glob(os.path.join(np_dir, ".libs", "*openblas*")))
