@@ -131,10 +131,11 @@ def test_doctests_are_found():
 
 # ------------------------------------------------------------------ coverage of the contract
 
-# An environment variable or build option the code reads: os.environ["X"], os.environ.get("X"),
-# os.getenv("X"), getenv("X") in C++, a CMake option(X ...), or pyproject's {env = "X"}.
+# An environment variable or build option the code reads: a Python string literal that is just
+# the name ("NGDFAST_NUM_THREADS"), getenv("X") in C++, a CMake option(X ...), or pyproject's
+# {env = "X"}. (Macros such as NGDFAST_INSTANTIATE are none of these.)
 SETTING = re.compile(
-    r"""(?:environ(?:\.get\(|\.setdefault\(|\[)|getenv\(|option\(|env\s*=\s*)\s*["']?(NGDFAST_[A-Z0-9_]+)"""
+    r"""(?:^|[^\w])["'](NGDFAST_[A-Z0-9_]+)["']|(?:getenv\(|option\(|env\s*=\s*)\s*["']?(NGDFAST_[A-Z0-9_]+)"""
 )
 SETTING_SOURCES = ["python", "csrc", "bench", "tests/conftest.py", "CMakeLists.txt", "pyproject.toml"]
 
@@ -145,7 +146,8 @@ def settings_read_by_the_code() -> set[str]:
         path = ROOT / name
         files = [path] if path.is_file() else [p for p in path.rglob("*") if p.suffix in {".py", ".cpp", ".hpp"}]
         for f in files:
-            found |= set(SETTING.findall(f.read_text(encoding="utf-8", errors="replace")))
+            for quoted, called in SETTING.findall(f.read_text(encoding="utf-8", errors="replace")):
+                found.add(quoted or called)
     return found
 
 
