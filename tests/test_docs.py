@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import inspect
 import io
 import os
 import re
@@ -41,16 +42,9 @@ OPTIONAL = {"torch": "torch", "numba": "numba", "sklearn": "scikit-learn", "thre
             "matplotlib": "matplotlib", "scipy": "scipy"}
 IMPORT = re.compile(r"^\s*(?:import|from)\s+([A-Za-z_][\w.]*)", re.M)
 
-# Modules whose docstring examples run as doctests (the public surface).
-DOCTEST_MODULES = [
-    "ngdfast",
-    "ngdfast._errors",
-    "ngdfast._kernels",
-    "ngdfast.reference",
-    "ngdfast.curvature",
-    "ngdfast.optimizer",
-    "ngdfast.models",
-]
+# The public surface whose docstring examples run as doctests: module -> its public names.
+# Optional modules (ngdfast.torch needs torch) join when they import.
+PUBLIC_MODULES = ["ngdfast", "ngdfast.curvature", "ngdfast.models", "ngdfast.reference", "ngdfast.torch"]
 
 
 def fenced_blocks(path: Path) -> list[tuple[str, int, str]]:
@@ -104,12 +98,39 @@ def test_page_examples_run(page, tmp_path, monkeypatch):
         exec(code, namespace)
 
 
+def public_objects() -> dict[str, object]:
+    """Qualified public name -> object, for every module of PUBLIC_MODULES that imports."""
+    objects = {}
+    for name in PUBLIC_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # an optional dependency is missing: its tests say so
+            continue
+        objects[name] = module
+        names = getattr(module, "__all__", None) or [
+            n for n, v in vars(module).items()
+            if not n.startswith("_") and getattr(v, "__module__", "").startswith(name)
+        ]
+        for attr in names:
+            objects[f"{name}.{attr}"] = getattr(module, attr)
+    return objects
+
+
 def _doctests() -> list[doctest.DocTest]:
+    """The docstring examples of the public objects (methods included), each docstring once."""
     finder = doctest.DocTestFinder(exclude_empty=True)
-    tests = []
-    for name in DOCTEST_MODULES:
-        module = importlib.import_module(name)
-        tests += [t for t in finder.find(module, name) if t.examples]
+    shallow = doctest.DocTestFinder(exclude_empty=True, recurse=False)
+    tests, seen = [], set()
+    for name, obj in public_objects().items():
+        is_module = inspect.ismodule(obj)
+        if not (is_module or inspect.isclass(obj) or inspect.isroutine(obj)):
+            continue  # constants
+        found = (shallow if is_module else finder).find(obj, name, module=False, globs={})
+        for test in found:
+            key = (test.filename, test.lineno, test.docstring)
+            if test.examples and key not in seen:
+                seen.add(key)
+                tests.append(test)
     return sorted(tests, key=lambda t: t.name)
 
 
