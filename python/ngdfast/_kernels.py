@@ -124,8 +124,11 @@ def _fits(J: np.ndarray) -> bool:
     return J.shape[0] * m * m <= float(np.finfo(J.dtype).max) / 4.0
 
 
-def _fisher(J, weights, out, decay, check_finite: bool, func: str, name: str = "J") -> np.ndarray:
-    """``fisher`` for every caller (the curvature objects pass their own ``func``/``name``).
+def _fisher(
+    J, weights, out, decay, check_finite: bool, func: str, name: str = "J", trusted_out: bool = False
+) -> np.ndarray:
+    """``fisher`` for every caller (the curvature objects pass their own ``func``/``name``,
+    and ``trusted_out`` for an estimate they keep finite, which is then not scanned).
 
     A given out is not written by a rejected call: with ``check_finite`` J is checked
     first, and when its magnitude does not rule out an overflow of F, F is formed and
@@ -143,7 +146,7 @@ def _fisher(J, weights, out, decay, check_finite: bool, func: str, name: str = "
         fits = _fits(J)
         if not fits:
             _v.require_finite(J, func, name, _all_finite)
-        if decay > 0.0:
+        if decay > 0.0 and not trusted_out:
             _v.require_finite(out, func, "out", _all_finite)
         if not fits:  # rare: large scores; form F once to see whether it overflows
             F = np.empty((p, p), dtype=J.dtype)
