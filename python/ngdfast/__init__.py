@@ -6,7 +6,7 @@ compare against), and ``ngdfast.cuda`` the optional Numba CUDA versions.
 """
 
 from . import _backend  # noqa: F401  (selects the compiled tile engine first)
-from ._errors import NotPositiveDefiniteError
+from ._errors import NotPositiveDefiniteError, NumericOverflowError
 from ._kernels import (
     damped_solve,
     fisher,
@@ -30,6 +30,7 @@ __all__ = [
     "LowRankFisher",
     "NaturalGradient",
     "NotPositiveDefiniteError",
+    "NumericOverflowError",
     "StepInfo",
     "damped_solve",
     "fisher",
