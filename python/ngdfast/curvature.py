@@ -3,14 +3,14 @@
 Four representations of ``F ∈ R^{P×P}`` share one protocol, so the optimizer
 does not care which one it holds:
 
-=====================  ==========================  =================  ====================
-class                  stores                      memory             solve cost
-=====================  ==========================  =================  ====================
-:class:`DenseFisher`     F                           P²                 P³/3 (Cholesky)
-:class:`LowRankFisher`   ≤ max_rows weighted rows    max_rows·P         N²P (Woodbury)
-:class:`DiagonalFisher`  diag F                      P                  P
-:class:`KFACFisher`      A_l, S_l per layer          Σ in_l² + out_l²   Σ in_l³ + out_l³
-=====================  ==========================  =================  ====================
+=========================  ========================  ==================  ==================
+class                      stores                    memory              solve cost
+=========================  ========================  ==================  ==================
+:class:`DenseFisher`       F                         P²                  P³/3 (Cholesky)
+:class:`LowRankFisher`     ≤ max_rows weighted rows  max_rows·P          N²P (Woodbury)
+:class:`DiagonalFisher`    diag F                    P                   P
+:class:`KFACFisher`        A_l, S_l per layer        Σ in_l² + out_l²    Σ in_l³ + out_l³
+=========================  ========================  ==================  ==================
 
 Protocol
 --------
@@ -29,6 +29,7 @@ Protocol
 ``to_dense()``
     F as a new (P, P) array.
 ``nbytes``, ``n_params``, ``decay``, ``n_updates``
+    Memory held, P, the EMA factor and the number of updates so far.
 ``snapshot()`` / ``restore(snapshot)``
     Copy of the state and its reinstatement, used by the optimizer to undo an
     update whose step failed.
