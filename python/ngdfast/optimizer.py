@@ -76,8 +76,8 @@ def _flat(x, n: int | None, func: str, name: str) -> np.ndarray:
 
 def _size_step(g, nat, kl_radius, max_step, damping, retries) -> tuple[np.ndarray, StepInfo]:
     """β from the KL radius and the step ``s = β ñ`` (to subtract)."""
+    beta = kl_step_size(g, nat, kl_radius, max_step=max_step)  # raises for a non-finite q = g^T nat
     q = float(np.dot(g.astype(np.float64), nat.astype(np.float64)))
-    beta = kl_step_size(g, nat, kl_radius, max_step=max_step)
     # Judge the cap on our own β (the kernel's may differ in the last bits).
     uncapped = math.sqrt(2.0 * kl_radius / q) if q > 0 else 0.0
     delta = beta * nat

@@ -109,7 +109,10 @@ def _cholesky_solve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 def _add_diagonal(M: np.ndarray, value: float) -> np.ndarray:
-    return M + value * np.eye(M.shape[0], dtype=M.dtype)
+    # value in M's dtype: a damping beyond float32's range is +inf there, as in the compiled
+    # kernels (it then acts as an infinite shift: the solution is 0, correctly rounded)
+    with np.errstate(over="ignore"):
+        return M + value * np.eye(M.shape[0], dtype=M.dtype)
 
 
 def _dense_solve(F: np.ndarray, G: np.ndarray, damping: float, func: str) -> np.ndarray:
