@@ -247,7 +247,10 @@ def damped_solve(F, g, damping, *, check_finite=True):
     Raises
     ------
     NotPositiveDefiniteError
-        F + λI is not positive definite; the message gives the failing pivot.
+        F + λI is not positive definite; the message gives the failing pivot (also for
+        NaN/Inf in F's lower triangle with ``check_finite=False``).
+    NumericOverflowError
+        The solution (or an intermediate) overflows the dtype.
     ValueError, TypeError
         See the error table in the package documentation.
 
@@ -291,6 +294,16 @@ def lowrank_solve(J, g, damping, weights=None, *, check_finite=True):
     -------
     ndarray, shape of ``g``
         The same x as ``damped_solve(fisher(J, weights), g, damping)`` up to rounding.
+
+    Raises
+    ------
+    ValueError
+        NaN/Inf in J, found through the diagonal of K even with ``check_finite=False``
+        (and in g, by the solution, then); see also the error table.
+    NumericOverflowError
+        K or the solution overflows the dtype although J and g are finite.
+    NotPositiveDefiniteError
+        K + λI is not positive definite (rounding with a tiny λ).
     """
     J, w, G, damping, vector = _v.lowrank_solve_args(J, g, damping, weights, check_finite, _all_finite)
     with np.errstate(all="ignore"):
@@ -317,6 +330,11 @@ def natural_gradient(J, g, damping, weights=None, *, method="auto", check_finite
     Returns
     -------
     ndarray, shape of ``g``
+
+    Raises
+    ------
+    ValueError, NumericOverflowError, NotPositiveDefiniteError
+        As in :func:`lowrank_solve` (the dense method reads F's diagonal).
     """
     J, w, G, damping, vector, method = _v.natural_gradient_args(
         J, g, damping, weights, method, check_finite, _all_finite
@@ -361,6 +379,8 @@ def kl_step_size(g, nat_grad, epsilon, *, max_step=None):
     ------
     ValueError
         q < 0 or not finite, shapes differ, ε < 0, max_step <= 0.
+    NumericOverflowError
+        β overflows (ε huge against q) and there is no ``max_step``.
     """
     g, nat_grad, epsilon, max_step = _v.kl_step_size_args(g, nat_grad, epsilon, max_step)
     g64 = np.asarray(g, dtype=np.float64).ravel()
@@ -408,6 +428,8 @@ def kfac_precondition(grad, A, S, damping, *, factored_damping=True):
         Ã (checked first) or S̃ is not positive definite; the message names the factor.
     ValueError
         Bad shapes, negative damping, NaN/Inf (always checked).
+    NumericOverflowError
+        The preconditioned gradient overflows the dtype.
     """
     grad, A, S, damping = _v.kfac_args(grad, A, S, damping, _all_finite)
     n_out, n_in = grad.shape
