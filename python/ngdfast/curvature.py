@@ -138,6 +138,12 @@ class _RunningFisher:
         func = self._func(method)
         return _v.finite_vector(g, self.n_params, func, "g"), _v.nonnegative(damping, func, "damping")
 
+    def _finite(self, x: np.ndarray, method: str = "solve") -> np.ndarray:
+        """A result computed here (not by a kernel, which checks its own), unless it overflowed."""
+        if not all_finite(x):
+            raise _v.overflow(self._func(method), _v.SOLUTION, x.dtype)
+        return x
+
     def _batch_decay(self) -> float:
         """Weight of the old estimate in this update: 0 for the first one."""
         return self.decay if self.n_updates else 0.0
@@ -228,7 +234,7 @@ class DenseFisher(_RunningFisher):
                     "DenseFisher.solve", _v.DENSE_MATRIX, info, self.n_params, damping)
             self._cache = L
         x = cholesky_solve(self._cache, g.reshape(self.n_params, -1))
-        return x.reshape(g.shape)
+        return self._finite(x.reshape(g.shape))
 
     def mv(self, v) -> np.ndarray:
         """``F v``."""
@@ -347,7 +353,8 @@ class LowRankFisher(_RunningFisher):
                 damping=damping,
             )
         if self.n_rows == 0:
-            return g / damping
+            with np.errstate(over="ignore"):
+                return self._finite(g / damping)
         R, w = self._rows, self._w
         key = (self._version, damping)
         if self._cache_key != key:
@@ -360,9 +367,11 @@ class LowRankFisher(_RunningFisher):
         if self._cache is None:
             gram = (R @ R.T) * s[:, None] * s[None, :]
             self._cache = damped_solve(gram, np.eye(self.n_rows, dtype=self.dtype), damping)
-        Ug = (R @ g) * (s if g.ndim == 1 else s[:, None])
-        core = self._cache @ Ug
-        return (g - R.T @ (core * (s if g.ndim == 1 else s[:, None]))) / damping
+        with np.errstate(over="ignore", invalid="ignore"):
+            Ug = (R @ g) * (s if g.ndim == 1 else s[:, None])
+            core = self._cache @ Ug
+            x = (g - R.T @ (core * (s if g.ndim == 1 else s[:, None]))) / damping
+        return self._finite(x)
 
     def mv(self, v) -> np.ndarray:
         """``F v = Rᵀ (w ⊙ R v) / Σw`` in O(N·P)."""
@@ -430,8 +439,10 @@ class DiagonalFisher(_RunningFisher):
                     pivot=int(bad[0]) + 1,
                     damping=damping,
                 )
-            self._cache_key, self._cache = key, 1.0 / shifted
-        return g * (self._cache if g.ndim == 1 else self._cache[:, None])
+            with np.errstate(over="ignore"):  # 1/subnormal is Inf: the solve below reports it
+                self._cache_key, self._cache = key, 1.0 / shifted
+        with np.errstate(over="ignore"):
+            return self._finite(g * (self._cache if g.ndim == 1 else self._cache[:, None]))
 
     def mv(self, v) -> np.ndarray:
         v = _v.finite_vector(v, self.n_params, self._func("mv"), "v")
