@@ -430,7 +430,8 @@ class DiagonalFisher(_RunningFisher):
         g, damping = self._rhs(g, damping)
         key = (self._version, damping)
         if self._cache_key != key:
-            shifted = self._d + damping
+            with np.errstate(over="ignore"):  # a damping beyond float32's range is +inf there
+                shifted = self._d + damping
             bad = np.flatnonzero(shifted <= 0)
             if bad.size:
                 raise NotPositiveDefiniteError(

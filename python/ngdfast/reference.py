@@ -109,10 +109,15 @@ def _cholesky_solve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 def _add_diagonal(M: np.ndarray, value: float) -> np.ndarray:
-    # value in M's dtype: a damping beyond float32's range is +inf there, as in the compiled
-    # kernels (it then acts as an infinite shift: the solution is 0, correctly rounded)
+    """M + value·I, the shift added to the diagonal only and rounded to M's dtype: a damping
+    beyond float32's range is +inf there, as in the compiled kernels, and then acts as an
+    infinite shift (the solution is 0, correctly rounded), never as inf·0 = NaN off the diagonal."""
+    out = np.array(M, copy=True)
     with np.errstate(over="ignore"):
-        return M + value * np.eye(M.shape[0], dtype=M.dtype)
+        shift = M.dtype.type(value)
+    diag = np.arange(M.shape[0])
+    out[diag, diag] += shift
+    return out
 
 
 def _dense_solve(F: np.ndarray, G: np.ndarray, damping: float, func: str) -> np.ndarray:
@@ -145,8 +150,9 @@ def _woodbury_solve(J: np.ndarray, w: Optional[np.ndarray], G: np.ndarray, dampi
     K = J_w J_wᵀ + λI (N×N), x = (g - J_wᵀ K⁻¹ J_w g) / λ.
     """
     Jw = _scaled_rows(J, w)
-    K = _add_diagonal(_gram(Jw.T), damping)
-    _check_gram(K, J, _v.SAMPLE_GRAM, func)
+    gram = _gram(Jw.T)
+    _check_gram(gram, J, _v.SAMPLE_GRAM, func)
+    K = _add_diagonal(gram, damping)
     L, pivot = _cholesky(K)
     if pivot:
         raise _v.not_positive_definite(func, _v.SAMPLE_MATRIX, pivot, K.shape[0], damping)

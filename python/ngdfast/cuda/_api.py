@@ -196,9 +196,9 @@ def _lowrank(Jv, w, Gv, damping: float, func: str):
     W = empty((n, n), dtype)
     info = zeros_info()
     L.syrk(transpose_view(Jd), W, 1.0, 0.0, info)
-    L.prepare(W, W, damping, scale=s)
-    if not _diagonal_finite(W):  # NaN/Inf in J, or its squares overflowed
+    if not _diagonal_finite(W):  # NaN/Inf in J, or its squares overflowed (before the damping)
         raise V.scores_not_finite(Jv, func, V.SAMPLE_GRAM, all_finite)
+    L.prepare(W, W, damping, scale=s)
     L.cholesky(W, info)
     U = L.sample_rhs(Jd, Gd, s)  # J_w g
     L.potrs(W, U, info)  # (J_w J_w^T + λI)^-1 J_w g
