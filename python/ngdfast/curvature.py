@@ -18,12 +18,17 @@ Protocol
     Fold a batch into the running estimate with the exponential moving average
     ``F ← decay·F + (1 − decay)·F_batch``. The first update *replaces* the empty
     estimate (``F = F_batch``) instead of averaging it with zeros, so the scale
-    of F is right from the first step. Inputs are validated first (``ValueError``
-    naming the argument, ``TypeError`` for complex/object data); a rejected
-    update changes no state.
+    of F is right from the first step; ``decay`` is in [0, 1) (1 would keep the
+    first batch forever). Inputs are validated first, by the same rules and with
+    the same wording as the kernels (``ngdfast._validation``: ``ValueError``
+    naming the argument, ``TypeError`` for complex/object data or non-integer
+    sizes); a batch whose statistics are NaN/Inf, or overflow the estimate's
+    dtype (``NumericOverflowError``, a ``ValueError``), is rejected too, and a
+    rejected update changes no state.
 ``solve(g, damping)``
     ``(F + damping·I)⁻¹ g`` for g of shape (P,) or (P, K).
-    ``NotPositiveDefiniteError`` when the damped matrix is not positive definite.
+    ``NotPositiveDefiniteError`` when the damped matrix is not positive definite,
+    ``NumericOverflowError`` when the solution overflows the dtype.
 ``mv(v)``
     ``F v``.
 ``to_dense()``
