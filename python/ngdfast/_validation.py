@@ -41,6 +41,7 @@ from typing import Any, Callable, Optional, Tuple
 import numpy as np
 
 from ._errors import NotPositiveDefiniteError
+from ._settings import MAX_THREADS
 
 FLOAT32 = np.dtype(np.float32)
 FLOAT64 = np.dtype(np.float64)
@@ -244,15 +245,15 @@ def decay_arg(decay: Any, has_out: bool, func: str) -> float:
 
 
 def num_threads_arg(n: Any, func: str = "set_num_threads") -> int:
-    """A thread count: an integer >= 1, else ``ValueError``."""
+    """A thread count: an integer from 1 to ``MAX_THREADS`` (1024), else ``ValueError``."""
     if isinstance(n, bool):
         raise ValueError(f"{func}: n must be an integer >= 1, got {n!r}")
     try:
         k = operator.index(n)
     except TypeError:
         raise ValueError(f"{func}: n must be an integer >= 1, got {type(n).__name__} {n!r}") from None
-    if k < 1:
-        raise ValueError(f"{func}: n must be an integer >= 1, got {k}")
+    if not 1 <= k <= MAX_THREADS:
+        raise ValueError(f"{func}: n must be an integer from 1 to {MAX_THREADS}, got {k}")
     return k
 
 
