@@ -149,3 +149,44 @@ def test_a_copy_loaded_by_someone_else_is_left_alone():
     pytest.importorskip("threadpoolctl")
     (before, after, tiles, noted), _ = run({}, code)
     assert before == after and tiles == "eigen" and noted == "True"
+
+
+def test_threadpoolctl_sees_and_limits_the_pool():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from ngdfast import _threadpool
+    assert _threadpool.REGISTERED
+    before = ngdfast.get_num_threads()
+    ours = [p for p in threadpoolctl.threadpool_info() if p["user_api"] == "ngdfast"]
+    assert len(ours) == 1
+    assert ours[0]["internal_api"] == "ngdfast" and ours[0]["num_threads"] == before
+    assert os.path.samefile(ours[0]["filepath"], _core.__file__)
+    assert ours[0]["version"] == ngdfast.__version__
+    with threadpoolctl.threadpool_limits(1):
+        assert ngdfast.get_num_threads() == 1
+    assert ngdfast.get_num_threads() == before
+    with threadpoolctl.threadpool_limits(limits={"ngdfast": 3}):
+        assert ngdfast.get_num_threads() == 3
+        with threadpoolctl.threadpool_limits(limits=1, user_api="ngdfast"):
+            assert ngdfast.get_num_threads() == 1
+        assert ngdfast.get_num_threads() == 3
+    assert ngdfast.get_num_threads() == before
+    controller = threadpoolctl.ThreadpoolController().select(internal_api="ngdfast")
+    with controller.limit(limits=2):
+        assert ngdfast.get_num_threads() == 2
+    assert ngdfast.get_num_threads() == before
+
+
+@pytest.mark.skipif(not _backend.BLAS_LOADED, reason="scipy-openblas32 tile engine not loaded")
+def test_tile_library_returns_to_one_thread_after_threadpool_limits():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import numpy as np
+    J = np.random.default_rng(0).standard_normal((300, 400))
+    expected = ngdfast.fisher(J)
+
+    def tile_threads():
+        return [p["num_threads"] for p in threadpoolctl.threadpool_info() if os.path.realpath(p["filepath"]) == os.path.realpath(_backend.BLAS_PATH)]
+
+    with threadpoolctl.threadpool_limits(2):
+        np.testing.assert_allclose(ngdfast.fisher(J), expected, rtol=1e-12, atol=1e-12)
+        assert tile_threads() == [1]  # the private copy runs single-threaded tiles
+    assert tile_threads() == [1]

@@ -108,3 +108,30 @@ void bind_runtime(py::module_& m) {
 }
 
 }  // namespace ngdfast::bindings
+
+// A C interface to the pool size, for threadpoolctl's controller
+// (ngdfast/_threadpool.py), which finds this module among the loaded
+// libraries by these symbols and calls them through ctypes. Plain C, no
+// Python: threadpoolctl may call them from any thread.
+extern "C" {
+
+__attribute__((visibility("default"))) int ngdfast_get_num_threads(void) {
+    try {
+        return ngdfast::num_threads();
+    } catch (...) {
+        return -1;
+    }
+}
+
+// Returns 0, or -1 when n is out of [1, 1024] or the pool cannot start.
+__attribute__((visibility("default"))) int ngdfast_set_num_threads(int n) {
+    if (n < 1 || n > 1024) return -1;
+    try {
+        ngdfast::set_num_threads(n);
+        return 0;
+    } catch (...) {
+        return -1;
+    }
+}
+
+}  // extern "C"

@@ -63,8 +63,18 @@ bool fits(std::initializer_list<index_t> dims) {
     return true;
 }
 
+using set_threads_fn = void (*)(int);
+using get_threads_fn = int (*)();
+set_threads_fn g_set_threads = nullptr;
+get_threads_fn g_get_threads = nullptr;
+
 bool use_external(double work, std::initializer_list<index_t> dims) {
-    return work >= kExternalMinWork && g_enabled.load(std::memory_order_relaxed) && fits(dims);
+    if (!(work >= kExternalMinWork && g_enabled.load(std::memory_order_relaxed) && fits(dims))) return false;
+    // threadpoolctl lists the private copy as a BLAS like any other, and
+    // threadpool_limits(n) sets it to n threads: put it back to one (a global
+    // read per tile; the setter runs only after such a change).
+    if (g_get_threads && g_set_threads && g_get_threads() != 1) g_set_threads(1);
+    return true;
 }
 
 template <class T>
@@ -109,13 +119,14 @@ bool load_blas(const std::string& path, const std::string& prefix) {
         return false;
     }
     // All parallelism is ours; the library's own pool would spin beside it.
-    using set_threads_fn = void (*)(int);
     for (const char* name : {"openblas_set_num_threads", "goto_set_num_threads"}) {
         if (auto f = reinterpret_cast<set_threads_fn>(sym(name))) {
+            g_set_threads = f;
             f(1);
             break;
         }
     }
+    g_get_threads = reinterpret_cast<get_threads_fn>(sym("openblas_get_num_threads"));
     using name_fn = const char* (*)();
     if (auto f = reinterpret_cast<name_fn>(sym("openblas_get_corename"))) g_corename = f() ? f() : "";
     g_d = d;

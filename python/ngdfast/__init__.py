@@ -22,6 +22,7 @@ from ._kernels import (
 from .curvature import DenseFisher, DiagonalFisher, KFACFisher, LowRankFisher
 from .optimizer import NaturalGradient, StepInfo, natural_gradient_step
 from . import models, reference
+from . import _threadpool  # noqa: F401,E402  (threadpoolctl sees and limits ngdfast's pool)
 
 __version__ = "0.1.0"
 

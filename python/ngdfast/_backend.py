@@ -58,12 +58,13 @@ def openblas32_library() -> str:
     return ""
 
 
-def _load_openblas() -> bool:
+def _load_openblas() -> str:
     path = openblas32_library()
-    return bool(path) and _core.load_blas(path, "scipy_")
+    return path if path and _core.load_blas(path, "scipy_") else ""
 
 
-BLAS_LOADED = _load_openblas()
+BLAS_PATH = _load_openblas()  # the private tile library, '' when Eigen runs the tiles
+BLAS_LOADED = bool(BLAS_PATH)
 _core.use_blas(BLAS_LOADED and _settings.tile_backend() == "blas")
 
 
