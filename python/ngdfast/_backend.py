@@ -17,6 +17,9 @@ showed SciPy's own library at full thread count. So the package is never
 imported: its library is found on disk and loaded ``RTLD_LOCAL``, which keeps
 its symbols out of everybody's reach; a copy already loaded by someone else is
 left alone (its thread count is not ours to change) and Eigen runs the tiles.
+(Importing ``scipy_openblas32`` *after* ngdfast would promote ngdfast's copy to
+the global scope, as that package is designed to; nothing in a normal program
+imports it, and SciPy and NumPy do not.)
 
 NumPy's own OpenBLAS is also located (the copy NumPy loaded, never a second
 one): a kernel call made while another thread of the process is running, which
