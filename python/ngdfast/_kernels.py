@@ -22,6 +22,9 @@ formulas.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import numpy as np
 
 from . import _core
@@ -36,6 +39,7 @@ __all__ = [
     "kl_step_size",
     "lowrank_solve",
     "natural_gradient",
+    "num_threads",
     "set_num_threads",
 ]
 
@@ -302,10 +306,40 @@ def kfac_precondition(grad, A, S, damping, *, factored_damping=True):
 
 
 def set_num_threads(n: int) -> None:
-    """Set the number of threads the compiled kernels use (an integer >= 1)."""
+    """Set the number of threads the compiled kernels use, process-wide (an integer from 1 to 1024).
+
+    The Python equivalent of ``NGDFAST_NUM_THREADS``; :func:`num_threads` sets
+    it for a ``with`` block. ``threadpoolctl.threadpool_limits`` limits the
+    same pool (its user API is ``"ngdfast"``).
+    """
     _core.set_num_threads(_v.num_threads_arg(n))
 
 
 def get_num_threads() -> int:
     """Number of threads the compiled kernels use."""
     return _core.get_num_threads()
+
+
+@contextlib.contextmanager
+def num_threads(n: int) -> Iterator[None]:
+    """Context manager: the compiled kernels use ``n`` threads inside the ``with`` block.
+
+    Like ``scipy.fft.set_workers``; the previous count is restored on exit,
+    also when the block raises. The setting is process-wide (as
+    ``threadpoolctl.threadpool_limits``), so concurrent blocks in several
+    threads restore in the order they exit.
+
+    Examples
+    --------
+    >>> import ngdfast
+    >>> with ngdfast.num_threads(1):
+    ...     ngdfast.get_num_threads()
+    1
+    """
+    k = _v.num_threads_arg(n, "num_threads")
+    previous = _core.get_num_threads()
+    _core.set_num_threads(k)
+    try:
+        yield
+    finally:
+        _core.set_num_threads(previous)

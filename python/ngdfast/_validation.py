@@ -45,6 +45,7 @@ from typing import Any, Callable, Optional, Tuple
 import numpy as np
 
 from ._errors import NotPositiveDefiniteError, NumericOverflowError
+from ._settings import MAX_THREADS
 
 FLOAT32 = np.dtype(np.float32)
 FLOAT64 = np.dtype(np.float64)
@@ -387,15 +388,15 @@ def integer(x: Any, func: str, name: str, minimum: int = 1) -> int:
 
 
 def num_threads_arg(n: Any, func: str = "set_num_threads") -> int:
-    """A thread count: an integer >= 1, else ``ValueError``."""
+    """A thread count: an integer from 1 to ``MAX_THREADS`` (1024), else ``ValueError``."""
     if isinstance(n, bool):
         raise ValueError(f"{func}: n must be an integer >= 1, got {n!r}")
     try:
         k = operator.index(n)
     except TypeError:
         raise ValueError(f"{func}: n must be an integer >= 1, got {type(n).__name__} {n!r}") from None
-    if k < 1:
-        raise ValueError(f"{func}: n must be an integer >= 1, got {k}")
+    if not 1 <= k <= MAX_THREADS:
+        raise ValueError(f"{func}: n must be an integer from 1 to {MAX_THREADS}, got {k}")
     return k
 
 
