@@ -82,7 +82,9 @@ def fisher(J: Any, weights: Any = None, *, out: Any = None, decay: float = 0.0, 
     decay : float
         EMA decay in [0, 1]; non-zero only with ``out``.
     check_finite : bool
-        Raise ``ValueError`` on NaN/Inf in ``J`` (and in ``out`` when it is read).
+        Raise ``ValueError`` on NaN/Inf in ``J`` (and in ``out`` when it is read), and
+        ``NumericOverflowError`` when F overflows; with ``out`` F is then formed in a
+        temporary (P x P on the device) first, so that a rejected call leaves ``out`` as it was.
 
     Returns
     -------
