@@ -7,6 +7,7 @@ compare against), and ``ngdfast.cuda`` the optional Numba CUDA versions.
 
 from . import _backend  # noqa: F401  (selects the compiled tile engine first)
 from ._errors import NotPositiveDefiniteError
+from ._precision import SolveInfo
 from ._kernels import (
     damped_solve,
     fisher,
@@ -30,6 +31,7 @@ __all__ = [
     "LowRankFisher",
     "NaturalGradient",
     "NotPositiveDefiniteError",
+    "SolveInfo",
     "StepInfo",
     "damped_solve",
     "fisher",
