@@ -86,33 +86,45 @@ MixedResult refine(const MixedFactor& fac, const Strided<double>& B, index_t m, 
     mixed_factor_solve(fac, x, m);
     for (index_t c = 0; c < m; ++c) prev[static_cast<std::size_t>(c)] = column_max_abs(x + c * n, n);
     const double cte = fac.norm_inf * kEps * std::sqrt(double(n));
-    MixedResult out;
+    std::vector<char> small_residual(static_cast<std::size_t>(m), 0);
+    int applied = 0;
     for (int it = 0;; ++it) {
         residual(x, r.data());
-        bool all = true;
         for (index_t c = 0; c < m; ++c) {
             const double rn = column_max_abs(r.data() + c * n, n), xn = column_max_abs(x + c * n, n);
-            if (!std::isfinite(rn) || !std::isfinite(xn)) return {0, it, MixedStatus::stalled};
-            done[static_cast<std::size_t>(c)] = rn <= xn * cte;
-            all = all && done[static_cast<std::size_t>(c)];
+            if (!std::isfinite(rn) || !std::isfinite(xn)) return {0, applied, MixedStatus::stalled};
+            small_residual[static_cast<std::size_t>(c)] = rn <= xn * cte;
         }
-        if (all) return {0, it, MixedStatus::converged};
-        if (it == kMaxRefinements) return {0, it, MixedStatus::stalled};
+        if (it == kMaxRefinements) break;
         std::copy(r.begin(), r.end(), d.begin());
         mixed_factor_solve(fac, d.data(), m);
-        bool negligible = true;
+        bool all = true, any = false;
         for (index_t c = 0; c < m; ++c) {
-            if (done[static_cast<std::size_t>(c)]) continue;
+            const std::size_t cc = static_cast<std::size_t>(c);
+            if (done[cc]) continue;
             double* xc = x + c * n;
             const double* dc = d.data() + c * n;
             const double dn = column_max_abs(dc, n);
-            if (!(dn <= 0.5 * prev[static_cast<std::size_t>(c)])) return {0, it + 1, MixedStatus::stalled};
-            prev[static_cast<std::size_t>(c)] = dn;
+            if (!(dn <= 0.5 * prev[cc])) {
+                // No longer converging: at the limiting accuracy when the backward
+                // error is already that of a float64 solve, else float32 cannot do it.
+                if (!small_residual[cc]) return {0, applied, MixedStatus::stalled};
+                done[cc] = 1;
+                continue;
+            }
+            prev[cc] = dn;
             for (index_t i = 0; i < n; ++i) xc[i] += dc[i];
-            if (!(dn <= kEps * column_max_abs(xc, n))) negligible = false;
+            any = true;
+            if (dn <= kEps * column_max_abs(xc, n)) done[cc] = 1;  // below float64 rounding
+            all = all && done[cc];
         }
-        if (negligible) return {0, it + 1, MixedStatus::converged};
+        applied += any;
+        if (all) return {0, applied, MixedStatus::converged};
     }
+    for (index_t c = 0; c < m; ++c)
+        if (!done[static_cast<std::size_t>(c)] && !small_residual[static_cast<std::size_t>(c)])
+            return {0, applied, MixedStatus::stalled};
+    return {0, applied, MixedStatus::converged};
 }
 
 template <class Fallback>
