@@ -286,8 +286,13 @@ MixedResult lowrank_solve_mixed(const Strided<double>& J, const double* w, const
     std::vector<double> d(static_cast<std::size_t>(N));
     for (index_t i = 0; i < N; ++i) d[static_cast<std::size_t>(i)] = w ? std::sqrt(w[i]) : 1.0 / std::sqrt(double(N));
 
-    // Chunks of P: a fixed count (reproducible sums), handed out dynamically.
-    const index_t chunks = std::min<index_t>(16, std::max<index_t>(1, P / 256));
+    // Chunks of P, handed out dynamically: narrow enough that a chunk of J
+    // (N x width doubles, ~256 KiB) is still in cache for the second product of
+    // a residual pass; their count depends on the sizes only (reproducible
+    // sums), capped to keep the per-chunk N x m parts under 32 MiB.
+    const index_t width = std::max<index_t>(32, (index_t(32) << 10) / std::max<index_t>(1, N));
+    const index_t chunks = std::max<index_t>(
+        1, std::min<index_t>((P + width - 1) / width, (index_t(4) << 20) / std::max<index_t>(1, N * m)));
     const index_t step = (P + chunks - 1) / chunks;
     auto range = [&](std::ptrdiff_t c) {
         const index_t p0 = std::min(P, index_t(c) * step);
