@@ -408,12 +408,41 @@ MixedResult lowrank_solve_mixed(const Strided<double>& J, const double* w, const
     return res;
 }
 
+double damped_norm_inf(const Strided<double>& F, double damping) {
+    const index_t n = F.rows;
+    const Panel<double> p = make_panel(F);
+    const std::vector<index_t> bounds = lower_partition(n, 1);
+    const index_t tasks = index_t(bounds.size()) - 1;
+    std::vector<double> rows(static_cast<std::size_t>(tasks * n), 0.0);
+    Team team(double(n) * double(n) >= 1.0e6);
+    team.run(tasks, [&](std::ptrdiff_t t, int) {
+        double* rs = rows.data() + t * n;
+        for_lower(p, n, bounds[static_cast<std::size_t>(t)], bounds[static_cast<std::size_t>(t) + 1],
+                  [&](index_t i, index_t j, double v) {
+                      if (i == j) {
+                          rs[i] += std::abs(v + damping);
+                      } else {
+                          rs[i] += std::abs(v);
+                          rs[j] += std::abs(v);
+                      }
+                  });
+    });
+    double norm = 0;
+    for (index_t i = 0; i < n; ++i) {
+        double sum = 0;
+        for (index_t t = 0; t < tasks; ++t) sum += rows[static_cast<std::size_t>(t * n + i)];
+        norm = std::max(norm, sum);
+    }
+    return norm;
+}
+
 int pcg_solve(const Strided<double>& F, double damping, const MixedFactor& factor, const Strided<double>& G,
               double tol, int max_iter, double* x) {
     const index_t n = F.rows, m = G.cols;
+    const double anorm = damped_norm_inf(F, damping);
     const std::size_t size = static_cast<std::size_t>(n * m);
     std::vector<double> r(size), z(size), zold(size), p(size), q(size), zero(size, 0.0);
-    std::vector<double> gnorm(static_cast<std::size_t>(m)), rz(static_cast<std::size_t>(m));
+    std::vector<double> rz(static_cast<std::size_t>(m));
     std::vector<char> done(static_cast<std::size_t>(m), 0);
     const Strided<double> Z{zero.data(), n, m, 1, n};
     auto dot = [&](const double* a, const double* b) {
@@ -421,11 +450,10 @@ int pcg_solve(const Strided<double>& F, double damping, const MixedFactor& facto
         for (index_t i = 0; i < n; ++i) s += a[i] * b[i];
         return s;
     };
-    for (index_t c = 0; c < m; ++c) {
-        double s = 0;
-        for (index_t i = 0; i < n; ++i) s += G(i, c) * G(i, c);
-        gnorm[static_cast<std::size_t>(c)] = std::sqrt(s);
-    }
+    // Normwise backward error of column c small enough.
+    auto converged = [&](index_t c) {
+        return column_max_abs(r.data() + c * n, n) <= tol * anorm * column_max_abs(x + c * n, n);
+    };
     copy_to(G, x, n);
     mixed_factor_solve(factor, x, m);
     damped_residual(F, damping, G, x, r.data(), m);
@@ -440,15 +468,13 @@ int pcg_solve(const Strided<double>& F, double damping, const MixedFactor& facto
         }
         bool all = true;
         for (index_t c = 0; c < m; ++c) {
-            const double rn = std::sqrt(dot(r.data() + c * n, r.data() + c * n));
-            done[static_cast<std::size_t>(c)] = rn <= tol * gnorm[static_cast<std::size_t>(c)];
+            done[static_cast<std::size_t>(c)] = converged(c);
             all = all && done[static_cast<std::size_t>(c)];
         }
         if (all) {  // the recurrence says so: check the true residual
             damped_residual(F, damping, G, x, r.data(), m);
             bool ok = true;
-            for (index_t c = 0; c < m; ++c)
-                ok = ok && std::sqrt(dot(r.data() + c * n, r.data() + c * n)) <= tol * gnorm[static_cast<std::size_t>(c)];
+            for (index_t c = 0; c < m; ++c) ok = ok && converged(c);
             if (ok) return it;
             restart = true;
         }

@@ -77,10 +77,14 @@ void mixed_factor_solve(const MixedFactor& f, double* r, index_t m);
 void damped_residual(const Strided<double>& F, double damping, const Strided<double>& G, const double* x, double* r,
                      index_t m);
 
-// Preconditioned conjugate gradients on (F + damping I) X = G, preconditioned
-// by `factor` (of an older matrix), from X = factor^-1 G, column by column in
-// lockstep, until every column's residual satisfies ||r||_2 <= tol ||g||_2
-// (checked on the true residual). Returns the iterations taken (matrix
+// ||F + damping I||_inf from F's lower triangle.
+double damped_norm_inf(const Strided<double>& F, double damping);
+
+// Preconditioned conjugate gradients on A X = G, A = F + damping I,
+// preconditioned by `factor` (of an older matrix), from X = factor^-1 G,
+// column by column in lockstep, until every column's normwise backward error
+// is at most tol: ||r||_inf <= tol ||A||_inf ||x||_inf (checked on the true
+// residual). Returns the iterations taken (matrix
 // products after the first), or -1 when max_iter iterations did not reach tol
 // (X then holds the last iterate).
 int pcg_solve(const Strided<double>& F, double damping, const MixedFactor& factor, const Strided<double>& G,

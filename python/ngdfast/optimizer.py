@@ -56,6 +56,12 @@ class StepInfo:
         Change of the loss predicted by the damped quadratic model
         ``m(s) = gᵀs + ½ sᵀ(F + λI)s`` at ``s = −βñ``, which is
         ``−βq + ½β²q`` because ``(F + λI)ñ = g``. Negative for a descent step.
+    refactored : bool
+        Whether the solve factored F + λI; False when the curvature reused an
+        earlier factor as the preconditioner of conjugate gradients
+        (``DenseFisher(max_reuse_iters=...)``).
+    solve_iterations : int
+        The preconditioned CG iterations of that solve (0 without CG).
     """
 
     beta: float
@@ -66,6 +72,8 @@ class StepInfo:
     clipped: bool = False
     step_norm: float = 0.0
     predicted_change: float = 0.0
+    refactored: bool = True
+    solve_iterations: int = 0
 
 
 def _check_flat(x, n: int | None, name: str) -> np.ndarray:
@@ -306,6 +314,9 @@ class NaturalGradient:
                     self.curvature.update(*stats, weights=weights)
             nat, damping, retries = self._solve(g)
             delta, info = _size_step(g, nat, self.kl_radius, self.max_step, damping, retries)
+            report = getattr(self.curvature, "last_solve", None)
+            if report is not None:
+                info.refactored, info.solve_iterations = bool(report.refactored), int(report.iterations)
             new = params - delta.astype(params.dtype, copy=False)
             if not np.all(np.isfinite(new)):
                 raise ValueError("step would make params non-finite; lower kl_radius or max_step")
