@@ -33,7 +33,7 @@ def _slow_batches(rng, steps):
 
 def test_slow_change_reuses_the_factor():
     rng = np.random.default_rng(0)
-    fish = DenseFisher(P, decay=0.95)
+    fish = DenseFisher(P, decay=0.95, max_reuse_iters=10)
     damping = 1e-3
     reports = []
     for J, w in _slow_batches(rng, 8):
@@ -49,7 +49,7 @@ def test_slow_change_reuses_the_factor():
 
 def test_sudden_change_and_new_damping_refactor():
     rng = np.random.default_rng(1)
-    fish = DenseFisher(P, decay=0.95)
+    fish = DenseFisher(P, decay=0.95, max_reuse_iters=10)
     for J, w in _slow_batches(rng, 3):
         fish.update(J, w)
         fish.solve(rng.standard_normal(P), 1e-3)
@@ -69,7 +69,7 @@ def test_sudden_change_and_new_damping_refactor():
 
 def test_several_right_hand_sides_and_ill_conditioning():
     rng = np.random.default_rng(2)
-    fish = DenseFisher(P, decay=0.9)
+    fish = DenseFisher(P, decay=0.9, max_reuse_iters=10)
     J = rng.standard_normal((N, P))
     for damping in (1e-12, 1e-6, 1e-2):  # 1e-12: beyond float32, the float64 solve
         fish.update(J)
@@ -88,7 +88,7 @@ def test_snapshot_restore_keeps_the_factor():
     g = rng.standard_normal(P)
 
     def run(with_rejected_batch):
-        fish = DenseFisher(P, decay=0.95)
+        fish = DenseFisher(P, decay=0.95, max_reuse_iters=10)
         out = []
         for i, (J, w) in enumerate(batches):
             if with_rejected_batch and i == 2:
@@ -110,7 +110,7 @@ def test_snapshot_restore_keeps_the_factor():
 
 def test_optimizer_reports_reuse_and_a_rejected_step_leaves_the_factor():
     rng = np.random.default_rng(4)
-    fish = DenseFisher(P, decay=0.95)
+    fish = DenseFisher(P, decay=0.95, max_reuse_iters=10)
     opt = NaturalGradient(fish, kl_radius=1e-3, damping=1e-3)
     theta = np.zeros(P)
     infos = []
@@ -129,7 +129,7 @@ def test_optimizer_reports_reuse_and_a_rejected_step_leaves_the_factor():
 def test_reproducible_bitwise():
     def run():
         rng = np.random.default_rng(5)
-        fish = DenseFisher(P, decay=0.95)
+        fish = DenseFisher(P, decay=0.95, max_reuse_iters=10)
         out = []
         for J, w in _slow_batches(rng, 4):
             fish.update(J, w)
@@ -153,6 +153,13 @@ def test_reuse_off_and_float32_unchanged():
         assert fish.last_solve == SolveReport(True, 0) and fish._reuse is None
 
 
+def test_reuse_by_default_from_a_size():
+    from ngdfast.curvature import REUSE_MIN_PARAMS
+
+    assert DenseFisher(REUSE_MIN_PARAMS - 1).max_reuse_iters == 0
+    assert DenseFisher(REUSE_MIN_PARAMS).max_reuse_iters > 0
+
+
 @pytest.mark.parametrize("kwargs", [{"max_reuse_iters": -1}, {"reuse_tol": 0.0}, {"reuse_tol": 1.0},
                                     {"reuse_tol": float("nan")}])
 def test_bad_reuse_settings(kwargs):
@@ -161,7 +168,7 @@ def test_bad_reuse_settings(kwargs):
 
 
 def test_not_positive_definite_still_raised():
-    fish = DenseFisher(P)
+    fish = DenseFisher(P, max_reuse_iters=10)
     fish.update(np.random.default_rng(7).standard_normal((N, P)))  # rank N < P
     with pytest.raises(ngdfast.NotPositiveDefiniteError):
         fish.solve(np.ones(P), 0.0)

@@ -18,10 +18,12 @@ import numpy as np
 
 #: Smallest P for which ``precision="auto"`` refines a dense solve (damped_solve,
 #: natural_gradient method="dense"): below it the refinement's passes over F cost
-#: more than the float32 factorisation saves (measured: see the README).
-MIXED_MIN_DENSE = 1024
+#: more than the float32 factorisation saves (measured on 2 cores, same process:
+#: P=256 mixed/double time 1.4, P=512 0.57, P=1024 0.85, P=2048 0.79, P=4096 0.62).
+MIXED_MIN_DENSE = 512
 #: Smallest N for which ``precision="auto"`` refines a Woodbury solve: the Gram
-#: (N²P) must outweigh the refinement's passes over J (a few NP each).
+#: (N²P) must outweigh the refinement's passes over J (a few NP each); measured
+#: mixed/double time N=32 P=4096 1.3, N=64 0.93, N=128 0.61, N=256 0.54 (P=16384).
 MIXED_MIN_SAMPLES = 128
 #: ...and P at least this (smaller problems take microseconds either way).
 MIXED_MIN_PARAMS = 2048

@@ -59,6 +59,10 @@ from ._kernels import damped_solve, fisher, kfac_precondition, lowrank_solve
 __all__ = ["Curvature", "DenseFisher", "DiagonalFisher", "KFACFisher", "LowRankFisher", "SolveReport"]
 
 
+#: Smallest P for which ``DenseFisher`` reuses factors by default (float64).
+REUSE_MIN_PARAMS = 1024
+
+
 class SolveReport(NamedTuple):
     """How a curvature's last ``solve`` ran (its ``last_solve`` attribute).
 
@@ -240,7 +244,7 @@ class DenseFisher(_RunningFisher):
         EMA factor; 0 keeps only the latest batch.
     dtype : float32 or float64
         Storage and compute precision; score rows are cast to it.
-    max_reuse_iters : int >= 0
+    max_reuse_iters : int >= 0, optional
         float64 only: factor reuse. Each solve keeps a float32 Cholesky factor of
         D(F + λI)D (D the unit-diagonal scaling); the next solve, after the EMA has
         moved F a little, runs preconditioned conjugate gradients on the new
@@ -249,17 +253,21 @@ class DenseFisher(_RunningFisher):
         factor is also refined by CG on its own matrix (mixed precision), and when
         float32 cannot hold F + λI (condition number beyond ~1e7) the solve is a
         float64 Cholesky solve. 0 turns reuse off (every solve factors in the
-        ``damped_solve`` default way). ``last_solve`` tells what a solve did.
+        ``damped_solve`` default way). Default: 10 from P >= ``REUSE_MIN_PARAMS``
+        (1024), 0 below, where a factorisation costs about as much as CG's passes
+        and their Python overhead. ``last_solve`` tells what a solve did.
     reuse_tol : float
         CG's stopping test, a normwise backward error:
         ``‖g − (F + λI)x‖∞ <= reuse_tol · ‖F + λI‖∞ · ‖x‖∞``. The default, about
         9 float64 rounding units, is what a float64 Cholesky solve attains.
     """
 
-    def __init__(self, n_params: int, *, decay: float = 0.95, dtype=np.float64, max_reuse_iters: int = 10,
+    def __init__(self, n_params: int, *, decay: float = 0.95, dtype=np.float64, max_reuse_iters: int | None = None,
                  reuse_tol: float = 1e-15):
         super().__init__(n_params, decay, dtype)
         self._F = np.zeros((self.n_params, self.n_params), dtype=self.dtype)
+        if max_reuse_iters is None:
+            max_reuse_iters = 10 if self.n_params >= REUSE_MIN_PARAMS else 0
         max_reuse_iters = int(max_reuse_iters)
         if max_reuse_iters < 0:
             raise ValueError(f"max_reuse_iters must be >= 0, got {max_reuse_iters}")
