@@ -285,3 +285,49 @@ def test_non_finite_J_on_the_mixed_path(func, value):
         assert outcomes[0] == outcomes[1]
     else:
         np.testing.assert_array_equal(outcomes[0], outcomes[1])
+
+
+def test_cuda_module_takes_the_argument():
+    pytest.importorskip("numba_cuda", reason="numba-cuda is not installed")
+    import ngdfast.cuda as nc
+
+    if not nc.is_available():
+        pytest.skip("ngdfast.cuda is not available")
+    rng = np.random.default_rng(12)
+    F = random_spd(rng, 6)
+    g = rng.standard_normal(6)
+    J = rng.standard_normal((4, 6))
+    x, info = nc.damped_solve(F, g, 0.1, precision="mixed", return_info=True)
+    assert info == SolveInfo("double", 0, "no mixed-precision path in ngdfast.cuda")
+    assert_close(np.asarray(x), ref.damped_solve(F, g, 0.1))
+    y, info = nc.natural_gradient(J, g, 0.1, precision="auto", return_info=True)
+    assert info == SolveInfo("double")
+    assert_close(np.asarray(y), ref.natural_gradient(J, g, 0.1))
+    y, info = nc.lowrank_solve(J.astype(np.float32), g.astype(np.float32), 0.1, precision="mixed", return_info=True)
+    assert info == SolveInfo("single")
+    with pytest.raises(ValueError, match="lowrank_solve: precision must be one of"):
+        nc.lowrank_solve(J, g, 0.1, precision="half")
+
+
+@pytest.mark.parametrize("mode", ["always", "never"])
+def test_mixed_woodbury_with_and_without_numpys_blas(mode):
+    # "always": the products run on NumPy's BLAS (what a call beside spinning NumPy
+    # threads does), the refinement passes on the calling thread.
+    from ngdfast import _backend
+
+    if mode == "always" and not _backend.HOST_BLAS:
+        pytest.skip("NumPy's OpenBLAS was not found")
+    rng = np.random.default_rng(13)
+    J = rng.standard_normal((140, 700))
+    G = rng.standard_normal((700, 2))
+    w = rng.random(140)
+    before = _core.get_borrow_mode()
+    _core.set_borrow_mode(mode)
+    try:
+        x, info = ngdfast.lowrank_solve(J, G, 0.01, w, precision="mixed", return_info=True)
+        again = ngdfast.lowrank_solve(J, G, 0.01, w, precision="mixed")
+    finally:
+        _core.set_borrow_mode(before)
+    assert info.precision == "mixed"
+    np.testing.assert_array_equal(x, again)
+    assert_close(x, ref.lowrank_solve(J, G, 0.01, w), cond=1e3)

@@ -298,7 +298,11 @@ MixedResult lowrank_solve_mixed(const Strided<double>& J, const double* w, const
         const index_t p0 = std::min(P, index_t(c) * step);
         return std::make_pair(p0, std::min(P, p0 + step) - p0);
     };
-    Team team(2.0 * double(N) * double(P) * double(m + 1) >= kParallelFlops);
+    // While another thread of the process runs (NumPy's spinning BLAS workers), the
+    // products go to NumPy's BLAS and our passes stay on the calling thread, as in
+    // lowrank_solve (host_blas.hpp).
+    const bool host = borrow_host_blas(double(N) * double(N) * double(P));
+    Team team(!host && 2.0 * double(N) * double(P) * double(m + 1) >= kParallelFlops);
     std::vector<double> parts(static_cast<std::size_t>(chunks * N * m));
     auto sum_parts = [&](double* out) {  // out = sum of the chunks' N x m parts, in chunk order
         std::copy(parts.begin(), parts.begin() + N * m, out);
@@ -327,6 +331,7 @@ MixedResult lowrank_solve_mixed(const Strided<double>& J, const double* w, const
                 for (index_t i = 0; i < N; ++i) dst[i] = static_cast<float>(d[static_cast<std::size_t>(i)] * src[i]);
             }
         }
+        if (host) return;
         double* out = parts.data() + c * N * m;
         if (bp == 0)
             std::fill(out, out + N * m, 0.0);
@@ -334,7 +339,10 @@ MixedResult lowrank_solve_mixed(const Strided<double>& J, const double* w, const
             gemm<double>(tn, 'N', N, m, bp, 1.0, jblock(p0), panel.ld, x + p0, P, 0.0, out, N);
     });
     std::vector<double> b(static_cast<std::size_t>(N * m));
-    sum_parts(b.data());
+    if (host)
+        host_gemm<double>(tn, 'N', N, m, P, 1.0, jblock(0), panel.ld, x, P, 0.0, b.data(), N);
+    else
+        sum_parts(b.data());
     for (index_t c = 0; c < m; ++c)
         for (index_t i = 0; i < N; ++i) b[static_cast<std::size_t>(i + c * N)] *= d[static_cast<std::size_t>(i)];
 
@@ -344,7 +352,7 @@ MixedResult lowrank_solve_mixed(const Strided<double>& J, const double* w, const
     fac.l = Matrix<float>(N, N);
     float* k = fac.l.data();
     const GramOperand<float> op{js, ld32, panel.transposed, N, P};
-    gram<float>(op, 1.0f, k, N, 0.0f, false, 640, nullptr, borrow_host_blas(double(N) * double(N) * double(P)));
+    gram<float>(op, 1.0f, k, N, 0.0f, false, 640, nullptr, host);
     j32 = Matrix<float>();
     fac.scale.resize(static_cast<std::size_t>(N));
     std::vector<double> rows(static_cast<std::size_t>(N), 0.0);
@@ -379,7 +387,11 @@ MixedResult lowrank_solve_mixed(const Strided<double>& J, const double* w, const
     const Strided<double> B{b.data(), N, m, 1, N};
     const MixedResult res = refine(fac, B, m, u.data(), [&](const double* us, double* r) {
         scaled(us);
-        team.run(chunks, [&](std::ptrdiff_t c, int) {
+        if (host) {
+            host_gemm<double>(nt, 'N', P, m, N, 1.0, jblock(0), panel.ld, du.data(), N, 0.0, v.data(), P);
+            host_gemm<double>(tn, 'N', N, m, P, 1.0, jblock(0), panel.ld, v.data(), P, 0.0, r, N);
+        } else {
+            team.run(chunks, [&](std::ptrdiff_t c, int) {
             const auto [p0, bp] = range(c);
             double* out = parts.data() + c * N * m;
             if (bp == 0) {
@@ -388,8 +400,9 @@ MixedResult lowrank_solve_mixed(const Strided<double>& J, const double* w, const
             }
             gemm<double>(nt, 'N', bp, m, N, 1.0, jblock(p0), panel.ld, du.data(), N, 0.0, v.data() + p0, P);
             gemm<double>(tn, 'N', N, m, bp, 1.0, jblock(p0), panel.ld, v.data() + p0, P, 0.0, out, N);
-        });
-        sum_parts(r);
+            });
+            sum_parts(r);
+        }
         for (index_t c = 0; c < m; ++c)
             for (index_t i = 0; i < N; ++i) {
                 const index_t e = i + c * N;
@@ -401,6 +414,10 @@ MixedResult lowrank_solve_mixed(const Strided<double>& J, const double* w, const
     // x = (g - Jd^T u) / lam.
     scaled(u.data());
     const double inv = 1.0 / damping;
+    if (host) {
+        host_gemm<double>(nt, 'N', P, m, N, -inv, jblock(0), panel.ld, du.data(), N, inv, x, P);
+        return res;
+    }
     team.run(chunks, [&](std::ptrdiff_t c, int) {
         const auto [p0, bp] = range(c);
         if (bp > 0) gemm<double>(nt, 'N', bp, m, N, -inv, jblock(p0), panel.ld, du.data(), N, inv, x + p0, P);

@@ -622,7 +622,7 @@ def _reuse(quick: bool, repeats: int) -> dict[str, Any]:
     out: dict[str, Any] = {"p": p, "steps": steps}
     for label, max_reuse in (("reuse", 10), ("no_reuse", 0)):
         fish = DenseFisher(p, decay=0.95, max_reuse_iters=max_reuse)
-        seconds, worst, reused = 0.0, 0.0, 0
+        seconds, worst, reused, iterations = 0.0, 0.0, 0, 0
         for _ in range(steps):
             fish.update(J, 1.0 + 0.1 * rng.random(J.shape[0]))
             g = rng.standard_normal(p)
@@ -630,9 +630,11 @@ def _reuse(quick: bool, repeats: int) -> dict[str, Any]:
             x = fish.solve(g, DAMPING)
             seconds += time.perf_counter() - t0
             reused += not fish.last_solve.refactored
+            iterations += fish.last_solve.iterations
             if max_reuse:  # (without reuse the solve is the float64/mixed one itself)
                 worst = max(worst, _rel(x, damped_solve(fish.to_dense(), g, DAMPING, precision="double")))
-        out[label] = {"mean_solve_seconds": seconds / steps, "max_error": worst, "reused_steps": reused}
+        out[label] = {"mean_solve_seconds": seconds / steps, "max_error": worst, "reused_steps": reused,
+                      "mean_cg_iterations": iterations / steps}
     if _scipy() is not None:
         M = fish.to_dense() + DAMPING * np.eye(p)
         g = rng.standard_normal(p)
@@ -832,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
         for label in ("reuse", "no_reuse"):
             r = reuse[label]
             print(f"  {label:<9} mean solve {_fmt_time(r['mean_solve_seconds']):>10}  reused {r['reused_steps']:>3} "
-                  f"steps  max err {r['max_error']:.1e}", file=out)
+                  f"steps  CG iterations/step {r['mean_cg_iterations']:.1f}  max err {r['max_error']:.1e}", file=out)
         if "ratio" in reuse:
             met = reuse["ratio"] <= 0.2 and reuse["reuse"]["max_error"] <= 1e-10
             print(f"  one scipy cho_factor+cho_solve {_fmt_time(reuse['scipy_cho_seconds'])}: mean solve / that = "
