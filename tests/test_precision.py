@@ -331,3 +331,22 @@ def test_mixed_woodbury_with_and_without_numpys_blas(mode):
     assert info.precision == "mixed"
     np.testing.assert_array_equal(x, again)
     assert_close(x, ref.lowrank_solve(J, G, 0.01, w), cond=1e3)
+
+
+@pytest.mark.parametrize("solve", SOLVES)
+def test_same_signature_in_every_module(solve):
+    import inspect
+
+    def params(module):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(getattr(module, solve)).parameters.values()]
+
+    modules = [ngdfast, ref]
+    try:
+        import ngdfast.cuda as nc
+
+        modules.append(nc)
+    except ImportError:
+        pass
+    for module in modules[1:]:
+        assert params(module) == params(ngdfast), module.__name__
+    assert ("precision", inspect.Parameter.KEYWORD_ONLY, "auto") in params(ngdfast)
