@@ -160,10 +160,12 @@ def test_reuse_by_default_from_a_size():
     assert DenseFisher(REUSE_MIN_PARAMS).max_reuse_iters > 0
 
 
-@pytest.mark.parametrize("kwargs", [{"max_reuse_iters": -1}, {"reuse_tol": 0.0}, {"reuse_tol": 1.0},
-                                    {"reuse_tol": float("nan")}])
-def test_bad_reuse_settings(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, exception", [
+    ({"max_reuse_iters": -1}, ValueError), ({"max_reuse_iters": 2.5}, TypeError), ({"reuse_tol": 0.0}, ValueError),
+    ({"reuse_tol": 1.0}, ValueError), ({"reuse_tol": float("nan")}, ValueError), ({"reuse_tol": "1e-12"}, TypeError),
+])
+def test_bad_reuse_settings(kwargs, exception):
+    with pytest.raises(exception, match=f"DenseFisher: {next(iter(kwargs))}"):
         DenseFisher(P, **kwargs)
 
 

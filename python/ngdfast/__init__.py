@@ -6,7 +6,7 @@ compare against), and ``ngdfast.cuda`` the optional Numba CUDA versions.
 """
 
 from . import _backend  # noqa: F401  (selects the compiled tile engine first)
-from ._errors import NotPositiveDefiniteError
+from ._errors import NotPositiveDefiniteError, NumericOverflowError
 from ._precision import SolveInfo
 from ._kernels import (
     damped_solve,
@@ -31,6 +31,7 @@ __all__ = [
     "LowRankFisher",
     "NaturalGradient",
     "NotPositiveDefiniteError",
+    "NumericOverflowError",
     "SolveInfo",
     "StepInfo",
     "damped_solve",
