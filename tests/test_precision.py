@@ -196,6 +196,18 @@ def test_auto_picks_by_size():
     rng = np.random.default_rng(1)
     F = random_spd(rng, 8)
     assert ngdfast.damped_solve(F, np.ones(8), 0.0, return_info=True)[1].precision == "double"
+    big = (_precision.MIXED_MIN_SAMPLES, _precision.MIXED_MIN_PARAMS)
+    before = _core.get_borrow_mode()
+    try:
+        _core.set_borrow_mode("never")
+        assert _precision.use_mixed("auto", np.float64, "lowrank", *big)
+        _core.set_borrow_mode("always")  # products on NumPy's BLAS: the float64 solve
+        from ngdfast import _backend
+
+        assert _precision.use_mixed("auto", np.float64, "lowrank", *big) is not _backend.HOST_BLAS
+        assert _precision.use_mixed("mixed", np.float64, "lowrank", *big)
+    finally:
+        _core.set_borrow_mode(before)
 
 
 def test_return_info_is_consistent_across_modules():
