@@ -372,3 +372,19 @@ def test_numeric_overflow_error_is_a_value_error_and_an_overflow_error():
     assert issubclass(NumericOverflowError, ValueError)
     assert issubclass(NumericOverflowError, OverflowError)
     assert ngdfast.NumericOverflowError is NumericOverflowError
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, J, g: m.damped_solve(np.eye(3, dtype=np.float32), g, 1e300),
+    lambda m, J, g: m.lowrank_solve(J, g, 1e300),
+    lambda m, J, g: m.natural_gradient(J, g, 1e300, method="dense"),
+    lambda m, J, g: m.kfac_precondition(GRAD.astype(np.float32), A.astype(np.float32), S.astype(np.float32), 1e300,
+                                        factored_damping=False),
+], ids=["damped", "lowrank", "natural_gradient-dense", "kfac"])
+def test_damping_beyond_float32_range_acts_as_infinite(kernels, call):
+    # found by tests/test_fuzz.py: the damping is rounded to the data dtype, where 1e300 is +inf;
+    # the correctly rounded solution is then 0 (not NaN from inf*0, not an "overflow of J")
+    J32 = J.astype(np.float32)
+    g32 = G.astype(np.float32)
+    x = call(kernels, J32, g32)
+    assert x.dtype == np.float32 and np.all(x == 0)

@@ -247,3 +247,27 @@ def test_curvature_messages_come_from_the_shared_validators():
     with pytest.raises(ValueError, match="NaturalGradient.step: grad contains NaN or Inf"):
         NaturalGradient(dense).step(np.zeros(P), np.full(P, np.inf))
     assert dense.n_updates == 0
+
+
+@pytest.mark.parametrize("kind", list(FLAT))
+def test_solve_that_overflows_is_reported_not_returned(kind):
+    # g / (d + damping) beyond the largest float: an error, not Inf (every solve path,
+    # including the cached second solve and the empty low-rank estimate)
+    curv = FLAT[kind]()
+    if kind == "lowrank":
+        with pytest.raises(NumericOverflowError, match="LowRankFisher.solve"):
+            curv.solve(np.full(P, 1e300), 1e-300)
+    curv.update(_rows() * 1e-150)
+    g = np.full(P, 1e300)
+    for _ in range(2):  # first solve and the cached one
+        with pytest.raises(NumericOverflowError, match="overflows"):
+            curv.solve(g, 1e-300)
+
+
+def test_step_that_overflows_params_is_rejected():
+    # a step of ~1e150 does not fit float32 parameters
+    opt = NaturalGradient(DiagonalFisher(P), kl_radius=1e300, damping=1e-3)
+    theta = np.full(P, 1.0, dtype=np.float32)
+    with pytest.raises(NumericOverflowError, match="params"):
+        opt.step(theta, np.ones(P), _rows())
+    assert np.all(theta == 1.0) and opt.n_steps == 0 and opt.curvature.n_updates == 0

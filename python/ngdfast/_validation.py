@@ -45,6 +45,7 @@ from typing import Any, Callable, Optional, Tuple
 import numpy as np
 
 from ._errors import NotPositiveDefiniteError, NumericOverflowError
+from ._settings import MAX_THREADS
 
 FLOAT32 = np.dtype(np.float32)
 FLOAT64 = np.dtype(np.float64)
@@ -56,6 +57,9 @@ Cast = Callable[[Any, np.dtype], Any]
 
 #: Method names accepted by ``natural_gradient``.
 METHODS = ("auto", "dense", "lowrank")
+
+#: Precision names accepted by the solves (see ``ngdfast._precision``).
+PRECISIONS = ("auto", "double", "mixed")
 
 #: Above this size of the P x P matrix, ``method="auto"`` prefers the sample-space solve
 #: whenever its N x N matrix is smaller, whatever the flop counts say.
@@ -386,16 +390,23 @@ def integer(x: Any, func: str, name: str, minimum: int = 1) -> int:
     return int(k)
 
 
+def precision_arg(precision: Any, func: str) -> str:
+    """``precision`` of the solves: one of :data:`PRECISIONS`."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"{func}: precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
 def num_threads_arg(n: Any, func: str = "set_num_threads") -> int:
-    """A thread count: an integer >= 1, else ``ValueError``."""
+    """A thread count: an integer from 1 to ``MAX_THREADS`` (1024), else ``ValueError``."""
     if isinstance(n, bool):
         raise ValueError(f"{func}: n must be an integer >= 1, got {n!r}")
     try:
         k = operator.index(n)
     except TypeError:
         raise ValueError(f"{func}: n must be an integer >= 1, got {type(n).__name__} {n!r}") from None
-    if k < 1:
-        raise ValueError(f"{func}: n must be an integer >= 1, got {k}")
+    if not 1 <= k <= MAX_THREADS:
+        raise ValueError(f"{func}: n must be an integer from 1 to {MAX_THREADS}, got {k}")
     return k
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _validation as _v
-from ._errors import NotPositiveDefiniteError
+from ._errors import NotPositiveDefiniteError, NumericOverflowError
 from ._kernels import kl_step_size, natural_gradient
 
 __all__ = ["NaturalGradient", "StepInfo", "natural_gradient_step"]
@@ -57,6 +57,12 @@ class StepInfo:
         Change of the loss predicted by the damped quadratic model
         ``m(s) = gᵀs + ½ sᵀ(F + λI)s`` at ``s = −βñ``, which is
         ``−βq + ½β²q`` because ``(F + λI)ñ = g``. Negative for a descent step.
+    refactored : bool
+        Whether the solve factored F + λI; False when the curvature reused an
+        earlier factor as the preconditioner of conjugate gradients
+        (``DenseFisher(max_reuse_iters=...)``).
+    solve_iterations : int
+        The preconditioned CG iterations of that solve (0 without CG).
     """
 
     beta: float
@@ -67,6 +73,8 @@ class StepInfo:
     clipped: bool = False
     step_norm: float = 0.0
     predicted_change: float = 0.0
+    refactored: bool = True
+    solve_iterations: int = 0
 
 
 def _flat(x, n: int | None, func: str, name: str) -> np.ndarray:
@@ -76,11 +84,13 @@ def _flat(x, n: int | None, func: str, name: str) -> np.ndarray:
 
 def _size_step(g, nat, kl_radius, max_step, damping, retries) -> tuple[np.ndarray, StepInfo]:
     """β from the KL radius and the step ``s = β ñ`` (to subtract)."""
+    beta = kl_step_size(g, nat, kl_radius, max_step=max_step)  # raises for a non-finite q = g^T nat
     q = float(np.dot(g.astype(np.float64), nat.astype(np.float64)))
-    beta = kl_step_size(g, nat, kl_radius, max_step=max_step)
     # Judge the cap on our own β (the kernel's may differ in the last bits).
     uncapped = math.sqrt(2.0 * kl_radius / q) if q > 0 else 0.0
-    delta = beta * nat
+    with np.errstate(over="ignore", invalid="ignore"):  # a non-finite step is rejected by the caller
+        delta = beta * nat
+        norm = float(np.linalg.norm(delta))
     info = StepInfo(
         beta=float(beta),
         quadratic=q,
@@ -88,10 +98,22 @@ def _size_step(g, nat, kl_radius, max_step, damping, retries) -> tuple[np.ndarra
         damping=damping,
         retries=retries,
         clipped=bool(max_step is not None and uncapped > max_step),
-        step_norm=float(np.linalg.norm(delta)),
+        step_norm=norm,
         predicted_change=-beta * q + 0.5 * beta * beta * q,
     )
     return delta, info
+
+
+def _stepped(params: np.ndarray, delta: np.ndarray, dtype, func: str) -> np.ndarray:
+    """``params − delta`` in ``dtype`` as a new array, unless it overflows."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        new = params.astype(dtype) - delta.astype(dtype, copy=False)
+    if not np.all(np.isfinite(new)):
+        raise NumericOverflowError(
+            f"{func}: the step would make params non-finite (overflow of {np.dtype(dtype)}); "
+            "lower kl_radius or max_step"
+        )
+    return new
 
 
 def _solve_with_retries(solve, damping: float, max_retries: int, min_damping: float):
@@ -296,9 +318,10 @@ class NaturalGradient:
                     self.curvature.update(*stats, weights=weights)
             nat, damping, retries = self._solve(g)
             delta, info = _size_step(g, nat, self.kl_radius, self.max_step, damping, retries)
-            new = params - delta.astype(params.dtype, copy=False)
-            if not np.all(np.isfinite(new)):
-                raise ValueError("step would make params non-finite; lower kl_radius or max_step")
+            report = getattr(self.curvature, "last_solve", None)
+            if report is not None:
+                info.refactored, info.solve_iterations = bool(report.refactored), int(report.iterations)
+            new = _stepped(params, delta, params.dtype, func)
         except BaseException:
             if snapshot is not None:
                 self.curvature.restore(snapshot)
@@ -398,4 +421,4 @@ def natural_gradient_step(
     )
     delta, info = _size_step(g, nat, kl_radius, max_step, lam, retries)
     dtype = params.dtype if params.dtype.kind == "f" else np.float64
-    return params.astype(dtype) - delta.astype(dtype, copy=False), info
+    return _stepped(params, delta, dtype, func), info

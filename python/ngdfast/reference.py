@@ -34,6 +34,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from . import _precision as _p
 from . import _validation as _v
 
 __all__ = [
@@ -109,7 +110,15 @@ def _cholesky_solve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 def _add_diagonal(M: np.ndarray, value: float) -> np.ndarray:
-    return M + value * np.eye(M.shape[0], dtype=M.dtype)
+    """M + value·I, the shift added to the diagonal only and rounded to M's dtype: a damping
+    beyond float32's range is +inf there, as in the compiled kernels, and then acts as an
+    infinite shift (the solution is 0, correctly rounded), never as inf·0 = NaN off the diagonal."""
+    out = np.array(M, copy=True)
+    with np.errstate(over="ignore"):
+        shift = M.dtype.type(value)
+    diag = np.arange(M.shape[0])
+    out[diag, diag] += shift
+    return out
 
 
 def _dense_solve(F: np.ndarray, G: np.ndarray, damping: float, func: str) -> np.ndarray:
@@ -142,8 +151,9 @@ def _woodbury_solve(J: np.ndarray, w: Optional[np.ndarray], G: np.ndarray, dampi
     K = J_w J_wᵀ + λI (N×N), x = (g - J_wᵀ K⁻¹ J_w g) / λ.
     """
     Jw = _scaled_rows(J, w)
-    K = _add_diagonal(_gram(Jw.T), damping)
-    _check_gram(K, J, _v.SAMPLE_GRAM, func)
+    gram = _gram(Jw.T)
+    _check_gram(gram, J, _v.SAMPLE_GRAM, func)
+    K = _add_diagonal(gram, damping)
     L, pivot = _cholesky(K)
     if pivot:
         raise _v.not_positive_definite(func, _v.SAMPLE_MATRIX, pivot, K.shape[0], damping)
@@ -152,6 +162,14 @@ def _woodbury_solve(J: np.ndarray, w: Optional[np.ndarray], G: np.ndarray, dampi
 
 def _result(X: np.ndarray, vector: bool) -> np.ndarray:
     return X[:, 0] if vector else X
+
+
+def _answer(X: np.ndarray, vector: bool, return_info: bool):
+    """The answer, with the info of a solve in the data dtype: the reference states
+    the answer every ``precision`` must give, not a path."""
+    x = _result(X, vector)
+    return (x, _p.plain(X.dtype)) if return_info else x
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,7 +239,7 @@ def fisher(J, weights=None, *, out=None, decay=0.0, check_finite=True):
     return out
 
 
-def damped_solve(F, g, damping, *, check_finite=True):
+def damped_solve(F, g, damping, *, check_finite=True, precision="auto", return_info=False):
     r"""Solve the damped system :math:`(F + \lambda I)\, x = g` by Cholesky.
 
     Parameters
@@ -235,6 +253,11 @@ def damped_solve(F, g, damping, *, check_finite=True):
         λ >= 0.
     check_finite : bool
         Reject NaN/Inf anywhere in F or g.
+    precision : {"auto", "double", "mixed"}
+        Validated only: the answer is the float64 one for float64 data whichever path
+        the compiled kernels take (see ``ngdfast._precision``).
+    return_info : bool
+        Also return a :class:`ngdfast.SolveInfo`.
 
     Returns
     -------
@@ -244,7 +267,10 @@ def damped_solve(F, g, damping, *, check_finite=True):
     Raises
     ------
     NotPositiveDefiniteError
-        F + λI is not positive definite; the message gives the failing pivot.
+        F + λI is not positive definite; the message gives the failing pivot (also for
+        NaN/Inf in F's lower triangle with ``check_finite=False``).
+    NumericOverflowError
+        The solution (or an intermediate) overflows the dtype.
     ValueError, TypeError
         See the error table in the package documentation.
 
@@ -252,14 +278,15 @@ def damped_solve(F, g, damping, *, check_finite=True):
     -----
     F + λI = L Lᵀ (``np.linalg.cholesky``), then L y = g and Lᵀ x = y.
     """
+    _v.precision_arg(precision, "damped_solve")
     F, G, damping, vector = _v.damped_solve_args(F, g, damping, check_finite, _all_finite)
     with np.errstate(all="ignore"):
         X = _dense_solve(_symmetric_from_lower(F), G, damping, "damped_solve")
     X = _finite_solution(X, "damped_solve", [(np.tril(F), "F"), (G, "g")])
-    return _result(X, vector)
+    return _answer(X, vector, return_info)
 
 
-def lowrank_solve(J, g, damping, weights=None, *, check_finite=True):
+def lowrank_solve(J, g, damping, weights=None, *, check_finite=True, precision="auto", return_info=False):
     r"""Solve :math:`(F + \lambda I)\, x = g` for F = fisher(J, weights) without forming F.
 
     Woodbury identity in sample space, with :math:`J_w` as in :func:`fisher`:
@@ -283,19 +310,34 @@ def lowrank_solve(J, g, damping, weights=None, *, check_finite=True):
         As in :func:`fisher`.
     check_finite : bool
         Reject NaN/Inf in J and g.
+    precision, return_info
+        As in :func:`damped_solve`.
 
     Returns
     -------
     ndarray, shape of ``g``
         The same x as ``damped_solve(fisher(J, weights), g, damping)`` up to rounding.
+
+    Raises
+    ------
+    ValueError
+        NaN/Inf in J, found through the diagonal of K even with ``check_finite=False``
+        (and in g, by the solution, then); see also the error table.
+    NumericOverflowError
+        K or the solution overflows the dtype although J and g are finite.
+    NotPositiveDefiniteError
+        K + λI is not positive definite (rounding with a tiny λ).
     """
+    _v.precision_arg(precision, "lowrank_solve")
     J, w, G, damping, vector = _v.lowrank_solve_args(J, g, damping, weights, check_finite, _all_finite)
     with np.errstate(all="ignore"):
         X = _woodbury_solve(J, w, G, damping, "lowrank_solve")
-    return _result(_finite_solution(X, "lowrank_solve", [(G, "g")]), vector)
+    return _answer(_finite_solution(X, "lowrank_solve", [(G, "g")]), vector, return_info)
 
 
-def natural_gradient(J, g, damping, weights=None, *, method="auto", check_finite=True):
+def natural_gradient(
+    J, g, damping, weights=None, *, method="auto", check_finite=True, precision="auto", return_info=False
+):
     r"""Damped natural gradient :math:`\tilde n = (F + \lambda I)^{-1} g` with F = fisher(J, weights).
 
     Parameters
@@ -310,11 +352,19 @@ def natural_gradient(J, g, damping, weights=None, *, method="auto", check_finite
         ``"auto"``: the cheaper by flop count (see ``ngdfast._validation.choose_method``):
         dense ≈ NP² + P³/3 against low-rank ≈ N²P + N³/3 + 4NP; low-rank only when λ > 0,
         and also when the P×P matrix would exceed 2 GiB while the N×N one is smaller.
+    precision, return_info
+        As in :func:`damped_solve`.
 
     Returns
     -------
     ndarray, shape of ``g``
+
+    Raises
+    ------
+    ValueError, NumericOverflowError, NotPositiveDefiniteError
+        As in :func:`lowrank_solve` (the dense method reads F's diagonal).
     """
+    _v.precision_arg(precision, "natural_gradient")
     J, w, G, damping, vector, method = _v.natural_gradient_args(
         J, g, damping, weights, method, check_finite, _all_finite
     )
@@ -326,7 +376,7 @@ def natural_gradient(J, g, damping, weights=None, *, method="auto", check_finite
             X = _dense_solve(F, G, damping, func)
         else:
             X = _woodbury_solve(J, w, G, damping, func)
-    return _result(_finite_solution(X, func, [(G, "g")]), vector)
+    return _answer(_finite_solution(X, func, [(G, "g")]), vector, return_info)
 
 
 def kl_step_size(g, nat_grad, epsilon, *, max_step=None):
@@ -358,6 +408,8 @@ def kl_step_size(g, nat_grad, epsilon, *, max_step=None):
     ------
     ValueError
         q < 0 or not finite, shapes differ, ε < 0, max_step <= 0.
+    NumericOverflowError
+        β overflows (ε huge against q) and there is no ``max_step``.
     """
     g, nat_grad, epsilon, max_step = _v.kl_step_size_args(g, nat_grad, epsilon, max_step)
     g64 = np.asarray(g, dtype=np.float64).ravel()
@@ -405,6 +457,8 @@ def kfac_precondition(grad, A, S, damping, *, factored_damping=True):
         Ã (checked first) or S̃ is not positive definite; the message names the factor.
     ValueError
         Bad shapes, negative damping, NaN/Inf (always checked).
+    NumericOverflowError
+        The preconditioned gradient overflows the dtype.
     """
     grad, A, S, damping = _v.kfac_args(grad, A, S, damping, _all_finite)
     n_out, n_in = grad.shape
