@@ -193,3 +193,11 @@ def test_readme_points_to_the_docs_not_outside():
     assert "docs/" in readme
     assert "shared folder" not in readme and "API.md" not in readme
     assert os.path.exists(DOCS / "contract" / "index.md")
+
+
+def test_every_public_function_and_class_has_examples():
+    missing = sorted(
+        name for name, obj in public_objects().items()
+        if (inspect.isclass(obj) or inspect.isroutine(obj)) and "\nExamples\n" not in (inspect.getdoc(obj) or "")
+    )
+    assert not missing, f"public objects without an Examples section in their docstring: {missing}"

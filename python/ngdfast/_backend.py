@@ -101,6 +101,15 @@ def set_tile_backend(name: str) -> None:
     running CPU); when that library is not available, ``"blas"`` raises
     ``RuntimeError`` and Eigen stays in use. Results of the two engines agree
     to rounding.
+
+    Examples
+    --------
+    >>> import ngdfast
+    >>> before = ngdfast.get_tile_backend()
+    >>> ngdfast.set_tile_backend("eigen")
+    >>> ngdfast.get_tile_backend()
+    'eigen'
+    >>> ngdfast.set_tile_backend(before)
     """
     if not isinstance(name, str) or name.strip().lower() not in _settings.TILE_BACKENDS:
         raise ValueError(f"set_tile_backend: name must be one of {_settings.TILE_BACKENDS}, got {name!r}")
@@ -112,7 +121,14 @@ def set_tile_backend(name: str) -> None:
 
 
 def get_tile_backend() -> str:
-    """The engine running the tile products now: ``"blas"`` or ``"eigen"``."""
+    """The engine running the tile products now: ``"blas"`` or ``"eigen"``.
+
+    Examples
+    --------
+    >>> import ngdfast
+    >>> ngdfast.get_tile_backend() in ("blas", "eigen")
+    True
+    """
     return "blas" if _core.blas_active() else "eigen"
 
 
@@ -122,6 +138,15 @@ def set_borrow_blas(mode: str) -> None:
     The Python equivalent of ``NGDFAST_BORROW_BLAS``. ``"auto"`` borrows only
     while another thread of the process is running (NumPy's spinning workers);
     ``"never"`` gives bit-identical reruns whatever other threads do.
+
+    Examples
+    --------
+    >>> import ngdfast
+    >>> before = ngdfast.get_borrow_blas()
+    >>> ngdfast.set_borrow_blas("never")        # bit-identical reruns whatever other threads do
+    >>> ngdfast.get_borrow_blas()
+    'never'
+    >>> ngdfast.set_borrow_blas(before)
     """
     if not isinstance(mode, str) or mode.strip().lower() not in _settings.BORROW_MODES:
         raise ValueError(f"set_borrow_blas: mode must be one of {_settings.BORROW_MODES}, got {mode!r}")
@@ -129,5 +154,12 @@ def set_borrow_blas(mode: str) -> None:
 
 
 def get_borrow_blas() -> str:
-    """The borrowing mode now: ``"never"``, ``"auto"`` or ``"always"``."""
+    """The borrowing mode now: ``"never"``, ``"auto"`` or ``"always"``.
+
+    Examples
+    --------
+    >>> import ngdfast
+    >>> ngdfast.get_borrow_blas() in ("never", "auto", "always")
+    True
+    """
     return _core.get_borrow_mode()

@@ -12,6 +12,16 @@ class NotPositiveDefiniteError(np.linalg.LinAlgError):
         1-based index of the leading minor whose Cholesky pivot failed.
     damping : float
         The damping that was used.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import ngdfast
+    >>> try:
+    ...     ngdfast.damped_solve(np.diag([1.0, -2.0]), np.ones(2), damping=1.0)
+    ... except ngdfast.NotPositiveDefiniteError as e:
+    ...     print(e.pivot, e.damping, isinstance(e, np.linalg.LinAlgError))
+    2 1.0 True
     """
 
     def __init__(self, message: str, *, pivot: int = 0, damping: float = 0.0):
@@ -31,4 +41,14 @@ class NumericOverflowError(ValueError, OverflowError):
     A ``ValueError`` (the input is unusable as given) and an ``OverflowError`` (the
     arithmetic category), like ``numpy.exceptions.AxisError`` is both a
     ``ValueError`` and an ``IndexError``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import ngdfast
+    >>> try:
+    ...     ngdfast.fisher(np.full((2, 2), 1e160))      # finite, but J^T J / N overflows float64
+    ... except ngdfast.NumericOverflowError as e:
+    ...     print(isinstance(e, ValueError), isinstance(e, OverflowError))
+    True True
     """

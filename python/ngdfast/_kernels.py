@@ -132,6 +132,27 @@ def fisher(J, weights=None, *, out=None, decay=0.0, check_finite=True):
     See Also
     --------
     ngdfast.reference.fisher : the specification.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import ngdfast
+    >>> J = np.array([[1.0, 2.0], [3.0, 4.0]])
+    >>> ngdfast.fisher(J)                                    # J.T @ J / N
+    array([[ 5.,  7.],
+           [ 7., 10.]])
+    >>> ngdfast.fisher(J, weights=[1.0, 0.0])                # only the first row counts
+    array([[1., 2.],
+           [2., 4.]])
+
+    The running estimate, updated in place:
+
+    >>> F = ngdfast.fisher(J)
+    >>> ngdfast.fisher(np.array([[2.0, 0.0]]), out=F, decay=0.5) is F
+    True
+    >>> F                                                    # 0.5 F + 0.5 F_batch
+    array([[4.5, 3.5],
+           [3.5, 5. ]])
     """
     return _fisher(J, weights, out, decay, check_finite, "fisher")
 
@@ -217,6 +238,17 @@ def damped_solve(F, g, damping, *, check_finite=True, precision="auto", return_i
     See Also
     --------
     ngdfast.reference.damped_solve : the specification.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import ngdfast
+    >>> F = np.array([[2.0, 1.0], [1.0, 2.0]])
+    >>> ngdfast.damped_solve(F, np.array([1.0, 1.0]), damping=1.0)     # (F + I) x = g
+    array([0.25, 0.25])
+    >>> ngdfast.damped_solve(F, np.eye(2), damping=1.0)                # K = 2 right-hand sides
+    array([[ 0.375, -0.125],
+           [-0.125,  0.375]])
     """
     precision = _v.precision_arg(precision, "damped_solve")
     F, G, damping, vector = _v.damped_solve_args(F, g, damping, check_finite, _all_finite, _cast)
@@ -261,6 +293,16 @@ def lowrank_solve(J, g, damping, weights=None, *, check_finite=True, precision="
     See Also
     --------
     ngdfast.reference.lowrank_solve : the specification.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import ngdfast
+    >>> rng = np.random.default_rng(0)
+    >>> J, g = rng.standard_normal((3, 500)), rng.standard_normal(500)
+    >>> x = ngdfast.lowrank_solve(J, g, damping=0.1)                   # a 3 x 3 system inside
+    >>> bool(np.allclose(x, ngdfast.damped_solve(ngdfast.fisher(J), g, 0.1)))
+    True
     """
     precision = _v.precision_arg(precision, "lowrank_solve")
     J, w, G, damping, vector = _v.lowrank_solve_args(J, g, damping, weights, False, _all_finite, _cast)
@@ -310,6 +352,17 @@ def natural_gradient(
     See Also
     --------
     ngdfast.reference.natural_gradient : the specification.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import ngdfast
+    >>> rng = np.random.default_rng(0)
+    >>> J, g = rng.standard_normal((8, 200)), rng.standard_normal(200)
+    >>> nat = ngdfast.natural_gradient(J, g, damping=1e-2)             # "auto": low-rank, as N << P
+    >>> dense = ngdfast.natural_gradient(J, g, damping=1e-2, method="dense")
+    >>> bool(np.allclose(nat, dense))
+    True
     """
     func = "natural_gradient"
     precision = _v.precision_arg(precision, func)
@@ -358,6 +411,15 @@ def kfac_precondition(grad, A, S, damping, *, factored_damping=True):
     See Also
     --------
     ngdfast.reference.kfac_precondition : the specification.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import ngdfast
+    >>> A, S = np.diag([1.0, 2.0, 4.0]), np.diag([1.0, 4.0])
+    >>> ngdfast.kfac_precondition(np.ones((2, 3)), A, S, damping=0.0)    # S^-1 grad A^-1
+    array([[1.    , 0.5   , 0.25  ],
+           [0.25  , 0.125 , 0.0625]])
     """
     grad, A, S, damping = _v.kfac_args(grad, A, S, damping, _all_finite, _cast)
     n_out, n_in = grad.shape
@@ -379,12 +441,28 @@ def set_num_threads(n: int) -> None:
     The Python equivalent of ``NGDFAST_NUM_THREADS``; :func:`num_threads` sets
     it for a ``with`` block. ``threadpoolctl.threadpool_limits`` limits the
     same pool (its user API is ``"ngdfast"``).
+
+    Examples
+    --------
+    >>> import ngdfast
+    >>> n = ngdfast.get_num_threads()
+    >>> ngdfast.set_num_threads(1)
+    >>> ngdfast.get_num_threads()
+    1
+    >>> ngdfast.set_num_threads(n)
     """
     _core.set_num_threads(_v.num_threads_arg(n))
 
 
 def get_num_threads() -> int:
-    """Number of threads the compiled kernels use."""
+    """Number of threads the compiled kernels use.
+
+    Examples
+    --------
+    >>> import ngdfast
+    >>> ngdfast.get_num_threads() >= 1
+    True
+    """
     return _core.get_num_threads()
 
 

@@ -44,6 +44,17 @@ class SolveInfo(NamedTuple):
         Refinement steps taken (also those of a refinement that was abandoned).
     fallback : str or None
         Why the mixed path was abandoned for the float64 factorisation, or None.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import ngdfast
+    >>> F = ngdfast.fisher(np.random.default_rng(0).standard_normal((600, 520)))
+    >>> x, info = ngdfast.damped_solve(F, np.ones(520), 1e-2, precision="mixed", return_info=True)
+    >>> info.precision, info.fallback
+    ('mixed', None)
+    >>> ngdfast.damped_solve(F[:4, :4], np.ones(4), 1e-2, precision="double", return_info=True)[1]
+    SolveInfo(precision='double', iterations=0, fallback=None)
     """
 
     precision: str

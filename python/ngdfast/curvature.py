@@ -79,6 +79,23 @@ class SolveReport(NamedTuple):
         preconditioner of conjugate gradients).
     iterations : int
         Preconditioned CG iterations (0 for a plain factor-and-solve).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ngdfast import DenseFisher
+    >>> rng = np.random.default_rng(0)
+    >>> F = DenseFisher(50, decay=0.99, max_reuse_iters=10)
+    >>> F.update(rng.standard_normal((100, 50)))
+    >>> x = F.solve(np.ones(50), 1e-2)
+    >>> F.last_solve.refactored                             # the first solve factors
+    True
+    >>> F.update(rng.standard_normal((100, 50)))            # F moves by 1 %
+    >>> x = F.solve(np.ones(50), 1e-2)
+    >>> F.last_solve.refactored, 0 < F.last_solve.iterations <= 10   # CG with the old factor
+    (False, True)
+    >>> bool(np.allclose(F.mv(x) + 1e-2 * x, 1.0))
+    True
     """
 
     refactored: bool = True
@@ -87,7 +104,16 @@ class SolveReport(NamedTuple):
 
 @runtime_checkable
 class Curvature(Protocol):
-    """What :class:`ngdfast.NaturalGradient` needs from a Fisher estimate."""
+    """What :class:`ngdfast.NaturalGradient` needs from a Fisher estimate.
+
+    Examples
+    --------
+    >>> import ngdfast
+    >>> from ngdfast.curvature import Curvature
+    >>> all(isinstance(c, Curvature) for c in
+    ...     (ngdfast.DenseFisher(6), ngdfast.LowRankFisher(6), ngdfast.DiagonalFisher(6), ngdfast.KFACFisher([(2, 3)])))
+    True
+    """
 
     n_params: int
     decay: float
@@ -241,6 +267,20 @@ class DenseFisher(_RunningFisher):
     NumericOverflowError
         From ``update``, when the batch Fisher of finite rows overflows the dtype (the
         estimate is left as it was).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ngdfast import DenseFisher
+    >>> F = DenseFisher(2, decay=0.5)
+    >>> F.update(np.array([[1.0, 2.0], [3.0, 4.0]]))        # the first update replaces: J.T @ J / N
+    >>> F.update(np.array([[2.0, 0.0]]))                    # then the EMA: 0.5 F + 0.5 F_batch
+    >>> F.to_dense()
+    array([[4.5, 3.5],
+           [3.5, 5. ]])
+    >>> x = F.solve(np.array([1.0, 1.0]), damping=0.5)
+    >>> bool(np.allclose(F.mv(x) + 0.5 * x, 1.0))
+    True
     """
 
     def __init__(self, n_params: int, *, decay: float = 0.95, dtype=np.float64, max_reuse_iters: int | None = None,
@@ -352,6 +392,22 @@ class LowRankFisher(_RunningFisher):
         A row whose squared norm overflows the dtype is rejected by ``update``
         (``NumericOverflowError``), as every Fisher entry is bounded by those norms.
     dtype : float32 or float64
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ngdfast import DenseFisher, LowRankFisher
+    >>> rng = np.random.default_rng(0)
+    >>> low, dense = LowRankFisher(100, max_rows=20, decay=0.5), DenseFisher(100, decay=0.5)
+    >>> for _ in range(2):
+    ...     J = rng.standard_normal((10, 100))
+    ...     low.update(J)
+    ...     dense.update(J)
+    >>> low.n_rows                                          # rows kept, never a 100 x 100 matrix
+    20
+    >>> g = rng.standard_normal(100)
+    >>> bool(np.allclose(low.solve(g, 0.1), dense.solve(g, 0.1)))
+    True
     """
 
     def __init__(self, n_params: int, *, max_rows: int = 1024, decay: float = 0.95, dtype=np.float64):
@@ -473,6 +529,17 @@ class DiagonalFisher(_RunningFisher):
 
     ``solve`` is ``g / (d + λ)``; it raises ``NotPositiveDefiniteError`` when
     some ``d_j + λ`` is 0 (a parameter no score row touches, with no damping).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ngdfast import DiagonalFisher
+    >>> D = DiagonalFisher(2)
+    >>> D.update(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    >>> D.diagonal                                          # mean of J**2 per column
+    array([ 5., 10.])
+    >>> D.solve(np.array([6.0, 11.0]), damping=1.0)         # g / (d + damping)
+    array([1., 1.])
     """
 
     def __init__(self, n_params: int, *, decay: float = 0.95, dtype=np.float64):
@@ -552,6 +619,20 @@ class KFACFisher(_RunningFisher):
     dtype : float32 or float64
     factored_damping : bool
         Use the π-balanced damping (else π = 1).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ngdfast import KFACFisher
+    >>> rng = np.random.default_rng(0)
+    >>> K = KFACFisher([(2, 3)])                            # one layer, W of shape (out=2, in=3)
+    >>> K.update([rng.standard_normal((50, 3))], [rng.standard_normal((50, 2))])
+    >>> (A, S), = K.factors
+    >>> bool(np.allclose(K.to_dense(), np.kron(S, A)))      # F = S kron A
+    True
+    >>> x = K.solve(np.ones(6), damping=0.0)
+    >>> bool(np.allclose(K.mv(x), 1.0))
+    True
     """
 
     def __init__(self, layer_shapes: Sequence[tuple[int, int]], *, decay: float = 0.95, dtype=np.float64,

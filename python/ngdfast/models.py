@@ -49,6 +49,21 @@ class MLP:
         what :class:`ngdfast.KFACFisher` takes.
     n_params : int
         Length of θ.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ngdfast.models import MLP
+    >>> rng = np.random.default_rng(0)
+    >>> model = MLP([4, 8, 3])
+    >>> model.layer_shapes, model.n_params                  # bias as the last column
+    ([(8, 5), (3, 9)], 67)
+    >>> theta = model.init(rng)
+    >>> X, y = rng.standard_normal((10, 4)), rng.integers(0, 3, 10)
+    >>> loss, grad = model.loss_and_grad(theta, X, y)
+    >>> J, weights = model.scores(theta, X, y, kind="empirical")
+    >>> J.shape, weights is None, bool(np.allclose(-J.mean(axis=0), grad))
+    ((10, 67), True, True)
     """
 
     def __init__(self, sizes: Sequence[int], activation: str = "tanh"):
@@ -333,6 +348,18 @@ class SoftmaxRegression(MLP):
 
     ``p(k | x) = softmax(W [x, 1])_k`` with ``W`` of shape
     ``(n_classes, n_features + 1)``; θ is ``W`` flattened row-major.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ngdfast.models import SoftmaxRegression
+    >>> model = SoftmaxRegression(n_features=2, n_classes=3)
+    >>> theta = model.init()                                # zeros: uniform predictions
+    >>> model.predict_proba(theta, np.ones((1, 2)))
+    array([[0.33333333, 0.33333333, 0.33333333]])
+    >>> J, w = model.scores(theta, np.ones((1, 2)), kind="exact")     # every class, weighted by p
+    >>> J.shape, float(w.sum())
+    ((3, 9), 1.0)
     """
 
     def __init__(self, n_features: int, n_classes: int):

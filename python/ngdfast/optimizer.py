@@ -63,6 +63,16 @@ class StepInfo:
         (``DenseFisher(max_reuse_iters=...)``).
     solve_iterations : int
         The preconditioned CG iterations of that solve (0 without CG).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import ngdfast
+    >>> rng = np.random.default_rng(0)
+    >>> J = rng.standard_normal((16, 4))
+    >>> new, info = ngdfast.natural_gradient_step(np.zeros(4), -J.mean(axis=0), J, damping=1e-3, kl_radius=1e-2)
+    >>> round(info.predicted_kl, 12), info.retries, info.clipped     # 1/2 beta^2 q = kl_radius
+    (0.01, 0, False)
     """
 
     beta: float
@@ -406,6 +416,17 @@ def natural_gradient_step(
     new_params : ndarray (P,)
         ``params − β ñ``, a new array (``params`` is not modified).
     info : StepInfo
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import ngdfast
+    >>> rng = np.random.default_rng(0)
+    >>> J = rng.standard_normal((16, 4))
+    >>> theta = np.zeros(4)
+    >>> new, info = ngdfast.natural_gradient_step(theta, -J.mean(axis=0), J, damping=1e-3, kl_radius=1e-2)
+    >>> bool(np.all(theta == 0)), bool(np.allclose(new, -info.beta * ngdfast.natural_gradient(J, -J.mean(axis=0), 1e-3)))
+    (True, True)
     """
     func = "natural_gradient_step"
     params = _flat(params, None, func, "params")

@@ -222,6 +222,15 @@ def fisher(J, weights=None, *, out=None, decay=0.0, check_finite=True):
     Notes
     -----
     The reference forms ``J_w`` explicitly and mirrors the lower triangle of ``J_wᵀ J_w``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ngdfast import reference
+    >>> J = np.array([[1.0, 2.0], [3.0, 4.0]])
+    >>> reference.fisher(J)                                  # J.T @ J / N
+    array([[ 5.,  7.],
+           [ 7., 10.]])
     """
     J, w, out, decay = _v.fisher_args(J, weights, out, decay, check_finite, _all_finite)
     with np.errstate(all="ignore"):  # overflow is reported below, or returned as Inf/NaN unchecked
@@ -277,6 +286,14 @@ def damped_solve(F, g, damping, *, check_finite=True, precision="auto", return_i
     Notes
     -----
     F + λI = L Lᵀ (``np.linalg.cholesky``), then L y = g and Lᵀ x = y.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ngdfast import reference
+    >>> F = np.array([[2.0, 1.0], [1.0, 2.0]])
+    >>> reference.damped_solve(F, np.array([1.0, 1.0]), damping=1.0)   # (F + I) x = g
+    array([0.25, 0.25])
     """
     _v.precision_arg(precision, "damped_solve")
     F, G, damping, vector = _v.damped_solve_args(F, g, damping, check_finite, _all_finite)
@@ -327,6 +344,16 @@ def lowrank_solve(J, g, damping, weights=None, *, check_finite=True, precision="
         K or the solution overflows the dtype although J and g are finite.
     NotPositiveDefiniteError
         K + λI is not positive definite (rounding with a tiny λ).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ngdfast import reference
+    >>> rng = np.random.default_rng(0)
+    >>> J, g = rng.standard_normal((3, 50)), rng.standard_normal(50)
+    >>> x = reference.lowrank_solve(J, g, damping=0.1)
+    >>> bool(np.allclose(x, reference.damped_solve(reference.fisher(J), g, 0.1)))
+    True
     """
     _v.precision_arg(precision, "lowrank_solve")
     J, w, G, damping, vector = _v.lowrank_solve_args(J, g, damping, weights, check_finite, _all_finite)
@@ -363,6 +390,16 @@ def natural_gradient(
     ------
     ValueError, NumericOverflowError, NotPositiveDefiniteError
         As in :func:`lowrank_solve` (the dense method reads F's diagonal).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ngdfast import reference
+    >>> rng = np.random.default_rng(0)
+    >>> J, g = rng.standard_normal((8, 60)), rng.standard_normal(60)
+    >>> nat = reference.natural_gradient(J, g, damping=1e-2)
+    >>> bool(np.allclose(nat, reference.natural_gradient(J, g, damping=1e-2, method="dense")))
+    True
     """
     _v.precision_arg(precision, "natural_gradient")
     J, w, G, damping, vector, method = _v.natural_gradient_args(
@@ -410,6 +447,16 @@ def kl_step_size(g, nat_grad, epsilon, *, max_step=None):
         q < 0 or not finite, shapes differ, ε < 0, max_step <= 0.
     NumericOverflowError
         β overflows (ε huge against q) and there is no ``max_step``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ngdfast import reference
+    >>> g, nat = np.array([3.0, 4.0]), np.array([1.0, 2.0])          # g^T nat = 11
+    >>> round(reference.kl_step_size(g, nat, epsilon=0.5), 6)         # sqrt(2 * 0.5 / 11)
+    0.301511
+    >>> reference.kl_step_size(g, nat, epsilon=0.5, max_step=0.1)
+    0.1
     """
     g, nat_grad, epsilon, max_step = _v.kl_step_size_args(g, nat_grad, epsilon, max_step)
     g64 = np.asarray(g, dtype=np.float64).ravel()
@@ -459,6 +506,15 @@ def kfac_precondition(grad, A, S, damping, *, factored_damping=True):
         Bad shapes, negative damping, NaN/Inf (always checked).
     NumericOverflowError
         The preconditioned gradient overflows the dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ngdfast import reference
+    >>> A, S = np.diag([1.0, 2.0, 4.0]), np.diag([1.0, 4.0])
+    >>> reference.kfac_precondition(np.ones((2, 3)), A, S, damping=0.0)
+    array([[1.    , 0.5   , 0.25  ],
+           [0.25  , 0.125 , 0.0625]])
     """
     grad, A, S, damping = _v.kfac_args(grad, A, S, damping, _all_finite)
     n_out, n_in = grad.shape
