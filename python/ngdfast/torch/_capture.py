@@ -20,6 +20,7 @@ Mechanism (one forward hook per tracked module, one on the model):
     negative log-likelihood (``F.cross_entropy``'s default; for ``loss="mse"`` use
     ``0.5 * ((out - y) ** 2).sum(1).mean()``: ``F.mse_loss`` would scale the factors by (2/D)²).
 
+* forwards inside ``torch.func`` transforms (vmap, grad: per-sample passes) are ignored;
 * a tensor hook on the model output marks that a backward went through it, so ``step()``
   can refuse to run twice on one gradient.
 
@@ -58,6 +59,12 @@ def recording_only(owner):
 def quiet():
     """No capture records inside the block (our own forwards and per-sample passes)."""
     return recording_only(_QUIET)
+
+
+def _in_functorch_transform() -> bool:
+    """Inside ``torch.func.vmap``/``grad`` (someone's per-sample pass): not a training forward."""
+    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
 
 
 class RunningMean:
@@ -120,11 +127,13 @@ class Capture:
         self.backward_seen = False
         self.batch = Batch()
         self._pending = []
-        self._handles = [model.register_forward_hook(self._root_hook)]
+        self._handles = []
         for i, layer in enumerate(layers):
             self._handles.append(layer.module.register_forward_hook(partial(self._module_hook, ("k", i))))
         for j, (_, module, _) in enumerate(diagonal):
             self._handles.append(module.register_forward_hook(partial(self._module_hook, ("d", j))))
+        # last: when the model itself is a tracked module, its own hook must run first
+        self._handles.append(model.register_forward_hook(self._root_hook))
 
     def remove(self) -> None:
         for h in self._handles:
@@ -140,7 +149,12 @@ class Capture:
     # ------------------------------------------------------------------ hooks
     def _recording(self) -> bool:
         owner = getattr(_LOCAL, "owner", None)
-        return (owner is None or owner is self) and torch.is_grad_enabled() and (self.force or self.model.training)
+        return (
+            (owner is None or owner is self)
+            and torch.is_grad_enabled()
+            and (self.force or self.model.training)
+            and not _in_functorch_transform()
+        )
 
     def _module_hook(self, key, module, args, output):
         if self.enabled and self._recording() and isinstance(output, torch.Tensor):

@@ -333,12 +333,12 @@ class Preconditioner:
             for name, new, old in (("A", A_b[i], self._A.get(i)), ("S", S_b[i], self._S.get(i))):
                 if not _linalg.finite(new):
                     raise ValueError(f"{func}: factor {name} of layer {self._layers[i].name!r} contains NaN or Inf")
-            A[i] = A_b[i].clone() if first or i not in self._A else self.decay * self._A[i] + (1 - self.decay) * A_b[i]
-            S[i] = S_b[i].clone() if first or i not in self._S else self.decay * self._S[i] + (1 - self.decay) * S_b[i]
+            A[i] = A_b[i] if first or i not in self._A else self.decay * self._A[i] + (1 - self.decay) * A_b[i]
+            S[i] = S_b[i] if first or i not in self._S else self.decay * self._S[i] + (1 - self.decay) * S_b[i]
         for j, ds in D_b.items():
             if not all(_linalg.finite(d) for d in ds):
                 raise ValueError(f"{func}: the diagonal Fisher of {self._diagonal[j][0]!r} contains NaN or Inf")
-            D[j] = ([d.clone() for d in ds] if first or j not in self._D
+            D[j] = (list(ds) if first or j not in self._D
                     else [self.decay * o + (1 - self.decay) * d for o, d in zip(self._D[j], ds)])
         missing = [layer.name for i, layer in enumerate(self._layers) if i not in A]
         missing += [name for j, (name, *_) in enumerate(self._diagonal) if j not in D]
