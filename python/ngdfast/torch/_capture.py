@@ -147,14 +147,13 @@ class Capture:
         self.backward_seen = False
 
     # ------------------------------------------------------------------ hooks
-    def _recording(self) -> bool:
+    def _live(self) -> bool:
+        """A forward that may be trained on: ours to watch, grad enabled, not in a torch.func transform."""
         owner = getattr(_LOCAL, "owner", None)
-        return (
-            (owner is None or owner is self)
-            and torch.is_grad_enabled()
-            and (self.force or self.model.training)
-            and not _in_functorch_transform()
-        )
+        return (owner is None or owner is self) and torch.is_grad_enabled() and not _in_functorch_transform()
+
+    def _recording(self) -> bool:
+        return (self.force or self.model.training) and self._live()
 
     def _module_hook(self, key, module, args, output):
         if self.enabled and self._recording() and isinstance(output, torch.Tensor):
@@ -165,11 +164,11 @@ class Capture:
 
     def _root_hook(self, module, args, output):
         pending, self._pending = self._pending, []
-        if not self._recording() or not isinstance(output, torch.Tensor) or not output.requires_grad:
+        if not isinstance(output, torch.Tensor) or not output.requires_grad or not self._live():
             return
-        if self.enabled:
+        if self.enabled and self._recording():
             self._collect(output, pending)
-        output.register_hook(self._mark)
+        output.register_hook(self._mark)  # also in eval mode: a step then says what is missing
 
     def _collect(self, output, pending) -> None:
         outputs = _fisher.check_outputs(self.loss, output, "ngdfast.torch")

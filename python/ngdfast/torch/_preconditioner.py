@@ -233,7 +233,15 @@ class Preconditioner:
         """Remove the hooks from the model (the preconditioner is unusable afterwards)."""
         self._capture.remove()
 
-    report_loss = NaturalGradient.report_loss
+    def report_loss(self, new_loss) -> float:
+        """Report the loss after the step; returns ``ρ = actual / predicted`` change.
+
+        The rule of :meth:`ngdfast.NaturalGradient.report_loss`: with ``adaptive_damping``,
+        ρ > 3/4 multiplies λ by 2/3 and ρ < 1/4 by 3/2 (within ``[min_damping, max_damping]``).
+        The last :meth:`step` must have been given ``loss=``.
+        """
+        value = new_loss.detach() if isinstance(new_loss, torch.Tensor) else new_loss
+        return NaturalGradient.report_loss(self, float(value))
 
     def step(self, inputs=None, targets=None, *, loss=None) -> StepInfo:
         """Replace every trainable parameter's ``.grad`` g by ``β ñ``.
@@ -439,6 +447,8 @@ class Preconditioner:
 def _classify(model: nn.Module, curvature: str, fallback):
     """K-FAC layers, diagonal modules and plain-gradient modules ``(name, module, param names)``."""
     layers, diagonal, gradient_only, unsupported, seen = [], [], [], [], set()
+    if curvature == "exact":
+        return layers, diagonal, gradient_only  # torch.func differentiates every parameter
     for name, module in model.named_modules():
         own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad and id(p) not in seen]
         if not own:
