@@ -373,13 +373,39 @@ def test_step_without_backward():
     x, y = data()
     precond = ngt.Preconditioner(model)
     model(x)
-    with pytest.raises(RuntimeError, match="has no gradient; call loss.backward"):
+    with pytest.raises(RuntimeError, match="no parameter has a gradient; call loss.backward"):
         precond.step()
     one_step(model, precond, x, y)
     snap = snapshot(model, precond)
     with pytest.raises(RuntimeError, match="no backward pass"):
         precond.step()  # the same gradient twice
     assert_unchanged(model, precond, snap)
+
+
+class WithUnused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used = nn.Linear(6, 4)
+        self.unused = nn.Linear(6, 4)
+        self.norm_unused = nn.LayerNorm(4)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def test_parameters_without_gradients_are_left_alone():
+    torch.manual_seed(0)
+    model = WithUnused().double()
+    x, y = data()
+    precond = ngt.Preconditioner(model, fisher="exact")
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    for _ in range(2):
+        info, _ = one_step(model, precond, x, y)
+        opt.step()
+    assert model.unused.weight.grad is None and model.norm_unused.weight.grad is None
+    assert math.isfinite(info.beta) and info.beta > 0
+    nat = ngt.natural_gradient(model, x, y, fisher="exact")
+    assert all(bool((t == 0).all()) for t in nat[2:])
 
 
 def test_mismatched_targets_and_unsupported_loss():
