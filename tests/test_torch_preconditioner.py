@@ -454,3 +454,25 @@ def test_model_output_must_be_a_matrix():
     ngt.Preconditioner(model)
     with pytest.raises(ValueError, match="must have shape \\(N, C\\)"):
         model(x)
+
+
+def test_ngd_optimizer_is_preconditioner_plus_sgd():
+    x, y = data()
+    model_a, model_b = mlp(), mlp()
+    opt_a = ngt.NGD(model_a, fisher="exact", kl_radius=1e-2)
+    pre_b = ngt.Preconditioner(model_b, fisher="exact", kl_radius=1e-2)
+    sgd_b = torch.optim.SGD(model_b.parameters(), lr=1.0)
+    for _ in range(3):
+        opt_a.zero_grad()
+        F.cross_entropy(model_a(x), y).backward()
+        opt_a.step()
+        sgd_b.zero_grad()
+        F.cross_entropy(model_b(x), y).backward()
+        pre_b.step()
+        sgd_b.step()
+    for p, q in zip(model_a.parameters(), model_b.parameters()):
+        assert torch.equal(p, q)
+    sd = opt_a.state_dict()
+    opt_c = ngt.NGD(mlp(), fisher="exact", kl_radius=1e-2)
+    opt_c.load_state_dict(sd)
+    assert opt_c.preconditioner.n_steps == 3

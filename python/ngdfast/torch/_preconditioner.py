@@ -504,3 +504,56 @@ def diagonal_solve(d: torch.Tensor, g: torch.Tensor, damping: float, name: str) 
             f"{name}: diag(F) + damping is not positive (damping {damping}); increase the damping",
             pivot=int(torch.nonzero((shifted <= 0).reshape(-1))[0, 0]) + 1, damping=damping)
     return g.to(d.dtype) / shifted
+
+
+class NGD(torch.optim.Optimizer):
+    r"""All-in-one optimizer: :class:`Preconditioner` then ``θ ← θ − lr · β ñ``.
+
+    ``lr=1`` (the default) is the KL-sized natural-gradient step itself; the loop is the
+    usual one::
+
+        opt = ngdfast.torch.NGD(model, kl_radius=1e-3, damping=1e-3)
+        opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()
+
+    Parameters
+    ----------
+    model : nn.Module
+    lr : float
+        Multiplies the step (1: exactly ε of predicted KL).
+    **kwargs
+        :class:`Preconditioner` settings (curvature, loss, fisher, kl_radius, damping, ...).
+
+    Attributes
+    ----------
+    preconditioner : Preconditioner
+        ``preconditioner.last_step`` reports the last step.
+    """
+
+    def __init__(self, model: nn.Module, lr: float = 1.0, **kwargs):
+        lr = _validation.nonnegative(lr, "NGD", "lr")
+        self.preconditioner = Preconditioner(model, **kwargs)
+        super().__init__([p for p in model.parameters() if p.requires_grad], {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None, *, inputs=None, targets=None):
+        """Precondition the gradients and move: ``θ ← θ − lr · β ñ``; returns ``closure()``'s loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.preconditioner.step(inputs, targets)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-group["lr"])
+        return loss
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["preconditioner"] = self.preconditioner.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        self.preconditioner.load_state_dict(state_dict.pop("preconditioner"))
+        super().load_state_dict(state_dict)
