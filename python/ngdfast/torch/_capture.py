@@ -12,8 +12,9 @@ Mechanism (one forward hook per tracked module, one on the model):
     model with the preconditioner's ``torch.Generator``, or every class weighted by √p) are
     back-propagated to the tracked modules' outputs only, by ``torch.autograd.grad(...,
     retain_graph=True)``, giving ``δ = ∂ log p / ∂z`` per sample (factor S, diagonal). This is
-    one extra backward pass to the activations (C passes for "exact"), no second forward,
-    and the user's own ``loss.backward()`` is untouched;
+    one extra backward pass to the activations (for "exact", the C class blocks go through one
+    batched backward, ``is_grads_batched``), no second forward, and the user's own
+    ``loss.backward()`` is untouched;
   - ``fisher="empirical"``: the output gradients of the user's own loss are read by tensor hooks
     during ``loss.backward()``: ``δ_i = n · ∂L/∂z_i`` with n the number of samples seen since
     the last step, which is exact when L is the mean over those samples of the per-sample
@@ -65,6 +66,23 @@ def _in_functorch_transform() -> bool:
     """Inside ``torch.func.vmap``/``grad`` (someone's per-sample pass): not a training forward."""
     peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
     return peek is not None and peek() is not None
+
+
+def _backpropagate(outputs, targets, blocks):
+    """``∂⟨outputs, b⟩/∂targets`` for each block b (graph kept for the user's backward).
+
+    Several blocks (the exact kind: one per class) go through one batched backward
+    (``is_grads_batched``) when the graph supports it, else one backward each.
+    """
+    if len(blocks) > 1:
+        try:
+            stacked = torch.autograd.grad(outputs, targets, grad_outputs=torch.stack(blocks), retain_graph=True,
+                                          allow_unused=True, is_grads_batched=True)
+        except RuntimeError:
+            pass
+        else:
+            return [[None if g is None else g[k] for g in stacked] for k in range(len(blocks))]
+    return [torch.autograd.grad(outputs, targets, grad_outputs=b, retain_graph=True, allow_unused=True) for b in blocks]
 
 
 class RunningMean:
@@ -190,10 +208,7 @@ class Capture:
             return
         blocks = _fisher.output_rows(self.loss, self.fisher, outputs, None, self.generator())
         targets = [out for _, _, out in live]
-        per_block = [
-            torch.autograd.grad(outputs, targets, grad_outputs=b.to(outputs.dtype), retain_graph=True, allow_unused=True)
-            for b in blocks
-        ]
+        per_block = _backpropagate(outputs, targets, [b.to(outputs.dtype) for b in blocks])
         for j, (key, args, _) in enumerate(live):
             self._add_deltas(key, args, [g[j] for g in per_block if g[j] is not None])
 
