@@ -102,7 +102,7 @@ class RunningMean:
             decay = 0.0
         else:
             decay = self.rows / (self.rows + r)
-        _linalg.fisher_into(rows.contiguous() if rows.device.type != "cpu" else rows, self.mean, decay)
+        _linalg.fisher_into(rows, self.mean, decay)
         self.rows += r
 
 
@@ -145,7 +145,8 @@ class Capture:
         self.backward_seen = False
         self.batch = Batch()
         self._pending = []
-        self._handles = []
+        # a module called outside the model's forward must not count: start each forward afresh
+        self._handles = [model.register_forward_pre_hook(self._root_pre_hook)]
         for i, layer in enumerate(layers):
             self._handles.append(layer.module.register_forward_hook(partial(self._module_hook, ("k", i))))
         for j, (_, module, _) in enumerate(diagonal):
@@ -176,6 +177,9 @@ class Capture:
     def _module_hook(self, key, module, args, output):
         if self.enabled and self._recording() and isinstance(output, torch.Tensor):
             self._pending.append((key, tuple(a.detach() for a in args if isinstance(a, torch.Tensor)), output))
+
+    def _root_pre_hook(self, module, args):
+        self._pending = []
 
     def _mark(self, grad):
         self.backward_seen = True

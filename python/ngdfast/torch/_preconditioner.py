@@ -147,9 +147,21 @@ class Preconditioner:
 
     Notes
     -----
+    Scale: F is the mean over samples (``ngdfast.fisher``'s convention). For a layer applied at
+    several positions (Conv2d locations, Linear on (N, *, in) inputs) A is the mean over all
+    rows and S = (1/N) Σ_i Σ_t δ_it δ_itᵀ (KFC; see ``ngdfast.torch._layers``).
+
+    Hooks: statistics come from forwards in training mode with grad enabled; eval-mode and
+    ``torch.no_grad()`` forwards, and forwards inside ``torch.func`` transforms, are ignored.
+    A step that should update the curvature but saw no such forward raises.
+
     Gradient accumulation: every training-mode forward with grad enabled since the last step
     contributes; the factors are those of all those samples together, and g is whatever
-    ``.grad`` holds (it should be the gradient of the mean loss over them).
+    ``.grad`` holds (it should be the gradient of the mean loss over them; with
+    ``fisher="empirical"`` it must be, since δ_i = n·∂L/∂z_i over the n samples seen).
+
+    Parameters whose ``.grad`` is None (not used in this forward) are left alone, as torch's
+    optimizers do; gᵀñ sums over the others.
 
     A step is all or nothing: on missing or non-finite gradients, a step without a backward
     since the last one, non-finite statistics or a failed solve, :meth:`step` raises and the
