@@ -443,3 +443,18 @@ def copy_to(model, dtype):
     import copy
 
     return copy.deepcopy(model).to(dtype)
+
+
+@pytest.mark.parametrize("kind", ["empirical", "exact"])
+def test_diagonal_curvature_of_a_cnn(kind):
+    """Conv2d and Linear per-sample gradients in closed form against torch.func's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 3 * 3, 4)).double()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(10, 2, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (10,), generator=g)
+    lam = 1e-3
+    Fm, grad_ = dense_fisher(model, x, y, "cross_entropy", kind)
+    expected = grad_ / (torch.diagonal(Fm) + lam)
+    got = flat(ngt.natural_gradient(model, x, y, curvature="diagonal", fisher=kind, damping=lam))
+    assert float((got - expected).norm() / expected.norm()) < 1e-10
