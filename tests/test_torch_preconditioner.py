@@ -499,3 +499,24 @@ def test_sampled_kfac_factor_estimates_the_exact_one():
     assert err < 5 * 2 / math.sqrt(xr.shape[0])
     assert err > 0
     torch.testing.assert_close(exact.factors["0"][0], sampled.factors["0"][0], rtol=1e-12, atol=0)
+
+
+def test_autocast_bfloat16_activations():
+    model = cnn(torch.float32)
+    x, y = data(n=16, shape=(1, 8, 8), classes=10, dtype=torch.float32)
+    precond = ngt.Preconditioner(model, fisher="exact", kl_radius=1e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16
+    F.cross_entropy(out.float(), y).backward()
+    info = precond.step()
+    assert math.isfinite(info.beta) and info.beta > 0
+    assert all(A.dtype == torch.float32 and bool(torch.isfinite(A).all()) for A, _ in precond.factors.values())
+
+
+def test_remove_detaches_the_hooks():
+    model = mlp()
+    precond = ngt.Preconditioner(model)
+    assert model._forward_hooks and model[0]._forward_hooks
+    precond.remove()
+    assert not model._forward_hooks and not model._forward_pre_hooks and not model[0]._forward_hooks
