@@ -36,7 +36,8 @@ def _cuda_kernels():
         except ImportError:
             _CUDA_KERNELS = False
         else:
-            _CUDA_KERNELS = cuda
+            # Numba's CPU simulator (NUMBA_ENABLE_CUDASIM=1) cannot read torch's device memory
+            _CUDA_KERNELS = False if cuda.SIMULATOR else cuda
     return _CUDA_KERNELS or None
 
 
