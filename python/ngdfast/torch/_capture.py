@@ -1,8 +1,11 @@
 """Hooks that collect the curvature statistics during the user's own forward and backward.
 
-Mechanism (one forward hook per tracked module, one on the model):
+Mechanism (one forward hook per tracked module; a forward-pre hook and a forward hook on the
+model):
 
-* each tracked module's forward hook keeps its input and output tensors of this forward;
+* the model's pre-hook starts each forward afresh (a tracked module called outside the model's
+  forward does not count); each tracked module's forward hook keeps its input and output
+  tensors of this forward;
 * the model's forward hook, which runs when the whole forward is done, turns them into
   statistics, only when the model is in training mode, grad is enabled, and the preconditioner
   asked for statistics on this step (``enabled``, the factor-update steps):
@@ -11,7 +14,9 @@ Mechanism (one forward hook per tracked module, one on the model):
   - ``fisher="sampled"`` / ``"exact"``: the score rows at the output (labels drawn from the
     model with the preconditioner's ``torch.Generator``, or every class weighted by √p) are
     back-propagated to the tracked modules' outputs only, by ``torch.autograd.grad(...,
-    retain_graph=True)``, giving ``δ = ∂ log p / ∂z`` per sample (factor S, diagonal). This is
+    retain_graph=True)``, giving ``δ = ∂ log p / ∂z`` per sample (factor S, diagonal; per
+    sample because the samples of a batch are independent, which BatchNorm in training mode
+    only approximates). This is
     one extra backward pass to the activations (for "exact", the C class blocks go through one
     batched backward, ``is_grads_batched``), no second forward, and the user's own
     ``loss.backward()`` is untouched;
