@@ -457,6 +457,23 @@ def test_model_output_must_be_a_matrix():
         model(x)
 
 
+class TupleOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.fc(x), x
+
+
+def test_model_output_must_be_a_tensor():
+    model = TupleOut().double()
+    x, _ = data()
+    ngt.Preconditioner(model)
+    with pytest.raises(TypeError, match="the model must return a tensor"):
+        model(x)
+
+
 def test_ngd_optimizer_is_preconditioner_plus_sgd():
     x, y = data()
     model_a, model_b = mlp(), mlp()

@@ -191,7 +191,13 @@ class Capture:
 
     def _root_hook(self, module, args, output):
         pending, self._pending = self._pending, []
-        if not isinstance(output, torch.Tensor) or not output.requires_grad or not self._live():
+        if not self._live():
+            return
+        if not isinstance(output, torch.Tensor):
+            if self.enabled and self._recording():
+                _fisher.check_outputs(self.loss, output, "ngdfast.torch")  # raises: says what is expected
+            return
+        if not output.requires_grad:
             return
         if self.enabled and self._recording():
             self._collect(output, pending)
