@@ -73,9 +73,16 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int: ...
 
+def set_default_num_threads(n: int) -> None:
+    """Size the pool gets when first used (from ``ngdfast._settings``; n < 1: the hardware's count)."""
+
 def load_blas(path: str, prefix: str) -> bool:
-    """Use the BLAS/LAPACK library at ``path`` (symbols ``{prefix}dgemm_`` ...)
-    for tile kernels; returns False (Eigen tiles stay in use) if it cannot be loaded."""
+    """Load the BLAS/LAPACK library at ``path`` privately (``RTLD_LOCAL``, one thread) for tile
+    kernels (symbols ``{prefix}dgemm_`` ...); False (Eigen tiles stay in use, ``build_info()
+    ["blas_note"]`` says why) when it cannot be loaded or is already loaded by someone else."""
+
+def blas_loaded() -> bool: ...
+def blas_active() -> bool: ...
 
 def use_blas(enabled: bool) -> None:
     """Switch between the loaded BLAS tile kernels and Eigen's own."""
@@ -95,4 +102,5 @@ def other_thread_running() -> bool:
     """True when a thread other than the caller and ngdfast's workers is running."""
 
 def build_info() -> dict:
-    """Compiler, flags, SIMD instruction sets, tile backend, threads."""
+    """Compiler, flags, SIMD instruction sets (built and of this CPU), tile backend and the
+    kernels OpenBLAS chose at run time, threads."""

@@ -653,6 +653,39 @@ def _blas_pools() -> list[dict[str, Any]]:
     return threadpool_info()
 
 
+def peer_thread_share(fn: Callable[[], Any], repeats: int = 3) -> float | None:
+    """Share of ``fn``'s CPU time spent on threads other than the caller (Linux; else None).
+
+    A peer whose BLAS threads work gives ~(t-1)/t on t threads; ~0 means it ran
+    on the calling thread alone (slowed, whatever threadpoolctl reports). CPU
+    time, unlike wall time, does not depend on the machine's load.
+    """
+    if not os.path.isdir("/proc/self/task"):
+        return None
+
+    def ticks() -> dict[str, int]:
+        out = {}
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[tid] = int(fields[11]) + int(fields[12])
+        return out
+
+    import threading
+
+    fn()
+    before = ticks()
+    for _ in range(repeats):
+        fn()
+    after = ticks()
+    total = sum(after[t] - before.get(t, 0) for t in after)
+    mine = after.get(str(threading.get_native_id()), 0) - before.get(str(threading.get_native_id()), 0)
+    return (total - mine) / total if total > 0 else None
+
+
 def _header(gemm: dict[str, dict[str, Any]], out) -> dict[str, Any]:
     from . import __version__, _core
 
@@ -685,6 +718,14 @@ def _header(gemm: dict[str, dict[str, Any]], out) -> dict[str, Any]:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # not on every platform
         load = None
+    if sp is not None and (os.cpu_count() or 1) > 1:
+        J = np.random.default_rng(0).standard_normal((512, 2048))
+        share = peer_thread_share(lambda: sp.linalg.blas.dsyrk(1.0, J, trans=1))
+        machine["scipy_helper_thread_share"] = share
+        if share is not None:
+            slowed = " (SCIPY RAN ON ONE THREAD: its ratios below are not fair)" if share < 0.2 else ""
+            print(f"peer check: SciPy dsyrk spent {share:.0%} of its CPU time on its helper threads{slowed}",
+                  file=out)
     machine["load_average"] = load
     machine["cpu_count"] = os.cpu_count()
     if load is not None:
