@@ -435,12 +435,14 @@ def test_mismatched_targets_and_unsupported_loss():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(curvature="full"), "curvature must be one of"),
     (dict(fisher="true"), "fisher must be one of"),
-    (dict(kl_radius=-1.0), "kl_radius must be a finite number >= 0"),
+    (dict(kl_radius=-1.0), "kl_radius must be a finite number > 0"),
+    (dict(kl_radius=0.0), "kl_radius must be a finite number > 0"),
     (dict(damping=float("nan")), "damping must be a finite number >= 0"),
-    (dict(max_step=0.0), "max_step must be a finite number > 0"),
-    (dict(decay=1.0), "decay must lie in \\[0, 1\\)"),
+    (dict(max_step=0.0), "max_step must be > 0"),
+    (dict(decay=1.0), "decay must be in \\[0, 1\\) for a running estimate"),
     (dict(factor_interval=0), "factor_interval must be an integer >= 1"),
     (dict(inverse_interval=1.5), "inverse_interval must be an integer >= 1"),
+    (dict(max_retries=-1), "max_retries must be an integer >= 0"),
     (dict(fallback="adam"), "fallback must be one of"),
     (dict(generator=3), "generator must be a torch.Generator"),
 ])
