@@ -8,6 +8,7 @@ compare against), and ``ngdfast.cuda`` the optional Numba CUDA versions.
 from . import _backend  # selects the compiled tile engine first
 from ._backend import get_borrow_blas, get_tile_backend, set_borrow_blas, set_tile_backend
 from ._errors import NotPositiveDefiniteError, NumericOverflowError
+from ._precision import SolveInfo
 from ._kernels import (
     damped_solve,
     fisher,
@@ -34,6 +35,7 @@ __all__ = [
     "NaturalGradient",
     "NotPositiveDefiniteError",
     "NumericOverflowError",
+    "SolveInfo",
     "StepInfo",
     "damped_solve",
     "fisher",

@@ -28,6 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from . import _core
+from . import _precision as _p
 from . import _validation as _v
 from .reference import kl_step_size
 
@@ -58,6 +59,23 @@ def _cast(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def _result(X: np.ndarray, vector: bool) -> np.ndarray:
     return X[:, 0] if vector else X
+
+
+def _answer(X: np.ndarray, vector: bool, return_info: bool, info: _p.SolveInfo):
+    x = _result(X, vector)
+    return (x, info) if return_info else x
+
+
+def _mixed_core(core, report: list):
+    """``core`` (a ``*_mixed`` routine) called as the float64 ones are, ``(X, info)``;
+    the last call's (status, iterations) left in ``report``."""
+
+    def call(J, w, G, damping, check):
+        X, info, status, iterations = core(J, w, G, damping, check)
+        report[:] = [status, iterations]
+        return X, info
+
+    return call
 
 
 def _solve_from_scores(core, func: str, gram: str, J, w, G, damping: float, check_finite: bool):
@@ -165,7 +183,7 @@ def _fisher(
     return out
 
 
-def damped_solve(F, g, damping, *, check_finite=True):
+def damped_solve(F, g, damping, *, check_finite=True, precision="auto", return_info=False):
     r"""Solve :math:`(F + \lambda I)\, x = g` by Cholesky.
 
     Parameters
@@ -178,10 +196,18 @@ def damped_solve(F, g, damping, *, check_finite=True):
         λ >= 0.
     check_finite : bool
         Reject NaN/Inf in F and g.
+    precision : {"auto", "double", "mixed"}
+        For float64 data: "mixed" factors in float32 and refines to the float64 answer
+        (falling back to the float64 factorisation when that fails, see
+        ``ngdfast._precision``); "double" factors in float64; "auto" refines from
+        P >= ``MIXED_MIN_DENSE``. Ignored for float32 data.
+    return_info : bool
+        Also return a :class:`ngdfast.SolveInfo` (path taken, refinement steps, fallback).
 
     Returns
     -------
     ndarray, shape of ``g``
+        (and the :class:`ngdfast.SolveInfo` with ``return_info``)
 
     Raises
     ------
@@ -192,15 +218,21 @@ def damped_solve(F, g, damping, *, check_finite=True):
     --------
     ngdfast.reference.damped_solve : the specification.
     """
+    precision = _v.precision_arg(precision, "damped_solve")
     F, G, damping, vector = _v.damped_solve_args(F, g, damping, check_finite, _all_finite, _cast)
-    X, info = _core.damped_solve(F, G, damping, False)
+    if _p.use_mixed(precision, F.dtype, "dense", F.shape[0]):
+        X, info, status, iterations = _core.damped_solve_mixed(F, G, damping)
+        how = _p.mixed(status, iterations)
+    else:
+        X, info = _core.damped_solve(F, G, damping, False)
+        how = _p.plain(F.dtype)
     _check_info(info, "damped_solve", _v.DENSE_MATRIX, F.shape[0], damping)
     if not _all_finite(X):  # the lower triangle (what is read) is copied on this error path only
         _finite_solution(X, "damped_solve", [(np.tril(F), "F"), (G, "g")])
-    return _result(X, vector)
+    return _answer(X, vector, return_info, how)
 
 
-def lowrank_solve(J, g, damping, weights=None, *, check_finite=True):
+def lowrank_solve(J, g, damping, weights=None, *, check_finite=True, precision="auto", return_info=False):
     r"""Solve :math:`(F + \lambda I)\, x = g` for F = fisher(J, weights) in sample space.
 
     Woodbury: K = J_w J_wᵀ + λI (N×N), x = (g − J_wᵀ K⁻¹ J_w g) / λ; O(N²P), never P×P.
@@ -213,23 +245,46 @@ def lowrank_solve(J, g, damping, weights=None, *, check_finite=True):
         λ > 0.
     weights : array_like, shape (N,), optional
     check_finite : bool
+    precision : {"auto", "double", "mixed"}
+        For float64 data: "mixed" forms and factors the N x N Gram in float32 and
+        refines the sample-space system with float64 residuals (one pass over J per
+        step); "double" runs in float64; "auto" refines from N >= ``MIXED_MIN_SAMPLES``
+        and P >= ``MIXED_MIN_PARAMS``. Ignored for float32 data.
+    return_info : bool
+        Also return a :class:`ngdfast.SolveInfo`.
 
     Returns
     -------
     ndarray, shape of ``g``
+        (and the :class:`ngdfast.SolveInfo` with ``return_info``)
 
     See Also
     --------
     ngdfast.reference.lowrank_solve : the specification.
     """
+    precision = _v.precision_arg(precision, "lowrank_solve")
     J, w, G, damping, vector = _v.lowrank_solve_args(J, g, damping, weights, False, _all_finite, _cast)
-    func = "lowrank_solve"
-    X, info = _solve_from_scores(_core.lowrank_solve, func, _v.SAMPLE_GRAM, J, w, G, damping, check_finite)
+    X, info, how = _woodbury(J, w, G, damping, check_finite, precision, "lowrank_solve")
+    return _answer(_finite_solution(X, "lowrank_solve", [(G, "g")]), vector, return_info, how)
+
+
+def _woodbury(J, w, G, damping, check_finite, precision, func):
+    if _p.use_mixed(precision, J.dtype, "lowrank", J.shape[0], J.shape[1]):
+        report = [0, 0]
+        X, info = _solve_from_scores(
+            _mixed_core(_core.lowrank_solve_mixed, report), func, _v.SAMPLE_GRAM, J, w, G, damping, check_finite
+        )
+        how = _p.mixed(*report)
+    else:
+        X, info = _solve_from_scores(_core.lowrank_solve, func, _v.SAMPLE_GRAM, J, w, G, damping, check_finite)
+        how = _p.plain(J.dtype)
     _check_info(info, func, _v.SAMPLE_MATRIX, J.shape[0], damping)
-    return _result(_finite_solution(X, func, [(G, "g")]), vector)
+    return X, info, how
 
 
-def natural_gradient(J, g, damping, weights=None, *, method="auto", check_finite=True):
+def natural_gradient(
+    J, g, damping, weights=None, *, method="auto", check_finite=True, precision="auto", return_info=False
+):
     r"""Damped natural gradient :math:`(F + \lambda I)^{-1} g` with F = fisher(J, weights).
 
     Parameters
@@ -241,26 +296,39 @@ def natural_gradient(J, g, damping, weights=None, *, method="auto", check_finite
     method : {"auto", "dense", "lowrank"}
         "dense" forms F once and factors it in place; "lowrank" is :func:`lowrank_solve`;
         "auto" picks the cheaper by flop count (``ngdfast._validation.choose_method``).
+    precision : {"auto", "double", "mixed"}
+        As in :func:`damped_solve` (method "dense": F is formed in float64 and its
+        factor refined) and :func:`lowrank_solve` (method "lowrank").
+    return_info : bool
+        Also return a :class:`ngdfast.SolveInfo`.
 
     Returns
     -------
     ndarray, shape of ``g``
+        (and the :class:`ngdfast.SolveInfo` with ``return_info``)
 
     See Also
     --------
     ngdfast.reference.natural_gradient : the specification.
     """
+    func = "natural_gradient"
+    precision = _v.precision_arg(precision, func)
     J, w, G, damping, vector, method = _v.natural_gradient_args(
         J, g, damping, weights, method, False, _all_finite, _cast
     )
-    func = "natural_gradient"
-    if method == "dense":
-        X, info = _solve_from_scores(_core.natural_gradient_dense, func, _v.FISHER_GRAM, J, w, G, damping, check_finite)
-        _check_info(info, func, _v.DENSE_MATRIX, J.shape[1], damping)
+    if method == "lowrank":
+        X, info, how = _woodbury(J, w, G, damping, check_finite, precision, func)
+        return _answer(_finite_solution(X, func, [(G, "g")]), vector, return_info, how)
+    if _p.use_mixed(precision, J.dtype, "dense", J.shape[1]):
+        report = [0, 0]
+        core = _mixed_core(_core.natural_gradient_dense_mixed, report)
+        X, info = _solve_from_scores(core, func, _v.FISHER_GRAM, J, w, G, damping, check_finite)
+        how = _p.mixed(*report)
     else:
-        X, info = _solve_from_scores(_core.lowrank_solve, func, _v.SAMPLE_GRAM, J, w, G, damping, check_finite)
-        _check_info(info, func, _v.SAMPLE_MATRIX, J.shape[0], damping)
-    return _result(_finite_solution(X, func, [(G, "g")]), vector)
+        X, info = _solve_from_scores(_core.natural_gradient_dense, func, _v.FISHER_GRAM, J, w, G, damping, check_finite)
+        how = _p.plain(J.dtype)
+    _check_info(info, func, _v.DENSE_MATRIX, J.shape[1], damping)
+    return _answer(_finite_solution(X, func, [(G, "g")]), vector, return_info, how)
 
 
 def kfac_precondition(grad, A, S, damping, *, factored_damping=True):

@@ -58,6 +58,9 @@ Cast = Callable[[Any, np.dtype], Any]
 #: Method names accepted by ``natural_gradient``.
 METHODS = ("auto", "dense", "lowrank")
 
+#: Precision names accepted by the solves (see ``ngdfast._precision``).
+PRECISIONS = ("auto", "double", "mixed")
+
 #: Above this size of the P x P matrix, ``method="auto"`` prefers the sample-space solve
 #: whenever its N x N matrix is smaller, whatever the flop counts say.
 DENSE_BYTES_LIMIT = 2 * 1024**3
@@ -385,6 +388,13 @@ def integer(x: Any, func: str, name: str, minimum: int = 1) -> int:
     if k < minimum:
         raise ValueError(f"{func}: {name} must be an integer >= {minimum}, got {k}")
     return int(k)
+
+
+def precision_arg(precision: Any, func: str) -> str:
+    """``precision`` of the solves: one of :data:`PRECISIONS`."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"{func}: precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
 
 
 def num_threads_arg(n: Any, func: str = "set_num_threads") -> int:

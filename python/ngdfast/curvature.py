@@ -52,16 +52,36 @@ factors are small (layer widths) and are refactored on each solve by
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from typing import NamedTuple, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from . import _validation as _v
-from ._core import all_finite, cholesky_factor, cholesky_solve
+from ._core import all_finite, cholesky_factor, cholesky_solve, mixed_factor, pcg_solve
 from ._errors import NotPositiveDefiniteError
 from ._kernels import _fisher, damped_solve, fisher, kfac_precondition, lowrank_solve
 
-__all__ = ["Curvature", "DenseFisher", "DiagonalFisher", "KFACFisher", "LowRankFisher"]
+__all__ = ["Curvature", "DenseFisher", "DiagonalFisher", "KFACFisher", "LowRankFisher", "SolveReport"]
+
+
+#: Smallest P for which ``DenseFisher`` reuses factors by default (float64).
+REUSE_MIN_PARAMS = 1024
+
+
+class SolveReport(NamedTuple):
+    """How a curvature's last ``solve`` ran (its ``last_solve`` attribute).
+
+    Attributes
+    ----------
+    refactored : bool
+        Whether the solve factored F + λI (False: an earlier factor served as the
+        preconditioner of conjugate gradients).
+    iterations : int
+        Preconditioned CG iterations (0 for a plain factor-and-solve).
+    """
+
+    refactored: bool = True
+    iterations: int = 0
 
 
 @runtime_checkable
@@ -198,6 +218,22 @@ class DenseFisher(_RunningFisher):
         forever, is rejected).
     dtype : float32 or float64
         Storage and compute precision; score rows are cast to it.
+    max_reuse_iters : int >= 0, optional
+        float64 only: factor reuse. Each solve keeps a float32 Cholesky factor of
+        D(F + λI)D (D the unit-diagonal scaling); the next solve, after the EMA has
+        moved F a little, runs preconditioned conjugate gradients on the new
+        F + λI with that old factor as preconditioner, and factors afresh only when
+        CG needs more than ``max_reuse_iters`` iterations or λ changed. A fresh
+        factor is also refined by CG on its own matrix (mixed precision), and when
+        float32 cannot hold F + λI (condition number beyond ~1e7) the solve is a
+        float64 Cholesky solve. 0 turns reuse off (every solve factors in the
+        ``damped_solve`` default way). Default: 10 from P >= ``REUSE_MIN_PARAMS``
+        (1024), 0 below, where a factorisation costs about as much as CG's passes
+        and their Python overhead. ``last_solve`` tells what a solve did.
+    reuse_tol : float
+        CG's stopping test, a normwise backward error:
+        ``‖g − (F + λI)x‖∞ <= reuse_tol · ‖F + λI‖∞ · ‖x‖∞``. The default, about
+        9 float64 rounding units, is what a float64 Cholesky solve attains.
 
     Raises
     ------
@@ -206,13 +242,28 @@ class DenseFisher(_RunningFisher):
         estimate is left as it was).
     """
 
-    def __init__(self, n_params: int, *, decay: float = 0.95, dtype=np.float64):
+    def __init__(self, n_params: int, *, decay: float = 0.95, dtype=np.float64, max_reuse_iters: int | None = None,
+                 reuse_tol: float = 1e-15):
         super().__init__(n_params, decay, dtype)
         self._F = np.zeros((self.n_params, self.n_params), dtype=self.dtype)
+        if max_reuse_iters is None:
+            max_reuse_iters = 10 if self.n_params >= REUSE_MIN_PARAMS else 0
+        max_reuse_iters = _v.integer(max_reuse_iters, "DenseFisher", "max_reuse_iters", minimum=0)
+        reuse_tol = _v.real_scalar(reuse_tol, "DenseFisher", "reuse_tol")
+        if not 0 < reuse_tol < 1:  # NaN fails too
+            raise ValueError(f"DenseFisher: reuse_tol must lie in (0, 1), got {reuse_tol!r}")
+        self.max_reuse_iters = max_reuse_iters
+        self.reuse_tol = reuse_tol
+        # (float32 factor, damping) of the last factored F + λI: immutable, replaced on
+        # refactoring, so snapshots hold it by reference and a restore brings it back.
+        self._reuse = None
+        self.last_solve = SolveReport()
 
     @property
     def nbytes(self) -> int:
         extra = self._cache.nbytes if isinstance(self._cache, np.ndarray) else 0
+        if self._reuse is not None:
+            extra += self._reuse[0].nbytes
         return self._F.nbytes + extra
 
     def update(self, J, weights=None) -> None:
@@ -226,6 +277,9 @@ class DenseFisher(_RunningFisher):
     def solve(self, g, damping: float) -> np.ndarray:
         """``(F + damping·I)⁻¹ g``; see the module notes on reuse."""
         g, damping = self._rhs(g, damping)
+        if self.max_reuse_iters and self.dtype == np.float64:
+            return self._solve_reusing(g.astype(np.float64, copy=False), damping)
+        self.last_solve = SolveReport()
         key = (self._version, damping)
         if self._cache_key != key or g.dtype != self.dtype:  # mixed dtypes promote, as damped_solve does
             x = damped_solve(self._F, g, damping, check_finite=False)
@@ -240,6 +294,25 @@ class DenseFisher(_RunningFisher):
             self._cache = L
         x = cholesky_solve(self._cache, g.reshape(self.n_params, -1))
         return self._finite(x.reshape(g.shape))
+
+    def _solve_reusing(self, g: np.ndarray, damping: float) -> np.ndarray:
+        G = g.reshape(self.n_params, -1)
+        if self._reuse is not None and self._reuse[1] == damping:
+            X, iterations = pcg_solve(self._F, damping, self._reuse[0], G, self.reuse_tol, self.max_reuse_iters)
+            if iterations >= 0:
+                self.last_solve = SolveReport(False, iterations)
+                return X.reshape(g.shape)
+        self._reuse = None
+        factor, info = mixed_factor(self._F, damping)
+        if info == 0:  # CG on its own matrix: mixed-precision refinement
+            X, iterations = pcg_solve(self._F, damping, factor, G, self.reuse_tol, 30)
+            if iterations >= 0:
+                self._reuse = (factor, damping)
+                self.last_solve = SolveReport(True, iterations)
+                return X.reshape(g.shape)
+        # float32 cannot factor or precondition F + λI: float64 Cholesky (its errors too)
+        self.last_solve = SolveReport(True, 0)
+        return damped_solve(self._F, g, damping, check_finite=False, precision="double")
 
     def mv(self, v) -> np.ndarray:
         """``F v``."""

@@ -57,6 +57,12 @@ class StepInfo:
         Change of the loss predicted by the damped quadratic model
         ``m(s) = gᵀs + ½ sᵀ(F + λI)s`` at ``s = −βñ``, which is
         ``−βq + ½β²q`` because ``(F + λI)ñ = g``. Negative for a descent step.
+    refactored : bool
+        Whether the solve factored F + λI; False when the curvature reused an
+        earlier factor as the preconditioner of conjugate gradients
+        (``DenseFisher(max_reuse_iters=...)``).
+    solve_iterations : int
+        The preconditioned CG iterations of that solve (0 without CG).
     """
 
     beta: float
@@ -67,6 +73,8 @@ class StepInfo:
     clipped: bool = False
     step_norm: float = 0.0
     predicted_change: float = 0.0
+    refactored: bool = True
+    solve_iterations: int = 0
 
 
 def _flat(x, n: int | None, func: str, name: str) -> np.ndarray:
@@ -310,6 +318,9 @@ class NaturalGradient:
                     self.curvature.update(*stats, weights=weights)
             nat, damping, retries = self._solve(g)
             delta, info = _size_step(g, nat, self.kl_radius, self.max_step, damping, retries)
+            report = getattr(self.curvature, "last_solve", None)
+            if report is not None:
+                info.refactored, info.solve_iterations = bool(report.refactored), int(report.iterations)
             new = _stepped(params, delta, params.dtype, func)
         except BaseException:
             if snapshot is not None:

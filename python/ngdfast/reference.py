@@ -34,6 +34,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from . import _precision as _p
 from . import _validation as _v
 
 __all__ = [
@@ -163,6 +164,14 @@ def _result(X: np.ndarray, vector: bool) -> np.ndarray:
     return X[:, 0] if vector else X
 
 
+def _answer(X: np.ndarray, vector: bool, return_info: bool):
+    """The answer, with the info of a solve in the data dtype: the reference states
+    the answer every ``precision`` must give, not a path."""
+    x = _result(X, vector)
+    return (x, _p.plain(X.dtype)) if return_info else x
+
+
+
 # --------------------------------------------------------------------------------------------
 # public kernels
 
@@ -230,7 +239,7 @@ def fisher(J, weights=None, *, out=None, decay=0.0, check_finite=True):
     return out
 
 
-def damped_solve(F, g, damping, *, check_finite=True):
+def damped_solve(F, g, damping, *, check_finite=True, precision="auto", return_info=False):
     r"""Solve the damped system :math:`(F + \lambda I)\, x = g` by Cholesky.
 
     Parameters
@@ -244,6 +253,11 @@ def damped_solve(F, g, damping, *, check_finite=True):
         λ >= 0.
     check_finite : bool
         Reject NaN/Inf anywhere in F or g.
+    precision : {"auto", "double", "mixed"}
+        Validated only: the answer is the float64 one for float64 data whichever path
+        the compiled kernels take (see ``ngdfast._precision``).
+    return_info : bool
+        Also return a :class:`ngdfast.SolveInfo`.
 
     Returns
     -------
@@ -264,14 +278,15 @@ def damped_solve(F, g, damping, *, check_finite=True):
     -----
     F + λI = L Lᵀ (``np.linalg.cholesky``), then L y = g and Lᵀ x = y.
     """
+    _v.precision_arg(precision, "damped_solve")
     F, G, damping, vector = _v.damped_solve_args(F, g, damping, check_finite, _all_finite)
     with np.errstate(all="ignore"):
         X = _dense_solve(_symmetric_from_lower(F), G, damping, "damped_solve")
     X = _finite_solution(X, "damped_solve", [(np.tril(F), "F"), (G, "g")])
-    return _result(X, vector)
+    return _answer(X, vector, return_info)
 
 
-def lowrank_solve(J, g, damping, weights=None, *, check_finite=True):
+def lowrank_solve(J, g, damping, weights=None, *, check_finite=True, precision="auto", return_info=False):
     r"""Solve :math:`(F + \lambda I)\, x = g` for F = fisher(J, weights) without forming F.
 
     Woodbury identity in sample space, with :math:`J_w` as in :func:`fisher`:
@@ -295,6 +310,8 @@ def lowrank_solve(J, g, damping, weights=None, *, check_finite=True):
         As in :func:`fisher`.
     check_finite : bool
         Reject NaN/Inf in J and g.
+    precision, return_info
+        As in :func:`damped_solve`.
 
     Returns
     -------
@@ -311,13 +328,16 @@ def lowrank_solve(J, g, damping, weights=None, *, check_finite=True):
     NotPositiveDefiniteError
         K + λI is not positive definite (rounding with a tiny λ).
     """
+    _v.precision_arg(precision, "lowrank_solve")
     J, w, G, damping, vector = _v.lowrank_solve_args(J, g, damping, weights, check_finite, _all_finite)
     with np.errstate(all="ignore"):
         X = _woodbury_solve(J, w, G, damping, "lowrank_solve")
-    return _result(_finite_solution(X, "lowrank_solve", [(G, "g")]), vector)
+    return _answer(_finite_solution(X, "lowrank_solve", [(G, "g")]), vector, return_info)
 
 
-def natural_gradient(J, g, damping, weights=None, *, method="auto", check_finite=True):
+def natural_gradient(
+    J, g, damping, weights=None, *, method="auto", check_finite=True, precision="auto", return_info=False
+):
     r"""Damped natural gradient :math:`\tilde n = (F + \lambda I)^{-1} g` with F = fisher(J, weights).
 
     Parameters
@@ -332,6 +352,8 @@ def natural_gradient(J, g, damping, weights=None, *, method="auto", check_finite
         ``"auto"``: the cheaper by flop count (see ``ngdfast._validation.choose_method``):
         dense ≈ NP² + P³/3 against low-rank ≈ N²P + N³/3 + 4NP; low-rank only when λ > 0,
         and also when the P×P matrix would exceed 2 GiB while the N×N one is smaller.
+    precision, return_info
+        As in :func:`damped_solve`.
 
     Returns
     -------
@@ -342,6 +364,7 @@ def natural_gradient(J, g, damping, weights=None, *, method="auto", check_finite
     ValueError, NumericOverflowError, NotPositiveDefiniteError
         As in :func:`lowrank_solve` (the dense method reads F's diagonal).
     """
+    _v.precision_arg(precision, "natural_gradient")
     J, w, G, damping, vector, method = _v.natural_gradient_args(
         J, g, damping, weights, method, check_finite, _all_finite
     )
@@ -353,7 +376,7 @@ def natural_gradient(J, g, damping, weights=None, *, method="auto", check_finite
             X = _dense_solve(F, G, damping, func)
         else:
             X = _woodbury_solve(J, w, G, damping, func)
-    return _result(_finite_solution(X, func, [(G, "g")]), vector)
+    return _answer(_finite_solution(X, func, [(G, "g")]), vector, return_info)
 
 
 def kl_step_size(g, nat_grad, epsilon, *, max_step=None):

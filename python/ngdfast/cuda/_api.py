@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .. import _precision
 from .. import _validation as V
 from . import _linalg as L
 from ._arrays import (
@@ -58,6 +59,12 @@ def _lower(F):
 def _shaped(X, vector: bool):
     # a (P, 1) result for a (P,) right-hand side comes back as (P,)
     return X.reshape(X.shape[0]) if vector else X
+
+
+def _answer(x, dtype, precision: str, return_info: bool):
+    # No mixed-precision path on the GPU: float64 data is factored in float64, and
+    # SolveInfo says so when "mixed" was asked for.
+    return (x, _precision.plain(dtype, precision, "ngdfast.cuda")) if return_info else x
 
 
 def fisher(J: Any, weights: Any = None, *, out: Any = None, decay: float = 0.0, check_finite: bool = True):
@@ -146,7 +153,9 @@ def _dense_solve(Fd, Gv, damping: float, func: str, overwrite_f: bool = False):
     return Y
 
 
-def damped_solve(F: Any, g: Any, damping: float, *, check_finite: bool = True):
+def damped_solve(
+    F: Any, g: Any, damping: float, *, check_finite: bool = True, precision: str = "auto", return_info: bool = False
+):
     r"""Solve ``(F + λI) x = g`` by a Cholesky factorisation on the GPU.
 
     .. math:: x = (F + \lambda I)^{-1} g = L^{-T} L^{-1} g, \qquad L L^T = F + \lambda I
@@ -163,6 +172,11 @@ def damped_solve(F: Any, g: Any, damping: float, *, check_finite: bool = True):
         Right-hand side(s).
     damping : float
         λ >= 0.
+    precision : {"auto", "double", "mixed"}
+        Validated; the GPU kernels have no mixed-precision path (float64 data is
+        factored in float64; with "mixed" the :class:`ngdfast.SolveInfo` says so).
+    return_info : bool
+        Also return a :class:`ngdfast.SolveInfo`.
 
     Returns
     -------
@@ -173,11 +187,12 @@ def damped_solve(F: Any, g: Any, damping: float, *, check_finite: bool = True):
     ngdfast.NotPositiveDefiniteError
         When a Cholesky pivot is not > 0 and finite; ``.pivot`` is its 1-based index.
     """
+    precision = V.precision_arg(precision, "damped_solve")
     template = first_device(F, g)
     Fv, Gv, damping, vector = V.damped_solve_args(wrap(F), wrap(g), damping, check_finite, all_finite, cast)
     Y = _dense_solve(device(Fv), Gv, damping, "damped_solve")
     _finite_solution(Y, "damped_solve", [(_lower(Fv), "F"), (Gv, "g")])
-    return result(_shaped(Y, vector), template)
+    return _answer(result(_shaped(Y, vector), template), Fv.dtype, precision, return_info)
 
 
 def _sample_scale(w: Optional[np.ndarray], n: int, dtype):
@@ -209,7 +224,16 @@ def _lowrank(Jv, w, Gv, damping: float, func: str):
     return _finite_solution(X, func, [(Gv, "g")])
 
 
-def lowrank_solve(J: Any, g: Any, damping: float, weights: Any = None, *, check_finite: bool = True):
+def lowrank_solve(
+    J: Any,
+    g: Any,
+    damping: float,
+    weights: Any = None,
+    *,
+    check_finite: bool = True,
+    precision: str = "auto",
+    return_info: bool = False,
+):
     r"""``(J^T W J + λI)^{-1} g`` in sample space (Woodbury), never forming P x P, on the GPU.
 
     .. math:: J_w = \operatorname{diag}(\sqrt{\hat w}) J, \qquad
@@ -226,21 +250,32 @@ def lowrank_solve(J: Any, g: Any, damping: float, weights: Any = None, *, check_
     damping : float
         λ > 0 (the formula divides by it).
     weights : array (N,), optional
+    precision, return_info
+        As in :func:`damped_solve`.
 
     Returns
     -------
     x : array of g's shape, equal to ``damped_solve(fisher(J, weights), g, damping)``.
     """
+    precision = V.precision_arg(precision, "lowrank_solve")
     template = first_device(J, g, weights)
     Jv, w, Gv, damping, vector = V.lowrank_solve_args(
         wrap(J), wrap(g), damping, wrap(weights), check_finite, all_finite, cast
     )
     X = _lowrank(Jv, w, Gv, damping, "lowrank_solve")
-    return result(_shaped(X, vector), template)
+    return _answer(result(_shaped(X, vector), template), Jv.dtype, precision, return_info)
 
 
 def natural_gradient(
-    J: Any, g: Any, damping: float, weights: Any = None, *, method: str = "auto", check_finite: bool = True
+    J: Any,
+    g: Any,
+    damping: float,
+    weights: Any = None,
+    *,
+    method: str = "auto",
+    check_finite: bool = True,
+    precision: str = "auto",
+    return_info: bool = False,
 ):
     r"""Damped natural gradient ``ñ = (F + λI)^{-1} g`` with ``F = fisher(J, weights)``, on the GPU.
 
@@ -258,11 +293,14 @@ def natural_gradient(
         (:func:`ngdfast._validation.choose_method`).
     check_finite : bool
         Raise ``ValueError`` on NaN/Inf in ``J`` or ``g``.
+    precision, return_info
+        As in :func:`damped_solve`.
 
     Returns
     -------
     ñ : array of g's shape.
     """
+    precision = V.precision_arg(precision, "natural_gradient")
     template = first_device(J, g, weights)
     Jv, w, Gv, damping, vector, method = V.natural_gradient_args(
         wrap(J), wrap(g), damping, wrap(weights), method, check_finite, all_finite, cast
@@ -278,7 +316,7 @@ def natural_gradient(
             raise V.scores_not_finite(Jv, "natural_gradient", V.FISHER_GRAM, all_finite)
         X = _dense_solve(F, Gv, damping, "natural_gradient", overwrite_f=True)
         _finite_solution(X, "natural_gradient", [(Gv, "g")])
-    return result(_shaped(X, vector), template)
+    return _answer(result(_shaped(X, vector), template), Jv.dtype, precision, return_info)
 
 
 def kl_step_size(g: Any, nat_grad: Any, epsilon: float, *, max_step: Optional[float] = None) -> float:
