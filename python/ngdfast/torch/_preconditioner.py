@@ -33,6 +33,13 @@ class StepInfo(_NumpyStepInfo):
         Whether the K-FAC factor inverses were recomputed (with ``damping``).
     n_samples : int
         Samples behind the statistics of this step (0 when not updated).
+
+    Examples
+    --------
+    >>> import ngdfast
+    >>> import ngdfast.torch
+    >>> issubclass(ngdfast.torch.StepInfo, ngdfast.StepInfo)      # the NumPy fields plus the torch side
+    True
     """
 
     factors_updated: bool = False
@@ -134,7 +141,7 @@ class Preconditioner:
     Notes
     -----
     Scale: F is the mean over samples (``ngdfast.fisher``'s convention). For a layer applied at
-    several positions (Conv2d locations, Linear on (N, *, in) inputs) A is the mean over all
+    several positions (Conv2d locations, Linear on ``(N, *, in)`` inputs) A is the mean over all
     rows and S = (1/N) Σ_i Σ_t δ_it δ_itᵀ (KFC; see ``ngdfast.torch._layers``).
 
     Hooks: statistics come from forwards in training mode with grad enabled; eval-mode and
@@ -157,6 +164,23 @@ class Preconditioner:
     ``float32`` and ``bfloat16`` models keep their statistics in float32, ``float64`` models in
     float64. CPU tensors reach ngdfast's compiled kernels as zero-copy views; CUDA tensors use
     ``ngdfast.cuda`` when it imports, else torch's own linear algebra.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import ngdfast.torch as ngt
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    >>> precond = ngt.Preconditioner(model, kl_radius=1e-2, damping=1e-2)
+    >>> opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    >>> loss = torch.nn.functional.cross_entropy(model(x), y)
+    >>> loss.backward()
+    >>> info = precond.step()                               # .grad <- beta * nat
+    >>> opt.step()
+    >>> round(info.predicted_kl, 6), precond.kfac_layers
+    (0.01, ['0', '2'])
     """
 
     def __init__(self, model: nn.Module, *, curvature="kfac", loss="cross_entropy", fisher="sampled",
@@ -523,6 +547,23 @@ class NGD(torch.optim.Optimizer):
     ----------
     preconditioner : Preconditioner
         ``preconditioner.last_step`` reports the last step.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import ngdfast.torch as ngt
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = torch.nn.Linear(4, 3)
+    >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    >>> opt = ngt.NGD(model, kl_radius=1e-2, damping=1e-2)
+    >>> before = torch.nn.functional.cross_entropy(model(x), y).item()
+    >>> for _ in range(5):
+    ...     opt.zero_grad()
+    ...     torch.nn.functional.cross_entropy(model(x), y).backward()
+    ...     info = opt.step()
+    >>> torch.nn.functional.cross_entropy(model(x), y).item() < before
+    True
     """
 
     def __init__(self, model: nn.Module, lr: float = 1.0, **kwargs):

@@ -51,6 +51,20 @@ def natural_gradient(model: nn.Module, inputs, targets, *, loss="cross_entropy",
         ñ for each trainable parameter, in ``model.parameters()`` order, shaped and typed as
         the parameters. The model, its parameters, buffers (running statistics) and ``.grad``
         are unchanged.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import ngdfast.torch as ngt
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = torch.nn.Linear(4, 3)
+    >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    >>> nat = ngt.natural_gradient(model, x, y, curvature="exact", fisher="exact", damping=1e-3)
+    >>> [tuple(n.shape) for n in nat]                       # one tensor per parameter
+    [(3, 4), (3,)]
+    >>> model.weight.grad is None                           # nothing modified
+    True
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"{_FUNC}: model must be a torch.nn.Module, got {type(model).__name__}")
