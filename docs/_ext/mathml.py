@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 # An unknown command survives as a token such as <mi>\foo</mi>; '&' outside a
 # table environment as <mi>&</mi>.
 _LEFTOVER = re.compile(r"<m[io]>(\\[A-Za-z]+|&amp;|&)</m[io]>")
+# latex2mathml copies the text of \text{...} verbatim, escapes included (max\_step).
+_MTEXT = re.compile(r"<mtext>(.*?)</mtext>", re.S)
+_TEXT_ESCAPE = re.compile(r"\\([_%&#${}])")
 # TeX sets a thin space after \log, \exp, ... unless a parenthesis follows;
 # latex2mathml emits a bare <mi>log</mi>, which browsers run into the next letter.
 _FUNCTION = re.compile(r"(<mi>(?:log|exp|det|dim|sin|cos|tanh|max|min)</mi>)(?!<mo stretchy=\"false\">&#x00028;)")
@@ -36,7 +39,8 @@ def _mathml(self, node: nodes.Element, latex: str, display: str) -> str:
         logger.warning("math not converted to MathML (%s): %s", exc, latex, location=node)
         return self.encode(latex)
     out = _FUNCTION.sub(r'\1<mspace width="0.1667em"></mspace>', out)
-    bad = _LEFTOVER.search(out)
+    out = _MTEXT.sub(lambda m: "<mtext>" + _TEXT_ESCAPE.sub(r"\1", m.group(1)) + "</mtext>", out)
+    bad = _LEFTOVER.search(out) or re.search(r"<mtext>[^<]*(\\[A-Za-z]+)", out)
     if bad:
         logger.warning("math holds %s that MathML cannot show: %s", bad.group(1), latex, location=node)
     return out
