@@ -1,0 +1,146 @@
+"""Where the linear algebra runs.
+
+* CPU tensors (float32, float64) reach ngdfast's compiled kernels as NumPy *views*
+  (``Tensor.numpy()`` shares memory: no copy of the score rows J or of the factors), and the
+  results come back as tensors over the kernels' output arrays (``torch.from_numpy``, no copy).
+* CUDA tensors go to ``ngdfast.cuda`` (which takes them through
+  ``__cuda_array_interface__``) when it imports (numba-cuda and a GPU), else to torch's own
+  ops (``torch.linalg.cholesky_ex``, ``torch.cholesky_inverse``, matrix products).
+
+``_FORCE_TORCH_OPS`` (tests only) sends CPU tensors down the torch-ops path.
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+import torch
+
+from .. import _kernels, _validation
+from .._errors import NotPositiveDefiniteError
+
+_FORCE_TORCH_OPS = False
+_CUDA_KERNELS: object = None  # None: not tried yet; False: unavailable; else the module
+
+
+def _compiled(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not _FORCE_TORCH_OPS
+
+
+def _cuda_kernels():
+    """``ngdfast.cuda`` when it imports, else None (tried once)."""
+    global _CUDA_KERNELS
+    if _CUDA_KERNELS is None:
+        try:
+            from .. import cuda
+        except ImportError:
+            _CUDA_KERNELS = False
+        else:
+            _CUDA_KERNELS = cuda
+    return _CUDA_KERNELS or None
+
+
+def _on_cuda_kernels(t: torch.Tensor):
+    return _cuda_kernels() if t.device.type == "cuda" and not _FORCE_TORCH_OPS else None
+
+
+def numpy_view(t: torch.Tensor) -> np.ndarray:
+    """A NumPy array sharing ``t``'s memory (CPU tensors only)."""
+    return t.detach().numpy()
+
+
+def fisher_into(rows: torch.Tensor, out: torch.Tensor, decay: float) -> None:
+    """``out ← decay·out + (1 − decay)·rowsᵀrows / R`` in place (``out`` not read when decay = 0)."""
+    if _compiled(out) and rows.dtype == out.dtype and rows.device.type == "cpu":
+        _kernels.fisher(numpy_view(rows), out=numpy_view(out), decay=decay, check_finite=False)
+        return
+    r = rows.shape[0]
+    if decay == 0.0:
+        torch.matmul(rows.T, rows, out=out)
+        out.div_(r)
+    else:
+        out.mul_(decay).addmm_(rows.T, rows, alpha=(1.0 - decay) / r)
+
+
+def trace(M: torch.Tensor) -> float:
+    """tr M summed in float64, as ``ngdfast.kfac_precondition`` sums it."""
+    if M.device.type == "cpu":
+        return float(np.trace(numpy_view(M), dtype=np.float64))
+    return float(torch.trace(M.double()))
+
+
+def damped_inverse(M: torch.Tensor, shift: float, what: str) -> torch.Tensor:
+    """``(M + shift·I)⁻¹`` for symmetric positive semi-definite M, by Cholesky.
+
+    Raises
+    ------
+    NotPositiveDefiniteError
+        ``M + shift·I`` is not positive definite (``what`` names the matrix).
+    """
+    n = M.shape[0]
+    if _compiled(M):
+        eye = np.eye(n, dtype=numpy_view(M).dtype)
+        try:
+            return torch.from_numpy(_kernels.damped_solve(numpy_view(M), eye, shift, check_finite=False))
+        except NotPositiveDefiniteError as e:
+            raise NotPositiveDefiniteError(f"{what}: {e}", pivot=e.pivot, damping=shift) from e
+    cuda = _on_cuda_kernels(M)
+    if cuda is not None:
+        eye = torch.eye(n, dtype=M.dtype, device=M.device)
+        try:
+            return torch.as_tensor(cuda.damped_solve(M, eye, shift, check_finite=False), device=M.device)
+        except NotPositiveDefiniteError as e:
+            raise NotPositiveDefiniteError(f"{what}: {e}", pivot=e.pivot, damping=shift) from e
+    shifted = M + shift * torch.eye(n, dtype=M.dtype, device=M.device)
+    L, info = torch.linalg.cholesky_ex(shifted)
+    if int(info):
+        raise NotPositiveDefiniteError(
+            f"{what}: {_validation.not_positive_definite('damped_inverse', 'M + shift*I', int(info), n, shift)}",
+            pivot=int(info),
+            damping=shift,
+        )
+    return torch.cholesky_inverse(L)
+
+
+def solve_scores(J: torch.Tensor, g: torch.Tensor, damping: float, weights) -> torch.Tensor:
+    """``(F + λI)⁻¹ g`` for ``F = Σ_r w_r j_r j_rᵀ / Σ_r w_r`` (``ngdfast.natural_gradient``:
+    dense or Woodbury by cost)."""
+    if _compiled(J):
+        w = None if weights is None else numpy_view(weights)
+        return torch.from_numpy(np.asarray(_kernels.natural_gradient(numpy_view(J), numpy_view(g), damping, w)))
+    cuda = _on_cuda_kernels(J)
+    if cuda is not None:
+        return torch.as_tensor(cuda.natural_gradient(J, g, damping, weights), device=J.device)
+    return _torch_natural_gradient(J, g, damping, weights)
+
+
+def _torch_natural_gradient(J, g, damping, weights):
+    """The same solve with torch ops: dense Cholesky of F + λI, or Woodbury in sample space,
+    chosen by ``ngdfast``'s cost model."""
+    n, p = J.shape
+    w = torch.full((n,), 1.0 / n, dtype=J.dtype, device=J.device) if weights is None else weights / weights.sum()
+    Jw = J * w.sqrt()[:, None]
+    method = _validation.choose_method(n, p, np.float64 if J.dtype == torch.float64 else np.float32, damping)
+    if method == "dense":
+        F = Jw.T @ Jw + damping * torch.eye(p, dtype=J.dtype, device=J.device)
+        L, info = torch.linalg.cholesky_ex(F)
+        if int(info):
+            raise _validation.not_positive_definite("natural_gradient", _validation.DENSE_MATRIX, int(info), p, damping)
+        return torch.cholesky_solve(g[:, None], L)[:, 0]
+    K = Jw @ Jw.T + damping * torch.eye(n, dtype=J.dtype, device=J.device)
+    L, info = torch.linalg.cholesky_ex(K)
+    if int(info):
+        raise _validation.not_positive_definite("natural_gradient", _validation.SAMPLE_MATRIX, int(info), n, damping)
+    return (g - Jw.T @ torch.cholesky_solve((Jw @ g)[:, None], L)[:, 0]) / damping
+
+
+def kl_beta(q: float, kl_radius: float, max_step, func: str) -> float:
+    """β = sqrt(2ε / q) capped at ``max_step``: ``ngdfast.kl_step_size``'s rule."""
+    return _validation.kl_step_from_quadratic(q, kl_radius, max_step, func)
+
+
+def finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
+
+
+__all__ = ["damped_inverse", "finite", "fisher_into", "kl_beta", "numpy_view", "solve_scores", "trace"]

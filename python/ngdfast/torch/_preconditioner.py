@@ -1,0 +1,484 @@
+"""The natural-gradient preconditioner for an ordinary torch training loop."""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .. import _validation
+from ..curvature import _check_decay
+from ..optimizer import NaturalGradient, _solve_with_retries
+from ..optimizer import StepInfo as _NumpyStepInfo
+from . import _exact, _fisher, _linalg
+from ._capture import Capture
+from ._layers import Layer, supported
+
+_FUNC = "Preconditioner"
+
+
+@dataclass
+class StepInfo(_NumpyStepInfo):
+    """What one :meth:`Preconditioner.step` did (``ngdfast.StepInfo`` plus the torch side).
+
+    Attributes
+    ----------
+    beta, quadratic, predicted_kl, damping, retries, clipped, step_norm, predicted_change
+        As in :class:`ngdfast.StepInfo`: ``.grad`` became ``β ñ``, ``quadratic = gᵀñ``,
+        ``predicted_kl = ½ β² gᵀñ``.
+    factors_updated : bool
+        Whether this step folded new statistics into the curvature.
+    inverses_updated : bool
+        Whether the K-FAC factor inverses were recomputed (with ``damping``).
+    n_samples : int
+        Samples behind the statistics of this step (0 when not updated).
+    """
+
+    factors_updated: bool = False
+    inverses_updated: bool = False
+    n_samples: int = 0
+
+
+def _interval(value, name: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{_FUNC}: {name} must be an integer >= 1, got {value!r}")
+    try:
+        k = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{_FUNC}: {name} must be an integer >= 1, got {value!r}") from None
+    if k < 1:
+        raise ValueError(f"{_FUNC}: {name} must be an integer >= 1, got {k}")
+    return k
+
+
+def stats_dtype(param: torch.Tensor) -> torch.dtype:
+    """Statistics precision: float64 for float64 parameters, float32 otherwise (also bfloat16)."""
+    return torch.float64 if param.dtype == torch.float64 else torch.float32
+
+
+def _default_generator(model: nn.Module) -> torch.Generator:
+    """A private generator on the parameters' device, seeded from torch's global RNG."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(torch.randint(0, 2**62, (), dtype=torch.int64)))
+    return gen
+
+
+class Preconditioner:
+    r"""Natural-gradient preconditioner: rewrites ``.grad`` so that any optimizer follows ñ.
+
+    Between ``loss.backward()`` and ``optimizer.step()``, :meth:`step` replaces each
+    trainable parameter's gradient g by ``β ñ`` with
+
+    .. math::
+
+        ñ = (F + λI)^{-1} g, \qquad β = \min\bigl(\sqrt{2ε / gᵀñ},\ \text{max\_step}\bigr),
+
+    so that ``torch.optim.SGD(model.parameters(), lr=1.0)`` takes exactly θ ← θ − β ñ, a step
+    whose predicted KL divergence ``KL(p_θ ‖ p_{θ−βñ}) ≈ ½ β² gᵀñ`` is ε (``kl_radius``)::
+
+        precond = ngdfast.torch.Preconditioner(model, kl_radius=1e-3, damping=1e-3)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        for x, y in loader:
+            opt.zero_grad(); F.cross_entropy(model(x), y).backward(); precond.step(); opt.step()
+
+    Parameters
+    ----------
+    model : nn.Module
+        Returns an (N, C) output: logits for ``loss="cross_entropy"``, the Gaussian mean for
+        ``loss="mse"``.
+    curvature : {"kfac", "exact", "diagonal"}
+        * ``"kfac"``: per layer ``F_l ≈ S_l ⊗ A_l`` for ``nn.Linear`` and ``nn.Conv2d``
+          (groups = 1), statistics from hooks (see ``ngdfast.torch._capture``: no second
+          forward), running averages ``A ← decay·A + (1 − decay)·A_batch`` (the first batch
+          replaces), factored Tikhonov damping exactly as ``ngdfast.kfac_precondition``
+          (``Ã = A + π√λ I``, ``S̃ = S + (√λ/π) I``, π = sqrt((tr A/in)/(tr S/out))),
+          ``ñ_l = S̃⁻¹ ∇W̄_l Ã⁻¹`` with the bias as the last column of W̄.
+        * ``"exact"``: the Fisher of the current batch, no approximation, from per-sample score
+          rows (``torch.func``) solved by ``ngdfast.natural_gradient`` (dense or Woodbury by
+          cost); :meth:`step` needs ``inputs`` (and ``targets`` for ``fisher="empirical"``).
+        * ``"diagonal"``: running average of ``mean_i (per-sample gradient)²`` for every
+          parameter, ``ñ = g / (d + λ)``.
+    loss : {"cross_entropy", "mse"}
+        The output distribution (categorical, or Gaussian with unit variance; see
+        ``ngdfast.torch._fisher``).
+    fisher : {"sampled", "empirical", "exact"}
+        Labels of the score rows: drawn from the model (default), the data's (from the
+        gradients of your own loss, which must then be the batch mean of the per-sample
+        negative log-likelihood), or all classes weighted by p.
+    kl_radius : float
+        ε >= 0.
+    damping : float
+        λ >= 0.
+    max_step : float, optional
+        Upper bound on β.
+    decay : float in [0, 1)
+        EMA factor of the K-FAC factors and of the diagonal.
+    factor_interval : int
+        Statistics are recorded and folded in on steps 0, k, 2k, ... (hooks idle in between).
+    inverse_interval : int
+        The damped factor inverses are recomputed on steps 0, k, 2k, ... (with the damping of
+        that step) and reused in between.
+    adaptive_damping : bool
+        Levenberg-Marquardt adjustment of λ through :meth:`report_loss` (the rule of
+        :meth:`ngdfast.NaturalGradient.report_loss`); needs ``step(loss=...)``.
+    fallback : {"diagonal", "gradient", None}
+        What ``curvature="kfac"`` does for modules with trainable parameters it cannot factor
+        (BatchNorm, LayerNorm, Embedding, grouped convolutions, ...), listed in
+        :attr:`fallback_modules`: their diagonal Fisher (per-sample gradients by
+        ``torch.func``), the plain gradient (ñ = g, as if F + λI = I there), or ``None``: raise.
+    generator : torch.Generator, optional
+        For the sampled labels; default: a private generator seeded from torch's global RNG.
+        Its state is part of :meth:`state_dict`.
+    max_retries, min_damping, max_damping : as in ``ngdfast.NaturalGradient``
+
+    Attributes
+    ----------
+    kfac_layers : list of str
+        Names of the modules K-FAC factors.
+    fallback_modules : list of str
+        Modules handled by the fallback (``curvature="kfac"``).
+    n_steps : int
+    damping : float
+    last_step : StepInfo or None
+
+    Notes
+    -----
+    Gradient accumulation: every training-mode forward with grad enabled since the last step
+    contributes; the factors are those of all those samples together, and g is whatever
+    ``.grad`` holds (it should be the gradient of the mean loss over them).
+
+    A step is all or nothing: on missing or non-finite gradients, a step without a backward
+    since the last one, non-finite statistics or a failed solve, :meth:`step` raises and the
+    parameters, their ``.grad`` and the curvature are as they were (the statistics of the
+    rejected forwards are dropped).
+
+    ``float32`` and ``bfloat16`` models keep their statistics in float32, ``float64`` models in
+    float64. CPU tensors reach ngdfast's compiled kernels as zero-copy views; CUDA tensors use
+    ``ngdfast.cuda`` when it imports, else torch's own linear algebra.
+    """
+
+    def __init__(self, model: nn.Module, *, curvature="kfac", loss="cross_entropy", fisher="sampled",
+                 kl_radius=1e-3, damping=1e-3, max_step=None, decay=0.95, factor_interval=1,
+                 inverse_interval=1, adaptive_damping=False, fallback="diagonal", generator=None,
+                 max_retries=3, min_damping=1e-8, max_damping=1e4):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{_FUNC}: model must be a torch.nn.Module, got {type(model).__name__}")
+        self.curvature = _fisher.choice(curvature, _fisher.CURVATURES, "curvature", _FUNC)
+        self.loss = _fisher.choice(loss, _fisher.LOSSES, "loss", _FUNC)
+        self.fisher = _fisher.choice(fisher, _fisher.FISHERS, "fisher", _FUNC)
+        self.fallback = _fisher.choice(fallback, _fisher.FALLBACKS, "fallback", _FUNC)
+        self.kl_radius = _validation.nonnegative(kl_radius, _FUNC, "kl_radius")
+        self.damping = _validation.nonnegative(damping, _FUNC, "damping")
+        self.max_step = None if max_step is None else _validation.positive(max_step, _FUNC, "max_step")
+        try:
+            self.decay = _check_decay(decay)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{_FUNC}: {e}") from None
+        self.factor_interval = _interval(factor_interval, "factor_interval")
+        self.inverse_interval = _interval(inverse_interval, "inverse_interval")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"{_FUNC}: max_retries must be an integer >= 0, got {max_retries!r}")
+        self.max_retries = max_retries
+        self.min_damping = _validation.positive(min_damping, _FUNC, "min_damping")
+        self.max_damping = _validation.positive(max_damping, _FUNC, "max_damping")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"{_FUNC}: generator must be a torch.Generator, got {type(generator).__name__}")
+        # report_loss is NaturalGradient's (one Levenberg-Marquardt rule); these are its settings.
+        self.adaptive_damping = bool(adaptive_damping)
+        self.damping_decrease, self.damping_increase = 2.0 / 3.0, 1.5
+        self.adaptive_kl_radius = False
+        self.max_kl_radius = self._min_kl_radius = self.kl_radius
+        self._pending = None
+
+        self.model = model
+        self._names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        if not self._params:
+            raise ValueError(f"{_FUNC}: the model has no trainable parameters")
+        self._layers, self._diagonal, self._gradient_only = _classify(model, self.curvature, self.fallback)
+        self.kfac_layers = [layer.name for layer in self._layers]
+        self.fallback_modules = (
+            [name for name, *_ in self._diagonal] + [name for name, *_ in self._gradient_only]
+            if self.curvature == "kfac" else []
+        )
+        self._generator = generator if generator is not None else _default_generator(model)
+        tracked = (self._layers, self._diagonal) if self.curvature != "exact" else ([], [])
+        self._capture = Capture(model, *tracked, self.loss, self.fisher, stats_dtype, lambda: self._generator)
+        self.n_steps = 0
+        self.n_factor_updates = 0
+        self._A: dict[int, torch.Tensor] = {}
+        self._S: dict[int, torch.Tensor] = {}
+        self._D: dict[int, list[torch.Tensor]] = {}
+        self._inverses = None  # {layer: (A_inv, S_inv)} and the damping they used
+        self._inverse_damping = None
+        self.last_step: StepInfo | None = None
+        self._arm()
+
+    # ------------------------------------------------------------------ public
+    def __repr__(self) -> str:
+        return (f"Preconditioner(curvature={self.curvature!r}, loss={self.loss!r}, fisher={self.fisher!r}, "
+                f"kl_radius={self.kl_radius}, damping={self.damping}, kfac_layers={len(self.kfac_layers)}, "
+                f"fallback_modules={self.fallback_modules})")
+
+    @property
+    def factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{layer name: (A, S)}`` K-FAC factors (copies)."""
+        return {self._layers[i].name: (A.clone(), self._S[i].clone()) for i, A in self._A.items()}
+
+    def remove(self) -> None:
+        """Remove the hooks from the model (the preconditioner is unusable afterwards)."""
+        self._capture.remove()
+
+    report_loss = NaturalGradient.report_loss
+
+    def step(self, inputs=None, targets=None, *, loss=None) -> StepInfo:
+        """Replace every trainable parameter's ``.grad`` g by ``β ñ``.
+
+        Parameters
+        ----------
+        inputs, targets : Tensor, optional
+            The batch; needed only by ``curvature="exact"`` (inputs; targets too with
+            ``fisher="empirical"``). K-FAC and diagonal read their statistics from the hooks.
+        loss : float or Tensor, optional
+            The loss before the step, for :meth:`report_loss`.
+
+        Returns
+        -------
+        StepInfo
+        """
+        self._pending = None
+        try:
+            return self._step(inputs, targets, loss)
+        finally:
+            self._capture.reset()
+            self._arm()
+
+    # ----------------------------------------------------------------- the step
+    def _arm(self) -> None:
+        self._capture.enabled = self.curvature != "exact" and self.n_steps % self.factor_interval == 0
+
+    def _step(self, inputs, targets, loss) -> StepInfo:
+        func = f"{_FUNC}.step"
+        grads = []
+        for name, p in zip(self._names, self._params):
+            if p.grad is None:
+                raise RuntimeError(f"{func}: parameter {name!r} has no gradient; call loss.backward() before step()")
+            grads.append(p.grad)
+        if not self._capture.backward_seen:
+            raise RuntimeError(
+                f"{func}: no backward pass through the model since the last step (forward in training mode "
+                "with grad enabled, then loss.backward(), then step())")
+        for name, g in zip(self._names, grads):
+            if not _linalg.finite(g):
+                raise ValueError(f"{func}: the gradient of {name!r} contains NaN or Inf")
+        A, S, D = self._A, self._S, self._D
+        update = self.curvature != "exact" and self.n_steps % self.factor_interval == 0
+        n_samples = 0
+        if update:
+            A, S, D, n_samples = self._updated_curvature(func)
+        refresh = self.curvature == "kfac" and (self._inverses is None or update and self.n_factor_updates == 0
+                                                or self.n_steps % self.inverse_interval == 0)
+        if self.curvature == "exact":
+            if inputs is None or (self.fisher == "empirical" and targets is None):
+                raise ValueError(f"{func}: curvature='exact' needs step(inputs, targets) (targets for fisher='empirical')")
+            nat, lam, retries, inverses = self._exact_direction(inputs, targets, grads)
+        else:
+            nat, lam, retries, inverses = self._solve(A, S, D, grads, refresh)
+        q = math.fsum(float(torch.dot(g.reshape(-1).double(), v.reshape(-1).double())) for g, v in zip(grads, nat))
+        beta = _linalg.kl_beta(q, self.kl_radius, self.max_step, func)
+        new = [(beta * v).to(p.dtype) for p, v in zip(self._params, nat)]
+        for name, t in zip(self._names, new):
+            if not _linalg.finite(t):
+                raise ValueError(f"{func}: the step for {name!r} is not finite; lower kl_radius or max_step")
+        # commit
+        for p, t in zip(self._params, new):
+            p.grad.copy_(t)
+        if update:
+            self._A, self._S, self._D = A, S, D
+            self.n_factor_updates += 1
+        if inverses is not None:
+            self._inverses, self._inverse_damping = inverses, lam
+        if self.adaptive_damping and retries:
+            self.damping = min(max(lam, self.min_damping), self.max_damping)
+        uncapped = math.sqrt(2.0 * self.kl_radius / q) if q > 0 else 0.0
+        info = StepInfo(
+            beta=beta, quadratic=q, predicted_kl=0.5 * beta * beta * q, damping=lam, retries=retries,
+            clipped=bool(self.max_step is not None and uncapped > self.max_step),
+            step_norm=beta * math.sqrt(math.fsum(float(v.double().square().sum()) for v in nat)),
+            predicted_change=-beta * q + 0.5 * beta * beta * q,
+            factors_updated=update, inverses_updated=inverses is not None, n_samples=n_samples,
+        )
+        if loss is not None:
+            value = loss.detach() if isinstance(loss, torch.Tensor) else loss
+            self._pending = (float(value), info.predicted_change, info)
+        self.n_steps += 1
+        self.last_step = info
+        return info
+
+    def _updated_curvature(self, func):
+        """New factor/diagonal dicts with this step's statistics folded in (nothing committed)."""
+        stats = self._capture.statistics()
+        if stats is None:
+            raise RuntimeError(
+                f"{func}: no statistics were recorded since the last step; this step updates the curvature "
+                "and needs a forward in training mode with grad enabled (model.train())")
+        n, A_b, S_b, D_b = stats
+        first = self.n_factor_updates == 0
+        A, S, D = dict(self._A), dict(self._S), dict(self._D)
+        for i in A_b:
+            for name, new, old in (("A", A_b[i], self._A.get(i)), ("S", S_b[i], self._S.get(i))):
+                if not _linalg.finite(new):
+                    raise ValueError(f"{func}: factor {name} of layer {self._layers[i].name!r} contains NaN or Inf")
+            A[i] = A_b[i] if first or i not in self._A else self.decay * self._A[i] + (1 - self.decay) * A_b[i]
+            S[i] = S_b[i] if first or i not in self._S else self.decay * self._S[i] + (1 - self.decay) * S_b[i]
+        for j, ds in D_b.items():
+            if not all(_linalg.finite(d) for d in ds):
+                raise ValueError(f"{func}: the diagonal Fisher of {self._diagonal[j][0]!r} contains NaN or Inf")
+            D[j] = (list(ds) if first or j not in self._D
+                    else [self.decay * o + (1 - self.decay) * d for o, d in zip(self._D[j], ds)])
+        missing = [layer.name for i, layer in enumerate(self._layers) if i not in A]
+        missing += [name for j, (name, *_) in enumerate(self._diagonal) if j not in D]
+        if missing:
+            raise RuntimeError(f"{func}: no statistics for {missing}: were they used in the forward?")
+        return A, S, D, n
+
+    def _solve(self, A, S, D, grads, refresh):
+        """Directions for every parameter, with damping retries: ``(nat, λ, retries, inverses)``."""
+        by_param = {id(p): k for k, p in enumerate(self._params)}
+
+        def solve(lam):
+            nat = [None] * len(self._params)
+            inverses = None
+            if self._layers:
+                inverses = damped_inverses(self._layers, A, S, lam) if refresh else self._inverses
+                for i, layer in enumerate(self._layers):
+                    Ai, Si = inverses[i]
+                    G = layer.grad_matrix([grads[by_param[id(p)]] for p in layer.params], Ai.dtype)
+                    for p, part in zip(layer.params, layer.split(Si @ G @ Ai)):
+                        nat[by_param[id(p)]] = part
+            for j, (name, module, names) in enumerate(self._diagonal):
+                for pname, d in zip(names, D[j]):
+                    k = by_param[id(getattr(module, pname))]
+                    nat[k] = diagonal_solve(d, grads[k], lam, f"{name}.{pname}")
+            for _, module, names in self._gradient_only:
+                for pname in names:
+                    k = by_param[id(getattr(module, pname))]
+                    nat[k] = grads[k]
+            return nat, (inverses if refresh else None)
+
+        (nat, inverses), lam, retries = _solve_with_retries(solve, self.damping, self.max_retries, self.min_damping)
+        return nat, lam, retries, inverses
+
+    def _exact_direction(self, inputs, targets, grads):
+        dtype = stats_dtype(self._params[0])
+        J, w = _exact.score_rows(self.model, self._names, inputs, targets, self.loss, self.fisher,
+                                 self._generator, dtype)
+        g = torch.cat([t.reshape(-1).to(dtype) for t in grads])
+        flat, lam, retries = _solve_with_retries(
+            lambda lam: _linalg.solve_scores(J, g, lam, w), self.damping, self.max_retries, self.min_damping)
+        nat, k = [], 0
+        for p in self._params:
+            nat.append(flat[k : k + p.numel()].reshape(p.shape).to(flat.device))
+            k += p.numel()
+        return nat, lam, retries, None
+
+    # ------------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue bit for bit (taken between steps)."""
+        return {
+            "config": {"curvature": self.curvature, "loss": self.loss, "fisher": self.fisher,
+                       "kfac_layers": list(self.kfac_layers), "fallback_modules": list(self.fallback_modules)},
+            "n_steps": self.n_steps,
+            "n_factor_updates": self.n_factor_updates,
+            "damping": self.damping,
+            "kl_radius": self.kl_radius,
+            "A": {self._layers[i].name: t.clone() for i, t in self._A.items()},
+            "S": {self._layers[i].name: t.clone() for i, t in self._S.items()},
+            "D": {self._diagonal[j][0]: [t.clone() for t in ts] for j, ts in self._D.items()},
+            "inverses": None if self._inverses is None else
+            {self._layers[i].name: (a.clone(), s.clone()) for i, (a, s) in self._inverses.items()},
+            "inverse_damping": self._inverse_damping,
+            "generator": self._generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (of a preconditioner with the same settings and model layout)."""
+        config = {"curvature": self.curvature, "loss": self.loss, "fisher": self.fisher,
+                  "kfac_layers": list(self.kfac_layers), "fallback_modules": list(self.fallback_modules)}
+        if state.get("config") != config:
+            raise ValueError(f"{_FUNC}.load_state_dict: saved for {state.get('config')}, this one is {config}")
+        layer_index = {layer.name: i for i, layer in enumerate(self._layers)}
+        diag_index = {name: j for j, (name, *_) in enumerate(self._diagonal)}
+
+        def device_of(i):
+            return self._layers[i].params[0].device
+
+        A = {layer_index[k]: v.clone().to(device_of(layer_index[k])) for k, v in state["A"].items()}
+        S = {layer_index[k]: v.clone().to(device_of(layer_index[k])) for k, v in state["S"].items()}
+        D = {diag_index[k]: [t.clone() for t in v] for k, v in state["D"].items()}
+        inverses = None if state["inverses"] is None else {
+            layer_index[k]: (a.clone().to(device_of(layer_index[k])), s.clone().to(device_of(layer_index[k])))
+            for k, (a, s) in state["inverses"].items()}
+        self._generator.set_state(state["generator"])
+        self._A, self._S, self._D, self._inverses = A, S, D, inverses
+        self._inverse_damping = state["inverse_damping"]
+        self.n_steps = int(state["n_steps"])
+        self.n_factor_updates = int(state["n_factor_updates"])
+        self.damping = float(state["damping"])
+        self.kl_radius = float(state["kl_radius"])
+        self._pending = None
+        self._capture.reset()
+        self._arm()
+
+
+# ---------------------------------------------------------------------------- shared pieces
+def _classify(model: nn.Module, curvature: str, fallback):
+    """K-FAC layers, diagonal modules and plain-gradient modules ``(name, module, param names)``."""
+    layers, diagonal, gradient_only, unsupported, seen = [], [], [], [], set()
+    for name, module in model.named_modules():
+        own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad and id(p) not in seen]
+        if not own:
+            continue
+        seen.update(id(p) for _, p in own)
+        names = [n for n, _ in own]
+        label = name or "<model>"
+        if curvature == "kfac" and supported(module):
+            layers.append(Layer(label, module))
+        elif curvature == "diagonal" or (curvature == "kfac" and fallback == "diagonal"):
+            diagonal.append((label, module, names))
+        elif curvature == "kfac" and fallback == "gradient":
+            gradient_only.append((label, module, names))
+        else:
+            unsupported.append(f"{label} ({type(module).__name__}: {', '.join(names)})")
+    if unsupported:
+        raise ValueError(
+            f"{_FUNC}: K-FAC cannot factor these modules with trainable parameters: {'; '.join(unsupported)}. "
+            "Choose fallback='diagonal' or 'gradient', or freeze them (requires_grad=False)")
+    return layers, diagonal, gradient_only
+
+
+def damped_inverses(layers, A, S, damping):
+    """``{i: (Ã⁻¹, S̃⁻¹)}`` with ngdfast's factored Tikhonov damping."""
+    out = {}
+    for i, layer in enumerate(layers):
+        n_out, n_in = layer.shape
+        da, ds = _validation.kfac_damping(_linalg.trace(A[i]), n_in, _linalg.trace(S[i]), n_out, damping, True)
+        out[i] = (_linalg.damped_inverse(A[i], da, f"layer {layer.name!r}, factor A + damping_a*I"),
+                  _linalg.damped_inverse(S[i], ds, f"layer {layer.name!r}, factor S + damping_s*I"))
+    return out
+
+
+def diagonal_solve(d: torch.Tensor, g: torch.Tensor, damping: float, name: str) -> torch.Tensor:
+    """``g / (d + λ)``; ``NotPositiveDefiniteError`` where ``d + λ`` is 0."""
+    from .._errors import NotPositiveDefiniteError
+
+    shifted = d + damping
+    if not bool((shifted > 0).all()):
+        raise NotPositiveDefiniteError(
+            f"{name}: diag(F) + damping is not positive (damping {damping}); increase the damping",
+            pivot=int(torch.nonzero((shifted <= 0).reshape(-1))[0, 0]) + 1, damping=damping)
+    return g.to(d.dtype) / shifted

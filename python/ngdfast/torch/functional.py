@@ -1,0 +1,119 @@
+"""The damped natural gradient of one batch, as a function (no state, nothing modified)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .. import _validation
+from ..optimizer import _solve_with_retries
+from . import _exact, _fisher, _linalg
+from ._capture import Capture, recording_only
+from ._preconditioner import _classify, damped_inverses, diagonal_solve, stats_dtype
+
+_FUNC = "ngdfast.torch.natural_gradient"
+
+
+def natural_gradient(model: nn.Module, inputs, targets, *, loss="cross_entropy", curvature="kfac",
+                     fisher="sampled", damping=1e-3, generator=None) -> list[torch.Tensor]:
+    r"""Damped natural gradient ``ñ = (F + λI)⁻¹ g`` of one batch.
+
+    g is the gradient of the mean loss ``L = −(1/N) Σ_i log p(y_i | x_i)`` on
+    ``(inputs, targets)`` (cross-entropy, or the Gaussian ``½‖y − f‖²`` for ``loss="mse"``)
+    and F the Fisher of that batch, mean over samples:
+    ``F = (1/N) Σ_i E_y[∇log p(y | x_i) ∇log p(y | x_i)ᵀ]`` with the labels chosen by
+    ``fisher`` (see :class:`ngdfast.torch.Preconditioner`).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Returns (N, C) logits (cross-entropy) or means (mse).
+    inputs : Tensor (N, ...)
+    targets : Tensor
+        Class indices (N,) or (N, C) values for mse; read only by ``fisher="empirical"``
+        (still checked).
+    loss : {"cross_entropy", "mse"}
+    curvature : {"kfac", "exact", "diagonal"}
+        ``"exact"``: the exact Fisher of the kind asked, solved by
+        ``ngdfast.natural_gradient`` (no approximation but the damping). ``"kfac"``:
+        ``ñ_l = S̃⁻¹ ∇W̄_l Ã⁻¹`` with factored damping as ``ngdfast.kfac_precondition``, modules it
+        cannot factor by their diagonal. ``"diagonal"``: ``g / (diag F + λ)``.
+    fisher : {"sampled", "empirical", "exact"}
+    damping : float
+        λ >= 0.
+    generator : torch.Generator, optional
+        For the sampled labels (default: torch's global generator).
+
+    Returns
+    -------
+    list of Tensor
+        ñ for each trainable parameter, in ``model.parameters()`` order, shaped and typed as
+        the parameters. The model, its parameters, buffers (running statistics) and ``.grad``
+        are unchanged.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{_FUNC}: model must be a torch.nn.Module, got {type(model).__name__}")
+    loss = _fisher.choice(loss, _fisher.LOSSES, "loss", _FUNC)
+    curvature = _fisher.choice(curvature, _fisher.CURVATURES, "curvature", _FUNC)
+    fisher = _fisher.choice(fisher, _fisher.FISHERS, "fisher", _FUNC)
+    damping = _validation.nonnegative(damping, _FUNC, "damping")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{_FUNC}: generator must be a torch.Generator, got {type(generator).__name__}")
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"{_FUNC}: inputs must be a tensor, got {type(inputs).__name__}")
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{_FUNC}: the model has no trainable parameters")
+    buffers = {n: b.clone() for n, b in model.named_buffers()}  # running statistics stay as they are
+
+    layers, diagonal, _ = _classify(model, curvature, "diagonal") if curvature != "exact" else ([], [], [])
+    capture = Capture(model, layers, diagonal, loss, fisher, stats_dtype, lambda: generator, force=True)
+    capture.enabled = curvature != "exact"
+    try:
+        with torch.enable_grad(), recording_only(capture):
+            outputs = _fisher.check_outputs(loss, functional_call(model, buffers, (inputs,)), _FUNC)
+            targets = _fisher.check_targets(loss, outputs, targets, _FUNC)
+            grads = torch.autograd.grad(_fisher.mean_loss(loss, outputs, targets), params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        for name, g in zip(names, grads):
+            if not _linalg.finite(g):
+                raise ValueError(f"{_FUNC}: the gradient of {name!r} contains NaN or Inf")
+        if curvature == "exact":
+            dtype = stats_dtype(params[0])
+            J, w = _exact.score_rows(model, names, inputs, targets, loss, fisher, generator, dtype)
+            g = torch.cat([t.reshape(-1).to(dtype) for t in grads])
+            flat, _, _ = _solve_with_retries(lambda lam: _linalg.solve_scores(J, g, lam, w), damping, 0, 1e-8)
+            out, k = [], 0
+            for p in params:
+                out.append(flat[k : k + p.numel()].reshape(p.shape).to(p.dtype))
+                k += p.numel()
+            return out
+        n, A, S, D = capture.statistics()
+    finally:
+        capture.remove()
+    return _direction(params, grads, layers, diagonal, A, S, D, damping)
+
+
+def _direction(params, grads, layers, diagonal, A, S, D, damping):
+    by_param = {id(p): k for k, p in enumerate(params)}
+    nat = [None] * len(params)
+    for what, stats in (("A", A), ("S", S)):
+        for i, t in stats.items():
+            if not _linalg.finite(t):
+                raise ValueError(f"{_FUNC}: factor {what} of layer {layers[i].name!r} contains NaN or Inf")
+    missing = [layer.name for i, layer in enumerate(layers) if i not in A]
+    if missing:
+        raise RuntimeError(f"{_FUNC}: layers {missing} were not used in the forward")
+    inverses = damped_inverses(layers, A, S, damping)
+    for i, layer in enumerate(layers):
+        Ai, Si = inverses[i]
+        G = layer.grad_matrix([grads[by_param[id(p)]] for p in layer.params], Ai.dtype)
+        for p, part in zip(layer.params, layer.split(Si @ G @ Ai)):
+            nat[by_param[id(p)]] = part
+    for j, (name, module, pnames) in enumerate(diagonal):
+        for pname, d in zip(pnames, D.get(j, [])):
+            k = by_param[id(getattr(module, pname))]
+            nat[k] = diagonal_solve(d, grads[k], damping, f"{name}.{pname}")
+    return [v.to(p.dtype) if v is not None else torch.zeros_like(p) for p, v in zip(params, nat)]
