@@ -44,7 +44,7 @@ CONFIG = {
     "adam_grid": [0.003, 0.01, 0.03, 0.1],
     "ngd": {
         "ngd-kfac": {"curvature": "kfac", "kl_radius": 0.03, "damping": 0.011},
-        "ngd-exact": {"curvature": "exact", "kl_radius": 0.03, "damping": 0.011},
+        # "ngd-exact": {"curvature": "exact", "kl_radius": 0.03, "damping": 0.011},
     },
 }
 FISHER_BATCH = 256  #: images whose sampled-label scores give ngd-exact's Fisher
