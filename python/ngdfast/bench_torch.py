@@ -48,6 +48,7 @@ import importlib
 import math
 import time
 import warnings
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -85,7 +86,9 @@ TARGETS = [
 def import_peer(name: str):
     """``(module, None)``, or ``(None, reason)`` when the peer does not import."""
     try:
-        return importlib.import_module(name), None
+        with warnings.catch_warnings():  # curvlinops and ASDL call the deprecated torch.jit.script on import
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return importlib.import_module(name), None
     except Exception as exc:  # a peer broken on this torch raises more than ImportError
         return None, f"{PEERS[name]} does not import: {type(exc).__name__}: {exc}"
 
@@ -171,9 +174,9 @@ def asdl_kfac(asdl, model, x, y, damping: float = DAMPING) -> list[torch.Tensor]
     returns the preconditioned ``.grad`` (bias kept apart from the weight, its own damping rule)."""
     config = asdl.PreconditioningConfig(data_size=len(x), damping=damping, preconditioner_upd_interval=1,
                                         curvature_upd_interval=1)
-    maker = _ASDL_MAKERS.get(id(model))
-    if maker is None:
-        maker = _ASDL_MAKERS[id(model)] = asdl.KfacGradientMaker(model, config, fisher_type=asdl.FISHER_EXACT)
+    maker = _ASDL_MAKERS.get(model)
+    if maker is None:  # one per model: it registers its hooks once
+        maker = _ASDL_MAKERS[model] = asdl.KfacGradientMaker(model, config, fisher_type=asdl.FISHER_EXACT)
     model.zero_grad()
     with warnings.catch_warnings():  # ASDL's non-full backward hooks are deprecated in torch 2.x
         warnings.simplefilter("ignore", FutureWarning)
@@ -183,7 +186,7 @@ def asdl_kfac(asdl, model, x, y, damping: float = DAMPING) -> list[torch.Tensor]
     return [p.grad.detach().clone() for p in model.parameters()]
 
 
-_ASDL_MAKERS: dict[int, Any] = {}
+_ASDL_MAKERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _pi_damped(A, G, damping):
