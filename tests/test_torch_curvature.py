@@ -409,3 +409,37 @@ def test_functional_sampled_is_reproducible_with_a_generator():
     c = ngt.natural_gradient(model, x, y, generator=torch.Generator().manual_seed(8))
     assert all(torch.equal(s, t) for s, t in zip(a, b))
     assert not all(torch.equal(s, t) for s, t in zip(a, c))
+
+
+@pytest.mark.parametrize("kind", ["empirical", "exact"])
+def test_kfac_mse_one_linear_layer(kind):
+    torch.manual_seed(0)
+    n, d, c, lam = 30, 5, 3, 1e-2
+    layer = nn.Linear(d, c).double()
+    x, y = batch(n=n, d=d, c=c, loss="mse")
+    a = torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], 1)
+    A = a.T @ a / n
+    r = y - layer(x).detach()  # ∂ log p / ∂f for the unit-variance Gaussian
+    S = r.T @ r / n if kind == "empirical" else torch.eye(c, dtype=x.dtype)  # exact: the output Fisher is I
+    G = -(r.T @ a) / n
+    expected = ngdfast.kfac_precondition(G.numpy(), A.numpy(), S.numpy(), lam)
+    nat = ngt.natural_gradient(layer, x, y, loss="mse", curvature="kfac", fisher=kind, damping=lam)
+    got = torch.cat([nat[0], nat[1][:, None]], 1)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("curvature", ["exact", "kfac"])
+def test_float32_models_agree_with_float64(curvature):
+    model = mlp()
+    x, y = batch()
+    nat64 = flat(ngt.natural_gradient(model, x, y, curvature=curvature, fisher="exact", damping=1e-2))
+    model32 = copy_to(model, torch.float32)
+    nat32 = ngt.natural_gradient(model32, x.float(), y, curvature=curvature, fisher="exact", damping=1e-2)
+    assert all(t.dtype == torch.float32 for t in nat32)
+    assert float((flat(nat32).double() - nat64).norm() / nat64.norm()) < 1e-4
+
+
+def copy_to(model, dtype):
+    import copy
+
+    return copy.deepcopy(model).to(dtype)

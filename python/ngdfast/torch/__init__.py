@@ -12,7 +12,8 @@ Five added lines::
         precond.step()      # .grad <- β ñ,  ñ = (F + λI)⁻¹ g,  β = sqrt(2ε / gᵀñ)
         opt.step()          # θ <- θ − β ñ: the output distribution moves by KL ≈ ε
 
-and a function for trainers that keep their own loop::
+``ngt.NGD(model, kl_radius=1e-3)`` is the same as one ``torch.optim.Optimizer`` (``lr=1``), and
+a function for trainers that keep their own loop::
 
     nat = ngt.natural_gradient(model, x, y, curvature="exact", fisher="empirical", damping=1e-3)
 
@@ -31,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 from ._fisher import CURVATURES, FISHERS, LOSSES
-from ._preconditioner import Preconditioner, StepInfo
+from ._preconditioner import NGD, Preconditioner, StepInfo
 from .functional import natural_gradient
 
-__all__ = ["CURVATURES", "FISHERS", "LOSSES", "Preconditioner", "StepInfo", "natural_gradient"]
+__all__ = ["CURVATURES", "FISHERS", "LOSSES", "NGD", "Preconditioner", "StepInfo", "natural_gradient"]

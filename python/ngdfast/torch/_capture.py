@@ -12,8 +12,9 @@ Mechanism (one forward hook per tracked module, one on the model):
     model with the preconditioner's ``torch.Generator``, or every class weighted by √p) are
     back-propagated to the tracked modules' outputs only, by ``torch.autograd.grad(...,
     retain_graph=True)``, giving ``δ = ∂ log p / ∂z`` per sample (factor S, diagonal). This is
-    one extra backward pass to the activations (C passes for "exact"), no second forward,
-    and the user's own ``loss.backward()`` is untouched;
+    one extra backward pass to the activations (for "exact", the C class blocks go through one
+    batched backward, ``is_grads_batched``), no second forward, and the user's own
+    ``loss.backward()`` is untouched;
   - ``fisher="empirical"``: the output gradients of the user's own loss are read by tensor hooks
     during ``loss.backward()``: ``δ_i = n · ∂L/∂z_i`` with n the number of samples seen since
     the last step, which is exact when L is the mean over those samples of the per-sample
@@ -65,6 +66,23 @@ def _in_functorch_transform() -> bool:
     """Inside ``torch.func.vmap``/``grad`` (someone's per-sample pass): not a training forward."""
     peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
     return peek is not None and peek() is not None
+
+
+def _backpropagate(outputs, targets, blocks):
+    """``∂⟨outputs, b⟩/∂targets`` for each block b (graph kept for the user's backward).
+
+    Several blocks (the exact kind: one per class) go through one batched backward
+    (``is_grads_batched``) when the graph supports it, else one backward each.
+    """
+    if len(blocks) > 1:
+        try:
+            stacked = torch.autograd.grad(outputs, targets, grad_outputs=torch.stack(blocks), retain_graph=True,
+                                          allow_unused=True, is_grads_batched=True)
+        except RuntimeError:
+            pass
+        else:
+            return [[None if g is None else g[k] for g in stacked] for k in range(len(blocks))]
+    return [torch.autograd.grad(outputs, targets, grad_outputs=b, retain_graph=True, allow_unused=True) for b in blocks]
 
 
 class RunningMean:
@@ -147,14 +165,13 @@ class Capture:
         self.backward_seen = False
 
     # ------------------------------------------------------------------ hooks
-    def _recording(self) -> bool:
+    def _live(self) -> bool:
+        """A forward that may be trained on: ours to watch, grad enabled, not in a torch.func transform."""
         owner = getattr(_LOCAL, "owner", None)
-        return (
-            (owner is None or owner is self)
-            and torch.is_grad_enabled()
-            and (self.force or self.model.training)
-            and not _in_functorch_transform()
-        )
+        return (owner is None or owner is self) and torch.is_grad_enabled() and not _in_functorch_transform()
+
+    def _recording(self) -> bool:
+        return (self.force or self.model.training) and self._live()
 
     def _module_hook(self, key, module, args, output):
         if self.enabled and self._recording() and isinstance(output, torch.Tensor):
@@ -165,11 +182,11 @@ class Capture:
 
     def _root_hook(self, module, args, output):
         pending, self._pending = self._pending, []
-        if not self._recording() or not isinstance(output, torch.Tensor) or not output.requires_grad:
+        if not isinstance(output, torch.Tensor) or not output.requires_grad or not self._live():
             return
-        if self.enabled:
+        if self.enabled and self._recording():
             self._collect(output, pending)
-        output.register_hook(self._mark)
+        output.register_hook(self._mark)  # also in eval mode: a step then says what is missing
 
     def _collect(self, output, pending) -> None:
         outputs = _fisher.check_outputs(self.loss, output, "ngdfast.torch")
@@ -191,10 +208,7 @@ class Capture:
             return
         blocks = _fisher.output_rows(self.loss, self.fisher, outputs, None, self.generator())
         targets = [out for _, _, out in live]
-        per_block = [
-            torch.autograd.grad(outputs, targets, grad_outputs=b.to(outputs.dtype), retain_graph=True, allow_unused=True)
-            for b in blocks
-        ]
+        per_block = _backpropagate(outputs, targets, [b.to(outputs.dtype) for b in blocks])
         for j, (key, args, _) in enumerate(live):
             self._add_deltas(key, args, [g[j] for g in per_block if g[j] is not None])
 

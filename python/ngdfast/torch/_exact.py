@@ -48,6 +48,8 @@ def score_rows(model, names, inputs, targets, loss, kind, generator, dtype):
             return (Jz * math.sqrt(c)).reshape(n * c, -1), None
         if kind == "sampled":
             targets = _fisher.sample_targets(loss, outputs, generator)
+        else:
+            targets = _fisher.check_targets(loss, outputs, targets, "ngdfast.torch")
 
         def log_p(p, x, y):
             return _fisher.log_likelihood(loss, forward(p, x.unsqueeze(0)), y.unsqueeze(0)).squeeze(0)

@@ -110,7 +110,8 @@ def solve_scores(J: torch.Tensor, g: torch.Tensor, damping: float, weights) -> t
         return torch.from_numpy(np.asarray(_kernels.natural_gradient(numpy_view(J), numpy_view(g), damping, w)))
     cuda = _on_cuda_kernels(J)
     if cuda is not None:
-        return torch.as_tensor(cuda.natural_gradient(J, g, damping, weights), device=J.device)
+        w = None if weights is None else weights.detach().cpu().numpy()  # N numbers, normalised on the host
+        return torch.as_tensor(cuda.natural_gradient(J, g, damping, w), device=J.device)
     return _torch_natural_gradient(J, g, damping, weights)
 
 

@@ -233,7 +233,15 @@ class Preconditioner:
         """Remove the hooks from the model (the preconditioner is unusable afterwards)."""
         self._capture.remove()
 
-    report_loss = NaturalGradient.report_loss
+    def report_loss(self, new_loss) -> float:
+        """Report the loss after the step; returns ``ρ = actual / predicted`` change.
+
+        The rule of :meth:`ngdfast.NaturalGradient.report_loss`: with ``adaptive_damping``,
+        ρ > 3/4 multiplies λ by 2/3 and ρ < 1/4 by 3/2 (within ``[min_damping, max_damping]``).
+        The last :meth:`step` must have been given ``loss=``.
+        """
+        value = new_loss.detach() if isinstance(new_loss, torch.Tensor) else new_loss
+        return NaturalGradient.report_loss(self, float(value))
 
     def step(self, inputs=None, targets=None, *, loss=None) -> StepInfo:
         """Replace every trainable parameter's ``.grad`` g by ``β ñ``.
@@ -263,17 +271,15 @@ class Preconditioner:
 
     def _step(self, inputs, targets, loss) -> StepInfo:
         func = f"{_FUNC}.step"
-        grads = []
-        for name, p in zip(self._names, self._params):
-            if p.grad is None:
-                raise RuntimeError(f"{func}: parameter {name!r} has no gradient; call loss.backward() before step()")
-            grads.append(p.grad)
+        grads = [p.grad for p in self._params]
+        if all(g is None for g in grads):
+            raise RuntimeError(f"{func}: no parameter has a gradient; call loss.backward() before step()")
         if not self._capture.backward_seen:
             raise RuntimeError(
                 f"{func}: no backward pass through the model since the last step (forward in training mode "
                 "with grad enabled, then loss.backward(), then step())")
         for name, g in zip(self._names, grads):
-            if not _linalg.finite(g):
+            if g is not None and not _linalg.finite(g):
                 raise ValueError(f"{func}: the gradient of {name!r} contains NaN or Inf")
         A, S, D = self._A, self._S, self._D
         update = self.curvature != "exact" and self.n_steps % self.factor_interval == 0
@@ -288,15 +294,19 @@ class Preconditioner:
             nat, lam, retries, inverses = self._exact_direction(inputs, targets, grads)
         else:
             nat, lam, retries, inverses = self._solve(A, S, D, grads, refresh)
-        q = math.fsum(float(torch.dot(g.reshape(-1).double(), v.reshape(-1).double())) for g, v in zip(grads, nat))
+        # parameters without a gradient (unused in this forward) are left alone, as optimizers do
+        nat = [None if g is None else v for g, v in zip(grads, nat)]
+        q = math.fsum(float(torch.dot(g.reshape(-1).double(), v.reshape(-1).double()))
+                      for g, v in zip(grads, nat) if g is not None)
         beta = _linalg.kl_beta(q, self.kl_radius, self.max_step, func)
-        new = [(beta * v).to(p.dtype) for p, v in zip(self._params, nat)]
+        new = [None if v is None else (beta * v).to(p.dtype) for p, v in zip(self._params, nat)]
         for name, t in zip(self._names, new):
-            if not _linalg.finite(t):
+            if t is not None and not _linalg.finite(t):
                 raise ValueError(f"{func}: the step for {name!r} is not finite; lower kl_radius or max_step")
         # commit
         for p, t in zip(self._params, new):
-            p.grad.copy_(t)
+            if t is not None:
+                p.grad.copy_(t)
         if update:
             self._A, self._S, self._D = A, S, D
             self.n_factor_updates += 1
@@ -308,7 +318,7 @@ class Preconditioner:
         info = StepInfo(
             beta=beta, quadratic=q, predicted_kl=0.5 * beta * beta * q, damping=lam, retries=retries,
             clipped=bool(self.max_step is not None and uncapped > self.max_step),
-            step_norm=beta * math.sqrt(math.fsum(float(v.double().square().sum()) for v in nat)),
+            step_norm=beta * math.sqrt(math.fsum(float(v.double().square().sum()) for v in nat if v is not None)),
             predicted_change=-beta * q + 0.5 * beta * beta * q,
             factors_updated=update, inverses_updated=inverses is not None, n_samples=n_samples,
         )
@@ -340,10 +350,6 @@ class Preconditioner:
                 raise ValueError(f"{func}: the diagonal Fisher of {self._diagonal[j][0]!r} contains NaN or Inf")
             D[j] = (list(ds) if first or j not in self._D
                     else [self.decay * o + (1 - self.decay) * d for o, d in zip(self._D[j], ds)])
-        missing = [layer.name for i, layer in enumerate(self._layers) if i not in A]
-        missing += [name for j, (name, *_) in enumerate(self._diagonal) if j not in D]
-        if missing:
-            raise RuntimeError(f"{func}: no statistics for {missing}: were they used in the forward?")
         return A, S, D, n
 
     def _solve(self, A, S, D, grads, refresh):
@@ -356,14 +362,25 @@ class Preconditioner:
             if self._layers:
                 inverses = damped_inverses(self._layers, A, S, lam) if refresh else self._inverses
                 for i, layer in enumerate(self._layers):
+                    g = [grads[by_param[id(p)]] for p in layer.params]
+                    if all(t is None for t in g):
+                        continue
+                    if i not in inverses:
+                        raise RuntimeError(f"Preconditioner.step: no statistics for layer {layer.name!r} yet "
+                                           "(was it used in a training-mode forward?)")
                     Ai, Si = inverses[i]
-                    G = layer.grad_matrix([grads[by_param[id(p)]] for p in layer.params], Ai.dtype)
-                    for p, part in zip(layer.params, layer.split(Si @ G @ Ai)):
+                    g = [torch.zeros_like(p) if t is None else t for p, t in zip(layer.params, g)]
+                    for p, part in zip(layer.params, layer.split(Si @ layer.grad_matrix(g, Ai.dtype) @ Ai)):
                         nat[by_param[id(p)]] = part
             for j, (name, module, names) in enumerate(self._diagonal):
-                for pname, d in zip(names, D[j]):
+                for pname in names:
                     k = by_param[id(getattr(module, pname))]
-                    nat[k] = diagonal_solve(d, grads[k], lam, f"{name}.{pname}")
+                    if grads[k] is None:
+                        continue
+                    if j not in D:
+                        raise RuntimeError(f"Preconditioner.step: no statistics for module {name!r} yet "
+                                           "(was it used in a training-mode forward?)")
+                    nat[k] = diagonal_solve(D[j][names.index(pname)], grads[k], lam, f"{name}.{pname}")
             for _, module, names in self._gradient_only:
                 for pname in names:
                     k = by_param[id(getattr(module, pname))]
@@ -377,7 +394,8 @@ class Preconditioner:
         dtype = stats_dtype(self._params[0])
         J, w = _exact.score_rows(self.model, self._names, inputs, targets, self.loss, self.fisher,
                                  self._generator, dtype)
-        g = torch.cat([t.reshape(-1).to(dtype) for t in grads])
+        g = torch.cat([(torch.zeros_like(p) if t is None else t).reshape(-1).to(dtype)
+                       for p, t in zip(self._params, grads)])
         flat, lam, retries = _solve_with_retries(
             lambda lam: _linalg.solve_scores(J, g, lam, w), self.damping, self.max_retries, self.min_damping)
         nat, k = [], 0
@@ -439,6 +457,8 @@ class Preconditioner:
 def _classify(model: nn.Module, curvature: str, fallback):
     """K-FAC layers, diagonal modules and plain-gradient modules ``(name, module, param names)``."""
     layers, diagonal, gradient_only, unsupported, seen = [], [], [], [], set()
+    if curvature == "exact":
+        return layers, diagonal, gradient_only  # torch.func differentiates every parameter
     for name, module in model.named_modules():
         own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad and id(p) not in seen]
         if not own:
@@ -465,6 +485,8 @@ def damped_inverses(layers, A, S, damping):
     """``{i: (Ã⁻¹, S̃⁻¹)}`` with ngdfast's factored Tikhonov damping."""
     out = {}
     for i, layer in enumerate(layers):
+        if i not in A:
+            continue
         n_out, n_in = layer.shape
         da, ds = _validation.kfac_damping(_linalg.trace(A[i]), n_in, _linalg.trace(S[i]), n_out, damping, True)
         out[i] = (_linalg.damped_inverse(A[i], da, f"layer {layer.name!r}, factor A + damping_a*I"),
@@ -482,3 +504,56 @@ def diagonal_solve(d: torch.Tensor, g: torch.Tensor, damping: float, name: str) 
             f"{name}: diag(F) + damping is not positive (damping {damping}); increase the damping",
             pivot=int(torch.nonzero((shifted <= 0).reshape(-1))[0, 0]) + 1, damping=damping)
     return g.to(d.dtype) / shifted
+
+
+class NGD(torch.optim.Optimizer):
+    r"""All-in-one optimizer: :class:`Preconditioner` then ``θ ← θ − lr · β ñ``.
+
+    ``lr=1`` (the default) is the KL-sized natural-gradient step itself; the loop is the
+    usual one::
+
+        opt = ngdfast.torch.NGD(model, kl_radius=1e-3, damping=1e-3)
+        opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()
+
+    Parameters
+    ----------
+    model : nn.Module
+    lr : float
+        Multiplies the step (1: exactly ε of predicted KL).
+    **kwargs
+        :class:`Preconditioner` settings (curvature, loss, fisher, kl_radius, damping, ...).
+
+    Attributes
+    ----------
+    preconditioner : Preconditioner
+        ``preconditioner.last_step`` reports the last step.
+    """
+
+    def __init__(self, model: nn.Module, lr: float = 1.0, **kwargs):
+        lr = _validation.nonnegative(lr, "NGD", "lr")
+        self.preconditioner = Preconditioner(model, **kwargs)
+        super().__init__([p for p in model.parameters() if p.requires_grad], {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None, *, inputs=None, targets=None):
+        """Precondition the gradients and move: ``θ ← θ − lr · β ñ``; returns ``closure()``'s loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.preconditioner.step(inputs, targets)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-group["lr"])
+        return loss
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["preconditioner"] = self.preconditioner.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        self.preconditioner.load_state_dict(state_dict.pop("preconditioner"))
+        super().load_state_dict(state_dict)

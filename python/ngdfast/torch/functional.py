@@ -103,11 +103,10 @@ def _direction(params, grads, layers, diagonal, A, S, D, damping):
         for i, t in stats.items():
             if not _linalg.finite(t):
                 raise ValueError(f"{_FUNC}: factor {what} of layer {layers[i].name!r} contains NaN or Inf")
-    missing = [layer.name for i, layer in enumerate(layers) if i not in A]
-    if missing:
-        raise RuntimeError(f"{_FUNC}: layers {missing} were not used in the forward")
     inverses = damped_inverses(layers, A, S, damping)
     for i, layer in enumerate(layers):
+        if i not in inverses:
+            continue  # not used by this forward: its gradient is 0, and so is ñ
         Ai, Si = inverses[i]
         G = layer.grad_matrix([grads[by_param[id(p)]] for p in layer.params], Ai.dtype)
         for p, part in zip(layer.params, layer.split(Si @ G @ Ai)):
