@@ -4,7 +4,9 @@ Trains on scikit-learn's bundled handwritten digits (1797 8×8 images, 10
 classes; no download) with a held-out test split, for two models:
 
 * ``softmax``: multinomial logistic regression (P = 650);
-* ``mlp``: a tanh MLP 64-32-10 (P = 2410).
+* ``mlp``: a tanh MLP 64-32-10 (P = 2410);
+* ``cnn`` (``--framework torch``): a small CNN in PyTorch, trained with
+  ``ngdfast.torch`` beside torch's SGD and Adam (:mod:`ngdfast.demo_torch`).
 
 The training objective is the mean cross-entropy plus a small L2 penalty,
 ``L(θ) = -(1/N) Σ log p(y_i | x_i, θ) + (l2/2)‖θ‖²``, with full-batch
@@ -194,22 +196,32 @@ def _progress(total, desc, enabled):
     return tqdm(total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False, dynamic_ncols=True)
 
 
-def _run_first_order(problem, theta0, steps, settings, bar, update) -> Run:
-    """The loop GD and Adam share: ``update(theta, grad, t)`` changes theta in place;
-    only the gradient and the update are timed."""
+def timed_run(problem, state, steps, settings, bar, step) -> Run:
+    """``step(t)`` (t = 1, 2, ...) does one step's optimisation work on ``state``, the
+    only part timed; after each step the run records ``problem.evaluate(state)``."""
     run = Run(settings)
-    theta = theta0.copy()
     elapsed = 0.0
     for t in range(1, steps + 1):
         start = time.perf_counter()
-        _, grad = problem.objective(theta)
-        update(theta, grad, t)
+        step(t)
         elapsed += time.perf_counter() - start
-        run.record(problem, theta, elapsed)
+        run.record(problem, state, elapsed)
         bar.update()
         if run.diverged:
             break
     return run
+
+
+def _run_first_order(problem, theta0, steps, settings, bar, update) -> Run:
+    """The loop GD and Adam share: ``update(theta, grad, t)`` changes theta in place;
+    only the gradient and the update are timed."""
+    theta = theta0.copy()
+
+    def step(t):
+        _, grad = problem.objective(theta)
+        update(theta, grad, t)
+
+    return timed_run(problem, theta, steps, settings, bar, step)
 
 
 def run_gd(problem, theta0, steps, lr, bar) -> Run:

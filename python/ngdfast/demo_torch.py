@@ -26,14 +26,13 @@ only by this module, which only the torch demo imports.
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .demo import Run, _fastest, _grid_search, _progress
+from .demo import Run, _fastest, _grid_search, _progress, timed_run
 
 #: L2 penalty, step budget, learning-rate grids and the fixed NGD settings
 #: (chosen once for this data, not tuned per run; ``damping`` ≥ ``l2``).
@@ -44,7 +43,7 @@ CONFIG = {
     "adam_grid": [0.003, 0.01, 0.03, 0.1],
     "ngd": {
         "ngd-kfac": {"curvature": "kfac", "kl_radius": 0.03, "damping": 0.011},
-        # "ngd-exact": {"curvature": "exact", "kl_radius": 0.03, "damping": 0.011},
+        "ngd-exact": {"curvature": "exact", "kl_radius": 0.01, "damping": 0.011},
     },
 }
 FISHER_BATCH = 256  #: images whose sampled-label scores give ngd-exact's Fisher
@@ -109,31 +108,16 @@ def _fresh(state0) -> nn.Module:
     return model
 
 
-def _loop(problem, model, steps, settings, bar, step) -> Run:
-    """``step()`` does one timed training step of ``model`` (backward included)."""
-    run = Run(settings)
-    elapsed = 0.0
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        elapsed += time.perf_counter() - start
-        run.record(problem, model, elapsed)
-        bar.update()
-        if run.diverged:
-            break
-    return run
-
-
 def _first_order(problem, state0, steps, settings, bar, optimizer) -> Run:
     model = _fresh(state0)
     opt = optimizer(model.parameters())
 
-    def step():
+    def step(t):
         opt.zero_grad()
         problem.objective(model).backward()
         opt.step()
 
-    return _loop(problem, model, steps, settings, bar, step)
+    return timed_run(problem, model, steps, settings, bar, step)
 
 
 def run_gd(problem, state0, steps, lr, bar) -> Run:
@@ -161,7 +145,7 @@ def run_ngd(problem, state0, steps, settings, seed, bar) -> Run:
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     n = len(problem.y)
 
-    def step():
+    def step(t):
         opt.zero_grad()
         problem.objective(model).backward()
         if exact:  # this step's Fisher: a random batch, labels sampled from the model
@@ -174,7 +158,7 @@ def run_ngd(problem, state0, steps, settings, seed, bar) -> Run:
     recorded = dict(settings, fisher="sampled", decay=DECAY, max_step=MAX_STEP, optimizer="torch.optim.SGD(lr=1)")
     if exact:
         recorded["fisher_batch"] = FISHER_BATCH
-    return _loop(problem, model, steps, recorded, bar, step)
+    return timed_run(problem, model, steps, recorded, bar, step)
 
 
 def train_torch(args, X, y, X_test, y_test) -> dict:
