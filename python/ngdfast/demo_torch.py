@@ -12,7 +12,8 @@ A small CNN on the same digits split and preprocessing as the NumPy demo
   that ends lowest on the same budget, as in the NumPy demo;
 * ``ngd-kfac``: ``ngdfast.torch.Preconditioner(curvature="kfac")`` between
   ``loss.backward()`` and ``torch.optim.SGD(lr=1).step()``: factors from labels
-  sampled from the model, a step of KL radius ε (``CONFIG``, fixed settings);
+  sampled from the model, a step of KL radius ε, damping λ adapted
+  (Levenberg-Marquardt, ``report_loss``, λ ≥ l2) from the initial ``CONFIG`` value;
 * ``ngd-exact``: the same loop with ``curvature="exact"``: the exact sampled
   Fisher of a random batch of ``FISHER_BATCH`` training images, solved by
   ``ngdfast.natural_gradient`` (Woodbury).
@@ -34,16 +35,16 @@ from torch import nn
 
 from .demo import Run, _fastest, _grid_search, _progress, timed_run
 
-#: L2 penalty, step budget, learning-rate grids and the fixed NGD settings
-#: (chosen once for this data, not tuned per run; ``damping`` ≥ ``l2``).
+#: L2 penalty, step budget, learning-rate grids and the NGD settings (chosen once for
+#: this data, not tuned per run): KL radius ε and the initial damping λ (adapted, ≥ l2).
 CONFIG = {
     "l2": 1e-3,
     "steps": 200,
     "gd_grid": [0.1, 0.3, 1.0, 3.0],
     "adam_grid": [0.003, 0.01, 0.03, 0.1],
     "ngd": {
-        "ngd-kfac": {"curvature": "kfac", "kl_radius": 0.03, "damping": 0.011},
-        "ngd-exact": {"curvature": "exact", "kl_radius": 0.01, "damping": 0.011},
+        "ngd-kfac": {"curvature": "kfac", "kl_radius": 0.1, "damping": 0.011},
+        "ngd-exact": {"curvature": "exact", "kl_radius": 0.03, "damping": 0.011},
     },
 }
 FISHER_BATCH = 256  #: images whose sampled-label scores give ngd-exact's Fisher
@@ -140,22 +141,26 @@ def run_ngd(problem, state0, steps, settings, seed, bar) -> Run:
     precond = ngt.Preconditioner(
         model, curvature=settings["curvature"], loss="cross_entropy", fisher="sampled",
         kl_radius=settings["kl_radius"], damping=settings["damping"], max_step=MAX_STEP,
-        decay=DECAY, generator=generator,
+        decay=DECAY, adaptive_damping=True, min_damping=problem.l2, generator=generator,
     )
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     n = len(problem.y)
 
     def step(t):
         opt.zero_grad()
-        problem.objective(model).backward()
+        loss = problem.objective(model)
+        if t > 1:  # Levenberg-Marquardt: how well the last step's quadratic model predicted this loss
+            precond.report_loss(loss.detach())
+        loss.backward()
         if exact:  # this step's Fisher: a random batch, labels sampled from the model
             idx = torch.randperm(n, generator=generator)[:FISHER_BATCH]
-            precond.step(inputs=problem.X[idx], targets=problem.y[idx])
+            precond.step(inputs=problem.X[idx], targets=problem.y[idx], loss=loss)
         else:
-            precond.step()
+            precond.step(loss=loss)
         opt.step()
 
-    recorded = dict(settings, fisher="sampled", decay=DECAY, max_step=MAX_STEP, optimizer="torch.optim.SGD(lr=1)")
+    recorded = dict(settings, fisher="sampled", decay=DECAY, max_step=MAX_STEP, adaptive_damping=True,
+                    optimizer="torch.optim.SGD(lr=1)")
     if exact:
         recorded["fisher_batch"] = FISHER_BATCH
     return timed_run(problem, model, steps, recorded, bar, step)
@@ -186,7 +191,7 @@ def train_torch(args, X, y, X_test, y_test) -> dict:
     for name, settings in config["ngd"].items():
         fisher = (f"exact Fisher of {FISHER_BATCH} images" if settings["curvature"] == "exact"
                   else f"K-FAC factors (EMA decay {DECAY:g})")
-        print(f"  {name:<12} kl_radius {settings['kl_radius']:g}, damping {settings['damping']:g}, "
+        print(f"  {name:<12} kl_radius {settings['kl_radius']:g}, damping {settings['damping']:g} (adaptive), "
               f"{fisher} from sampled labels, every step; torch.optim.SGD(lr=1)")
         with _progress(steps * args.repeats, f"cnn: {name}", progress) as bar:
             runs[name] = run_ngd(problem, state0, steps, settings, args.seed + 1, bar)
