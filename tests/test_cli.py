@@ -1,5 +1,6 @@
 """The command line as a user runs it: ``python -m ngdfast {info,bench}``."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -44,3 +45,22 @@ def test_bad_command_line_is_a_usage_error(argv):
     proc = run(*argv)
     assert proc.returncode == 2
     assert "usage" in proc.stderr
+
+
+def test_info_reports_what_is_built_and_dispatched(tmp_path):
+    from ngdfast import _core
+
+    path = tmp_path / "info.json"
+    proc = run("info", "--json", str(path))
+    assert proc.returncode == 0, proc.stderr
+    core = json.loads(path.read_text())["core"]
+    build = _core.build_info()
+    assert core["native"] == build["native"]
+    assert ("-march=native" in core["flags"]) == core["native"]
+    assert set(core["simd"]) <= set(core["cpu"])  # the build runs on this CPU
+    assert core["dispatch"].startswith("built native" if core["native"] else "built portable")
+    if core["tile_backend"] == "blas":
+        assert "chosen at run time" in core["dispatch"]
+    assert "dispatch" in proc.stdout
+    if importlib.util.find_spec("threadpoolctl"):
+        assert "ngdfast pool" in proc.stdout

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ngdfast
-from ngdfast import NotPositiveDefiniteError
+from ngdfast import NotPositiveDefiniteError, NumericOverflowError
 
 F64 = np.float64
 J = np.arange(12, dtype=F64).reshape(4, 3) / 7.0 + np.eye(4, 3)
@@ -144,6 +144,26 @@ CASES = [
     ("kfac-grad-nan", lambda m: m.kfac_precondition(with_value(GRAD, (0, 0), np.nan), A, S, 0.1), ValueError, ["kfac_precondition", "grad"]),
     ("kfac-grad-complex", lambda m: m.kfac_precondition(GRAD * 1j, A, S, 0.1), TypeError, ["kfac_precondition", "grad"]),
     ("kfac-S-object", lambda m: m.kfac_precondition(GRAD, A, objects(S), 0.1), TypeError, ["kfac_precondition", "S"]),
+    # ---- overflow of finite inputs (issue 9, defect 6): never a silent Inf/NaN, zeros or g / damping
+    ("fisher-overflow", lambda m: m.fisher(J * 1e160), NumericOverflowError, ["fisher", "overflows float64", "rescale"]),
+    ("fisher-overflow-f32", lambda m: m.fisher((J * 1e20).astype(np.float32)), NumericOverflowError, ["fisher", "float32"]),
+    ("fisher-overflow-weighted", lambda m: m.fisher(J * 1e160, W), NumericOverflowError, ["fisher", "overflows"]),
+    ("fisher-overflow-out", lambda m: m.fisher(J * 1e160, out=np.eye(3), decay=0.5), NumericOverflowError, ["fisher", "overflows"]),
+    ("lowrank-overflow", lambda m: m.lowrank_solve(J * 1e160, G, 0.1), NumericOverflowError, ["lowrank_solve", "J_w J_w^T", "overflows float64"]),
+    ("lowrank-overflow-unchecked", lambda m: m.lowrank_solve(J * 1e160, G, 0.1, check_finite=False), NumericOverflowError, ["lowrank_solve", "overflows"]),
+    ("natgrad-dense-overflow", lambda m: m.natural_gradient(J * 1e160, G, 0.1, method="dense"), NumericOverflowError, ["natural_gradient", "J_w^T J_w", "overflows"]),
+    ("natgrad-lowrank-overflow-unchecked", lambda m: m.natural_gradient(J * 1e160, G, 0.1, method="lowrank", check_finite=False), NumericOverflowError, ["natural_gradient", "overflows"]),
+    ("lowrank-J-nan-unchecked", lambda m: m.lowrank_solve(with_value(J, (3, 2), np.nan), G, 1.0, check_finite=False), ValueError, ["lowrank_solve", "J contains NaN or Inf"]),
+    ("lowrank-J-inf-unchecked", lambda m: m.lowrank_solve(with_value(J, (0, 0), np.inf), G, 1.0, check_finite=False), ValueError, ["lowrank_solve", "J contains NaN or Inf"]),
+    ("natgrad-J-inf-unchecked", lambda m: m.natural_gradient(with_value(J, (0, 1), np.inf), G, 1.0, method="dense", check_finite=False), ValueError, ["natural_gradient", "J contains NaN or Inf"]),
+    ("natgrad-J-nan-zero-weight-unchecked", lambda m: m.natural_gradient(with_value(J, (1, 1), np.nan), G, 1.0, with_value(W, 1, 0.0), check_finite=False), ValueError, ["natural_gradient", "J contains NaN or Inf"]),
+    ("lowrank-g-nan-unchecked", lambda m: m.lowrank_solve(J, with_value(G, 1, np.nan), 1.0, check_finite=False), ValueError, ["lowrank_solve", "g contains NaN or Inf"]),
+    ("natgrad-g-inf-unchecked", lambda m: m.natural_gradient(J, with_value(G, 1, np.inf), 1.0, method="dense", check_finite=False), ValueError, ["natural_gradient", "g contains NaN or Inf"]),
+    ("lowrank-solution-overflow", lambda m: m.lowrank_solve(J[:2], G * 1e300, 1e-300), NumericOverflowError, ["lowrank_solve", "solution", "overflows"]),
+    ("damped-solution-overflow", lambda m: m.damped_solve(F * 1e-300, G * 1e300, 0.0), NumericOverflowError, ["damped_solve", "solution", "overflows float64"]),
+    ("damped-g-nan-unchecked", lambda m: m.damped_solve(F, with_value(G, 0, np.nan), 1.0, check_finite=False), ValueError, ["damped_solve", "g contains NaN or Inf"]),
+    ("kfac-overflow", lambda m: m.kfac_precondition(GRAD * 1e300, A * 1e-300, S * 1e-300, 0.0), NumericOverflowError, ["kfac_precondition", "overflows"]),
+    ("kl-step-overflow", lambda m: m.kl_step_size(G * 1e-160, G * 1e-160, 1e300), NumericOverflowError, ["kl_step_size", "overflows"]),
 ]
 
 if HAS_LONGDOUBLE:
@@ -318,23 +338,53 @@ def test_non_finite_J_is_found_through_the_gram_diagonal(func, dtype, shape, val
 
 
 @pytest.mark.parametrize("func", list(_SCORE_CALLS))
-def test_finite_J_whose_gram_overflows_is_not_rejected(func):
-    # A finite J with squares beyond float64's range: the Gram diagonal is Inf,
-    # yet J is finite, so check_finite must not reject it; the result is the
-    # one computed without the check.
+@pytest.mark.parametrize("dtype, scale", [(np.float64, 1e200), (np.float32, 1e25)])
+def test_finite_J_whose_gram_overflows_raises_overflow(func, dtype, scale):
+    # A finite J with squares beyond the dtype's range: not "contains NaN or Inf", not
+    # "increase the damping", and never Inf, NaN, zeros or g / damping as an answer.
+    # fisher with check_finite=False returns the floats as they fall (non-finite entries).
     rng = np.random.default_rng(5)
-    J = rng.standard_normal((6, 5)) * 1e200
-    g = rng.standard_normal(5)
+    J = (rng.standard_normal((6, 5)) * scale).astype(dtype)
+    g = rng.standard_normal(5).astype(dtype)
     call = _SCORE_CALLS[func]
-    outcomes = []
-    for cf in (True, False):
-        try:
-            with np.errstate(all="ignore"):
-                outcomes.append(call(ngdfast, J, g, None, cf))
-        except (ValueError, NotPositiveDefiniteError) as exc:
-            assert "contains NaN or Inf" not in str(exc)
-            outcomes.append(type(exc))
-    if isinstance(outcomes[0], type):
-        assert outcomes[0] is outcomes[1]
-    else:
-        np.testing.assert_array_equal(outcomes[0], outcomes[1])
+    for m in (ngdfast, ngdfast.reference):
+        for cf in (True, False):
+            if func == "fisher" and not cf:
+                with np.errstate(all="ignore"):
+                    assert not np.all(np.isfinite(call(m, J, g, None, cf)))
+                continue
+            with pytest.raises(NumericOverflowError, match="overflows") as info:
+                call(m, J, g, None, cf)
+            assert "contains NaN or Inf" not in str(info.value)
+            assert "increase the damping" not in str(info.value)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_overflowing_fisher_leaves_out_untouched(kernels, order):
+    out = np.array(np.eye(3) * 2.0 + 0.5, order=order)
+    before = out.tobytes(order="A")
+    with pytest.raises(NumericOverflowError):
+        kernels.fisher(J * 1e160, out=out, decay=0.25)
+    assert out.tobytes(order="A") == before
+
+
+def test_numeric_overflow_error_is_a_value_error_and_an_overflow_error():
+    assert issubclass(NumericOverflowError, ValueError)
+    assert issubclass(NumericOverflowError, OverflowError)
+    assert ngdfast.NumericOverflowError is NumericOverflowError
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, J, g: m.damped_solve(np.eye(3, dtype=np.float32), g, 1e300),
+    lambda m, J, g: m.lowrank_solve(J, g, 1e300),
+    lambda m, J, g: m.natural_gradient(J, g, 1e300, method="dense"),
+    lambda m, J, g: m.kfac_precondition(GRAD.astype(np.float32), A.astype(np.float32), S.astype(np.float32), 1e300,
+                                        factored_damping=False),
+], ids=["damped", "lowrank", "natural_gradient-dense", "kfac"])
+def test_damping_beyond_float32_range_acts_as_infinite(kernels, call):
+    # found by tests/test_fuzz.py: the damping is rounded to the data dtype, where 1e300 is +inf;
+    # the correctly rounded solution is then 0 (not NaN from inf*0, not an "overflow of J")
+    J32 = J.astype(np.float32)
+    g32 = G.astype(np.float32)
+    x = call(kernels, J32, g32)
+    assert x.dtype == np.float32 and np.all(x == 0)

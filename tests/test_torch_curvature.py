@@ -443,3 +443,43 @@ def copy_to(model, dtype):
     import copy
 
     return copy.deepcopy(model).to(dtype)
+
+
+@pytest.mark.parametrize("kind", ["empirical", "exact"])
+def test_diagonal_curvature_of_a_cnn(kind):
+    """Conv2d and Linear per-sample gradients in closed form against torch.func's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 3 * 3, 4)).double()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(10, 2, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (10,), generator=g)
+    lam = 1e-3
+    Fm, grad_ = dense_fisher(model, x, y, "cross_entropy", kind)
+    expected = grad_ / (torch.diagonal(Fm) + lam)
+    got = flat(ngt.natural_gradient(model, x, y, curvature="diagonal", fisher=kind, damping=lam))
+    assert float((got - expected).norm() / expected.norm()) < 1e-10
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(27, 4)).double()
+
+
+def with_layernorm():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 4)).double()
+
+
+@pytest.mark.parametrize("make", [small_cnn, with_layernorm], ids=["cnn-closed-form", "layernorm-torch.func"])
+@pytest.mark.parametrize("kind", ["empirical", "exact"])
+def test_exact_curvature_of_other_models(make, kind):
+    model = make()
+    g = torch.Generator().manual_seed(2)
+    shape = (2, 6, 6) if make is small_cnn else (5,)
+    x = torch.randn(10, *shape, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (10,), generator=g)
+    lam = 1e-3
+    Fm, grad_ = dense_fisher(model, x, y, "cross_entropy", kind)
+    expected = torch.linalg.solve(Fm + lam * torch.eye(Fm.shape[0], dtype=Fm.dtype), grad_)
+    got = flat(ngt.natural_gradient(model, x, y, curvature="exact", fisher=kind, damping=lam))
+    assert float((got - expected).norm() / expected.norm()) < 1e-10

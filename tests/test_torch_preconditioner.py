@@ -147,6 +147,7 @@ def test_hooks_ignore_eval_mode_and_no_grad():
     model.eval()
     model(x2).sum()  # ignored: eval mode (grad enabled)
     model.train()
+    model[0](x2)  # ignored: a layer called outside the model's forward
     one_step(model, precond, x, y)
     for (A, S), (A2, S2) in zip(ref.factors.values(), precond.factors.values()):
         assert torch.equal(A, A2) and torch.equal(S, S2)
@@ -434,12 +435,14 @@ def test_mismatched_targets_and_unsupported_loss():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(curvature="full"), "curvature must be one of"),
     (dict(fisher="true"), "fisher must be one of"),
-    (dict(kl_radius=-1.0), "kl_radius must be a finite number >= 0"),
+    (dict(kl_radius=-1.0), "kl_radius must be a finite number > 0"),
+    (dict(kl_radius=0.0), "kl_radius must be a finite number > 0"),
     (dict(damping=float("nan")), "damping must be a finite number >= 0"),
-    (dict(max_step=0.0), "max_step must be a finite number > 0"),
-    (dict(decay=1.0), "decay must lie in \\[0, 1\\)"),
+    (dict(max_step=0.0), "max_step must be > 0"),
+    (dict(decay=1.0), "decay must be in \\[0, 1\\) for a running estimate"),
     (dict(factor_interval=0), "factor_interval must be an integer >= 1"),
     (dict(inverse_interval=1.5), "inverse_interval must be an integer >= 1"),
+    (dict(max_retries=-1), "max_retries must be an integer >= 0"),
     (dict(fallback="adam"), "fallback must be one of"),
     (dict(generator=3), "generator must be a torch.Generator"),
 ])
@@ -453,6 +456,23 @@ def test_model_output_must_be_a_matrix():
     x, _ = data()
     ngt.Preconditioner(model)
     with pytest.raises(ValueError, match="must have shape \\(N, C\\)"):
+        model(x)
+
+
+class TupleOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.fc(x), x
+
+
+def test_model_output_must_be_a_tensor():
+    model = TupleOut().double()
+    x, _ = data()
+    ngt.Preconditioner(model)
+    with pytest.raises(TypeError, match="the model must return a tensor"):
         model(x)
 
 
@@ -498,3 +518,24 @@ def test_sampled_kfac_factor_estimates_the_exact_one():
     assert err < 5 * 2 / math.sqrt(xr.shape[0])
     assert err > 0
     torch.testing.assert_close(exact.factors["0"][0], sampled.factors["0"][0], rtol=1e-12, atol=0)
+
+
+def test_autocast_bfloat16_activations():
+    model = cnn(torch.float32)
+    x, y = data(n=16, shape=(1, 8, 8), classes=10, dtype=torch.float32)
+    precond = ngt.Preconditioner(model, fisher="exact", kl_radius=1e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16
+    F.cross_entropy(out.float(), y).backward()
+    info = precond.step()
+    assert math.isfinite(info.beta) and info.beta > 0
+    assert all(A.dtype == torch.float32 and bool(torch.isfinite(A).all()) for A, _ in precond.factors.values())
+
+
+def test_remove_detaches_the_hooks():
+    model = mlp()
+    precond = ngt.Preconditioner(model)
+    assert model._forward_hooks and model[0]._forward_hooks
+    precond.remove()
+    assert not model._forward_hooks and not model._forward_pre_hooks and not model[0]._forward_hooks

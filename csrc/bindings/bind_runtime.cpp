@@ -40,11 +40,28 @@ py::list simd() {
     return out;
 }
 
+// What the running CPU offers (the build may use less: see "simd").
+py::list cpu_features() {
+    py::list out;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) out.append("avx512f");
+    if (__builtin_cpu_supports("avx2")) out.append("avx2");
+    if (__builtin_cpu_supports("fma")) out.append("fma");
+    if (__builtin_cpu_supports("avx")) out.append("avx");
+    if (__builtin_cpu_supports("sse4.2")) out.append("sse4.2");
+#endif
+    return out;
+}
+
 }  // namespace
 
 void bind_runtime(py::module_& m) {
     m.def("set_num_threads", &set_num_threads, py::arg("n"));
     m.def("get_num_threads", &num_threads);
+    m.def("set_default_num_threads", &set_default_num_threads, py::arg("n"));
+    m.def("blas_loaded", &blas_loaded);
+    m.def("blas_active", &blas_active);
     m.def("load_blas", &load_blas, py::arg("path"), py::arg("prefix"));
     m.def("use_blas", &use_blas, py::arg("enabled"));
     m.def("load_host_blas", &load_host_blas, py::arg("path"), py::arg("prefix"), py::arg("suffix"));
@@ -79,6 +96,9 @@ void bind_runtime(py::module_& m) {
         d["eigen_simd"] = Eigen::SimdInstructionSetsInUse();
         d["tile_backend"] = blas_active() ? "blas" : "eigen";
         d["blas_path"] = blas_path();
+        d["blas_note"] = blas_note();
+        d["blas_corename"] = blas_corename();
+        d["cpu"] = cpu_features();
         d["host_blas_path"] = host_blas_path();
         d["host_blas_threads"] = host_blas_threads();
         d["borrow_mode"] = borrow_mode_name();
@@ -88,3 +108,30 @@ void bind_runtime(py::module_& m) {
 }
 
 }  // namespace ngdfast::bindings
+
+// A C interface to the pool size, for threadpoolctl's controller
+// (ngdfast/_threadpool.py), which finds this module among the loaded
+// libraries by these symbols and calls them through ctypes. Plain C, no
+// Python: threadpoolctl may call them from any thread.
+extern "C" {
+
+__attribute__((visibility("default"))) int ngdfast_get_num_threads(void) {
+    try {
+        return ngdfast::num_threads();
+    } catch (...) {
+        return -1;
+    }
+}
+
+// Returns 0, or -1 when n is out of [1, 1024] or the pool cannot start.
+__attribute__((visibility("default"))) int ngdfast_set_num_threads(int n) {
+    if (n < 1 || n > 1024) return -1;
+    try {
+        ngdfast::set_num_threads(n);
+        return 0;
+    } catch (...) {
+        return -1;
+    }
+}
+
+}  // extern "C"

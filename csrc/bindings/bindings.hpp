@@ -102,6 +102,7 @@ void bind_fisher(py::module_& m);
 void bind_cholesky(py::module_& m);
 void bind_lowrank(py::module_& m);
 void bind_kfac(py::module_& m);
+void bind_refine(py::module_& m);
 void bind_runtime(py::module_& m);
 
 }  // namespace ngdfast::bindings

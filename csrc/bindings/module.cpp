@@ -8,4 +8,5 @@ PYBIND11_MODULE(_core, m) {
     bind_cholesky(m);
     bind_lowrank(m);
     bind_kfac(m);
+    bind_refine(m);
 }

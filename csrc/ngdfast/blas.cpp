@@ -41,6 +41,8 @@ Table<float> g_s;
 std::atomic<bool> g_loaded{false};
 std::atomic<bool> g_enabled{false};
 std::string g_path;
+std::string g_note;      // why no library is loaded, when one was offered
+std::string g_corename;  // the kernels the library chose for this CPU at run time
 std::mutex g_load_mutex;
 
 template <class T>
@@ -61,8 +63,18 @@ bool fits(std::initializer_list<index_t> dims) {
     return true;
 }
 
+using set_threads_fn = void (*)(int);
+using get_threads_fn = int (*)();
+set_threads_fn g_set_threads = nullptr;
+get_threads_fn g_get_threads = nullptr;
+
 bool use_external(double work, std::initializer_list<index_t> dims) {
-    return work >= kExternalMinWork && g_enabled.load(std::memory_order_relaxed) && fits(dims);
+    if (!(work >= kExternalMinWork && g_enabled.load(std::memory_order_relaxed) && fits(dims))) return false;
+    // threadpoolctl lists the private copy as a BLAS like any other, and
+    // threadpool_limits(n) sets it to n threads: put it back to one (a global
+    // read per tile; the setter runs only after such a change).
+    if (g_get_threads && g_set_threads && g_get_threads() != 1) g_set_threads(1);
+    return true;
 }
 
 template <class T>
@@ -77,8 +89,24 @@ using MapM = Eigen::Map<Mat<T>, 0, Eigen::OuterStride<>>;
 bool load_blas(const std::string& path, const std::string& prefix) {
     std::lock_guard<std::mutex> lock(g_load_mutex);
     if (g_loaded) return true;
+    // A copy someone else already loaded (e.g. by importing the
+    // scipy_openblas32 package, which dlopens it RTLD_GLOBAL so that later
+    // extension modules bind to it) may be serving other libraries: its
+    // thread count is not ours to change, so its tiles are not used.
+    if (void* other = dlopen(path.c_str(), RTLD_NOW | RTLD_NOLOAD)) {
+        dlclose(other);
+        g_note = "not used: " + path + " was already loaded by another component of the process";
+        return false;
+    }
+    // RTLD_LOCAL: its symbols (scipy_dgemm_ ...) stay invisible to every
+    // extension module loaded later, so nobody else binds to this
+    // single-threaded copy.
     void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (!h) return false;
+    if (!h) {
+        const char* err = dlerror();
+        g_note = std::string("not used: ") + (err ? err : "dlopen failed");
+        return false;
+    }
     auto sym = [&](const char* name) { return dlsym(h, (prefix + name).c_str()); };
     Table<double> d{reinterpret_cast<gemm_fn<double>>(sym("dgemm_")), reinterpret_cast<syrk_fn<double>>(sym("dsyrk_")),
                     reinterpret_cast<trsm_fn<double>>(sym("dtrsm_")),
@@ -87,16 +115,20 @@ bool load_blas(const std::string& path, const std::string& prefix) {
                    reinterpret_cast<trsm_fn<float>>(sym("strsm_")), reinterpret_cast<potrf_fn<float>>(sym("spotrf_"))};
     if (!d.gemm || !d.syrk || !d.trsm || !d.potrf || !s.gemm || !s.syrk || !s.trsm || !s.potrf) {
         dlclose(h);
+        g_note = "not used: " + path + " lacks a {" + prefix + "}gemm_/syrk_/trsm_/potrf_ symbol";
         return false;
     }
     // All parallelism is ours; the library's own pool would spin beside it.
-    using set_threads_fn = void (*)(int);
     for (const char* name : {"openblas_set_num_threads", "goto_set_num_threads"}) {
         if (auto f = reinterpret_cast<set_threads_fn>(sym(name))) {
+            g_set_threads = f;
             f(1);
             break;
         }
     }
+    g_get_threads = reinterpret_cast<get_threads_fn>(sym("openblas_get_num_threads"));
+    using name_fn = const char* (*)();
+    if (auto f = reinterpret_cast<name_fn>(sym("openblas_get_corename"))) g_corename = f() ? f() : "";
     g_d = d;
     g_s = s;
     g_path = path;
@@ -107,7 +139,13 @@ bool load_blas(const std::string& path, const std::string& prefix) {
 
 void use_blas(bool enabled) { g_enabled = enabled && g_loaded.load(); }
 bool blas_active() { return g_enabled.load(); }
+bool blas_loaded() { return g_loaded.load(); }
 std::string blas_path() { return g_loaded ? g_path : std::string(); }
+std::string blas_corename() { return g_loaded ? g_corename : std::string(); }
+std::string blas_note() {
+    std::lock_guard<std::mutex> lock(g_load_mutex);
+    return g_note;
+}
 
 template <class T>
 void gemm(char transa, char transb, index_t m, index_t n, index_t k, T alpha, const T* a, index_t lda, const T* b,

@@ -1,8 +1,9 @@
 // Tile kernels: column-major BLAS-style GEMM/SYRK/TRSM/POTRF on one thread.
 // The blocked, threaded algorithms in fisher/cholesky/lowrank/kfac are built
 // from these. Two engines: Eigen's own (always present) and, when the Python
-// layer loads one, an external BLAS/LAPACK (scipy-openblas32 from PyPI, kept
-// single-threaded: all threading is ours). Measured on the 2-core reference
+// layer loads one, an external BLAS/LAPACK (scipy-openblas32 from PyPI, a
+// private copy loaded RTLD_LOCAL and kept single-threaded: all threading is
+// ours). Measured on the 2-core reference
 // machine, OpenBLAS's single-thread DGEMM is ~1.25x Eigen 3.4's, which decides
 // whether the Fisher reaches 0.8 of the machine's GEMM rate.
 #pragma once
@@ -14,12 +15,19 @@ namespace ngdfast {
 
 using index_t = std::ptrdiff_t;
 
-// Loads `path` with dlopen and resolves {prefix}dgemm_ etc. Returns false and
-// keeps the Eigen engine when anything is missing.
+// Loads `path` privately (RTLD_LOCAL), resolves {prefix}dgemm_ etc. and sets
+// that copy to one thread. Returns false and keeps the Eigen engine when
+// anything is missing, or when `path` is already loaded in the process (a copy
+// others may use: its thread count is left alone); blas_note() says why.
 bool load_blas(const std::string& path, const std::string& prefix);
 void use_blas(bool enabled);
 bool blas_active();
 std::string blas_path();
+std::string blas_note();
+bool blas_loaded();
+// The CPU kernels the loaded library dispatched to at run time (OpenBLAS's
+// DYNAMIC_ARCH core name, e.g. "Haswell"), or "".
+std::string blas_corename();
 
 // C = alpha * op(A) * op(B) + beta * C, op(X) = X or X^T (trans 'N' / 'T').
 // beta == 0 means C is not read.

@@ -166,15 +166,13 @@ void ThreadPool::run(std::ptrdiff_t n_tasks, const std::function<void(std::ptrdi
 
 namespace {
 
+// The size of the pool when it is first created. The environment
+// (NGDFAST_NUM_THREADS, OMP_NUM_THREADS) is read once, by the Python settings
+// module, which passes the count here: the core reads no variable itself.
+std::atomic<int> g_default_threads{0};
+
 int default_threads() {
-    if (const char* env = std::getenv("NGDFAST_NUM_THREADS")) {
-        int n = std::atoi(env);
-        if (n > 0) return n;
-    }
-    if (const char* env = std::getenv("OMP_NUM_THREADS")) {
-        int n = std::atoi(env);
-        if (n > 0) return n;
-    }
+    if (int n = g_default_threads.load(); n > 0) return n;
     unsigned hw = std::thread::hardware_concurrency();
     return hw == 0 ? 1 : static_cast<int>(hw);
 }
@@ -191,6 +189,8 @@ std::shared_ptr<ThreadPool> pool() {
 }  // namespace
 
 int num_threads() { return pool()->size(); }
+
+void set_default_num_threads(int n) { g_default_threads = n < 1 ? 0 : n; }
 
 void set_num_threads(int n) {
     if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1, got " + std::to_string(n));

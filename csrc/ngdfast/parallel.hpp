@@ -67,6 +67,9 @@ bool other_thread_running();
 // Process-wide pool size used by all kernels.
 int num_threads();
 void set_num_threads(int n);
+// The size the pool gets when first used (n < 1: the hardware's thread
+// count); creates no thread.
+void set_default_num_threads(int n);
 
 // The threads one kernel call works with: the global pool when `parallel`,
 // else just the caller (small problems: waking a worker costs more than it

@@ -1,11 +1,25 @@
-"""Selects the tile engine of the compiled core at import.
+"""Selects the tile engine of the compiled core at import, from ``ngdfast._settings``.
 
 The blocked kernels in ``csrc/`` are built from single-threaded tile products
 (GEMM, SYRK, TRSM, POTRF on blocks of a few hundred rows); all threading is
 ngdfast's own. Two engines can run those tiles: Eigen's (always compiled in)
-and OpenBLAS from the ``scipy-openblas32`` wheel, whose single-thread DGEMM
-measured about 1.25x Eigen 3.4's on the reference machine. OpenBLAS is used
-when importable; set ``NGDFAST_TILE_BACKEND=eigen`` to force Eigen.
+and a private copy of OpenBLAS from the ``scipy-openblas32`` wheel, whose
+kernels are chosen for the running CPU at load time (so a portable build of
+ngdfast still runs AVX2/AVX-512 tiles). ``NGDFAST_TILE_BACKEND=eigen`` or
+:func:`ngdfast.set_tile_backend` selects Eigen.
+
+The private copy must stay private. Importing the ``scipy_openblas32`` package
+dlopens its library with ``RTLD_GLOBAL`` (meant for building against it), and
+every extension module loaded afterwards then binds its ``scipy_dgemm_`` ...
+to that copy: SciPy imported after it ran its BLAS and LAPACK on ngdfast's
+one-threaded tile engine, at about half speed, while threadpoolctl still
+showed SciPy's own library at full thread count. So the package is never
+imported: its library is found on disk and loaded ``RTLD_LOCAL``, which keeps
+its symbols out of everybody's reach; a copy already loaded by someone else is
+left alone (its thread count is not ours to change) and Eigen runs the tiles.
+(Importing ``scipy_openblas32`` *after* ngdfast would promote ngdfast's copy to
+the global scope, as that package is designed to; nothing in a normal program
+imports it, and SciPy and NumPy do not.)
 
 NumPy's own OpenBLAS is also located (the copy NumPy loaded, never a second
 one): a kernel call made while another thread of the process is running, which
@@ -14,30 +28,47 @@ workers busy-wait, hands its dominant products (the Gram of ``fisher`` and of
 the low-rank solves) to that library, whose spinning workers then do the work
 instead of competing with ngdfast's. ``NGDFAST_BORROW_BLAS=never`` turns this
 off (``always`` forces it, for tests); results then differ from the pool's in
-the last bits only.
+the last bits only. NumPy's library cannot run the tiles themselves: its
+thread count is process-wide (``openblas_set_num_threads_local`` of a pthreads
+OpenBLAS sets the global count too), so a one-thread tile engine on it would
+slow NumPy.
 """
 
+from __future__ import annotations
+
 import glob
+import importlib.util
 import os
-import warnings
 
 import numpy as np
 
-from . import _core
+from . import _core, _settings
 
 
-def _load_openblas() -> bool:
-    if os.environ.get("NGDFAST_TILE_BACKEND", "blas").lower() == "eigen":
-        return False
+def openblas32_library() -> str:
+    """Path of scipy-openblas32's shared library, found without importing the package ('' if absent)."""
     try:
-        import scipy_openblas32
-    except ImportError:
-        return False
-    path = os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True))
-    return _core.load_blas(path, "scipy_")
+        spec = importlib.util.find_spec("scipy_openblas32")  # finds, does not execute, the package
+    except (ImportError, ValueError):
+        return ""
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    for folder in spec.submodule_search_locations:
+        for pattern in ("libscipy_openblas*.so*", "libscipy_openblas*.dylib"):
+            found = sorted(glob.glob(os.path.join(folder, "lib", pattern)))
+            if found:
+                return found[0]
+    return ""
 
 
-BLAS_LOADED = _load_openblas()
+def _load_openblas() -> str:
+    path = openblas32_library()
+    return path if path and _core.load_blas(path, "scipy_") else ""
+
+
+BLAS_PATH = _load_openblas()  # the private tile library, '' when Eigen runs the tiles
+BLAS_LOADED = bool(BLAS_PATH)
+_core.use_blas(BLAS_LOADED and _settings.tile_backend() == "blas")
 
 
 # Spellings of NumPy's bundled OpenBLAS symbols (64-bit integers): NumPy >= 2
@@ -47,12 +78,6 @@ _HOST_SYMBOLS = (("scipy_", "_64_"), ("", "_64_"))
 
 def _load_numpy_blas() -> str:
     """Path of NumPy's OpenBLAS when the core could bind to it, else ''."""
-    mode = os.environ.get("NGDFAST_BORROW_BLAS", "auto").strip().lower()
-    try:
-        _core.set_borrow_mode(mode)  # the core knows the valid modes
-    except ValueError as exc:
-        warnings.warn(f"NGDFAST_BORROW_BLAS: {exc}; using 'auto'", RuntimeWarning, stacklevel=2)
-        _core.set_borrow_mode("auto")
     np_dir = os.path.dirname(np.__file__)
     candidates = sorted(glob.glob(os.path.join(os.path.dirname(np_dir), "numpy.libs", "*openblas*")))
     candidates += sorted(glob.glob(os.path.join(np_dir, ".libs", "*openblas*")))
@@ -64,3 +89,45 @@ def _load_numpy_blas() -> str:
 
 
 HOST_BLAS = _load_numpy_blas()
+_core.set_borrow_mode(_settings.borrow_blas())
+_core.set_default_num_threads(_settings.num_threads())
+
+
+def set_tile_backend(name: str) -> None:
+    """Choose the engine of the single-threaded tile products: ``"blas"`` or ``"eigen"``.
+
+    The Python equivalent of ``NGDFAST_TILE_BACKEND``. ``"blas"`` is OpenBLAS
+    from the ``scipy-openblas32`` wheel (a private copy, kernels chosen for the
+    running CPU); when that library is not available, ``"blas"`` raises
+    ``RuntimeError`` and Eigen stays in use. Results of the two engines agree
+    to rounding.
+    """
+    if not isinstance(name, str) or name.strip().lower() not in _settings.TILE_BACKENDS:
+        raise ValueError(f"set_tile_backend: name must be one of {_settings.TILE_BACKENDS}, got {name!r}")
+    name = name.strip().lower()
+    if name == "blas" and not _core.blas_loaded():
+        note = _core.build_info().get("blas_note") or "scipy-openblas32 is not installed"
+        raise RuntimeError(f"set_tile_backend('blas'): no OpenBLAS tile engine ({note}); Eigen stays in use")
+    _core.use_blas(name == "blas")
+
+
+def get_tile_backend() -> str:
+    """The engine running the tile products now: ``"blas"`` or ``"eigen"``."""
+    return "blas" if _core.blas_active() else "eigen"
+
+
+def set_borrow_blas(mode: str) -> None:
+    """When large products may run on NumPy's own BLAS: ``"never"``, ``"auto"`` or ``"always"``.
+
+    The Python equivalent of ``NGDFAST_BORROW_BLAS``. ``"auto"`` borrows only
+    while another thread of the process is running (NumPy's spinning workers);
+    ``"never"`` gives bit-identical reruns whatever other threads do.
+    """
+    if not isinstance(mode, str) or mode.strip().lower() not in _settings.BORROW_MODES:
+        raise ValueError(f"set_borrow_blas: mode must be one of {_settings.BORROW_MODES}, got {mode!r}")
+    _core.set_borrow_mode(mode.strip().lower())
+
+
+def get_borrow_blas() -> str:
+    """The borrowing mode now: ``"never"``, ``"auto"`` or ``"always"``."""
+    return _core.get_borrow_mode()

@@ -73,9 +73,16 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int: ...
 
+def set_default_num_threads(n: int) -> None:
+    """Size the pool gets when first used (from ``ngdfast._settings``; n < 1: the hardware's count)."""
+
 def load_blas(path: str, prefix: str) -> bool:
-    """Use the BLAS/LAPACK library at ``path`` (symbols ``{prefix}dgemm_`` ...)
-    for tile kernels; returns False (Eigen tiles stay in use) if it cannot be loaded."""
+    """Load the BLAS/LAPACK library at ``path`` privately (``RTLD_LOCAL``, one thread) for tile
+    kernels (symbols ``{prefix}dgemm_`` ...); False (Eigen tiles stay in use, ``build_info()
+    ["blas_note"]`` says why) when it cannot be loaded or is already loaded by someone else."""
+
+def blas_loaded() -> bool: ...
+def blas_active() -> bool: ...
 
 def use_blas(enabled: bool) -> None:
     """Switch between the loaded BLAS tile kernels and Eigen's own."""
@@ -95,4 +102,37 @@ def other_thread_running() -> bool:
     """True when a thread other than the caller and ngdfast's workers is running."""
 
 def build_info() -> dict:
-    """Compiler, flags, SIMD instruction sets, tile backend, threads."""
+    """Compiler, flags, SIMD instruction sets (built and of this CPU), tile backend and the
+    kernels OpenBLAS chose at run time, threads."""
+
+# Mixed precision (float64 data only; see ngdfast._precision and csrc/ngdfast/refine.hpp).
+# status: 0 refined in mixed precision, 1 float32 factorisation failed, 2 refinement
+# stalled (both: the float64 path ran), 3 float64 path without trying.
+
+def damped_solve_mixed(F: np.ndarray, G: np.ndarray, damping: float) -> tuple[np.ndarray, int, int, int]:
+    """``(X, info, status, iterations)`` for (F + damping I) X = G."""
+
+def natural_gradient_dense_mixed(
+    J: np.ndarray, w: Optional[np.ndarray], G: np.ndarray, damping: float, check_scores: bool = False
+) -> tuple[np.ndarray, int, int, int]: ...
+
+def lowrank_solve_mixed(
+    J: np.ndarray, w: Optional[np.ndarray], G: np.ndarray, damping: float, check_scores: bool = False
+) -> tuple[np.ndarray, int, int, int]: ...
+
+class MixedFactor:
+    """Float32 Cholesky factor of D (F + damping I) D, D = diag(F + damping I)^-1/2 (opaque)."""
+
+    @property
+    def n(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+
+def mixed_factor(F: np.ndarray, damping: float) -> tuple[MixedFactor, int]:
+    """``(factor, info)``; info > 0: not positive definite in float32 (or a diagonal entry <= 0)."""
+
+def pcg_solve(
+    F: np.ndarray, damping: float, factor: MixedFactor, G: np.ndarray, tol: float, max_iter: int
+) -> tuple[np.ndarray, int]:
+    """``(X, iterations)`` of CG on (F + damping I) X = G preconditioned by ``factor``, to a
+    normwise backward error of ``tol``; iterations = -1 when ``max_iter`` did not suffice."""

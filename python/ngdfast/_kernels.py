@@ -10,7 +10,11 @@ finiteness is read off the diagonal of the Gram product the kernel forms
 (``sum_p J[i, p]**2``, non-finite exactly when row i holds NaN/Inf, or when its
 squares overflow): a separate pass over J would cost as much memory traffic as
 the rest of a low-rank solve outside its Gram product. Only when that diagonal
-is non-finite is J scanned, to raise the same error the reference raises.
+is non-finite is J scanned, to raise the same error the reference raises: a
+``ValueError`` naming J, or ``NumericOverflowError`` when a finite J's squares
+overflowed. The solves read that diagonal whatever ``check_finite`` says (it is
+free), and check their result (O(P K)) so that NaN/Inf input passed with
+``check_finite=False`` or an overflow never comes back as an answer.
 
 Semantics are those of the reference kernels; their docstrings hold the full
 formulas.
@@ -18,9 +22,13 @@ formulas.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import numpy as np
 
 from . import _core
+from . import _precision as _p
 from . import _validation as _v
 from .reference import kl_step_size
 
@@ -32,6 +40,7 @@ __all__ = [
     "kl_step_size",
     "lowrank_solve",
     "natural_gradient",
+    "num_threads",
     "set_num_threads",
 ]
 
@@ -52,20 +61,41 @@ def _result(X: np.ndarray, vector: bool) -> np.ndarray:
     return X[:, 0] if vector else X
 
 
-def _solve_from_scores(core, func: str, J, w, G, damping: float, check_finite: bool):
-    """``core(J, w, G, damping, check_scores)`` with the checks of ``check_finite``:
-    g first scanned (small), J through the kernel's Gram diagonal; errors name J
-    before g, as the reference does."""
-    if not check_finite:
-        return core(J, w, G, damping, False)
-    if not _all_finite(G):
+def _answer(X: np.ndarray, vector: bool, return_info: bool, info: _p.SolveInfo):
+    x = _result(X, vector)
+    return (x, info) if return_info else x
+
+
+def _mixed_core(core, report: list):
+    """``core`` (a ``*_mixed`` routine) called as the float64 ones are, ``(X, info)``;
+    the last call's (status, iterations) left in ``report``."""
+
+    def call(J, w, G, damping, check):
+        X, info, status, iterations = core(J, w, G, damping, check)
+        report[:] = [status, iterations]
+        return X, info
+
+    return call
+
+
+def _solve_from_scores(core, func: str, gram: str, J, w, G, damping: float, check_finite: bool):
+    """``core(J, w, G, damping, check_scores=True)``; g is scanned first when ``check_finite``
+    (small). J's finiteness is read off the kernel's Gram diagonal either way (free); errors
+    name J before g, as the reference does."""
+    if check_finite and not _all_finite(G):
         _v.require_finite(J, func, "J", _all_finite)
         _v.require_finite(G, func, "g", _all_finite)
     X, info = core(J, w, G, damping, True)
     if info == _core.NON_FINITE_SCORES:
-        _v.require_finite(J, func, "J", _all_finite)
-        X, info = core(J, w, G, damping, False)  # J is finite: its Gram product overflowed
+        raise _v.scores_not_finite(J, func, gram, _all_finite)
     return X, info
+
+
+def _finite_solution(X: np.ndarray, func: str, inputs, what: str = _v.SOLUTION) -> np.ndarray:
+    """X, unless it holds NaN/Inf: then name a non-finite input, else report the overflow."""
+    if not _all_finite(X):
+        raise _v.solution_not_finite(func, what, X.dtype, inputs, _all_finite)
+    return X
 
 
 def _check_info(info: int, func: str, matrix: str, size: int, damping: float) -> None:
@@ -89,9 +119,10 @@ def fisher(J, weights=None, *, out=None, decay=0.0, check_finite=True):
         Updated in place, ``out ← decay·out + (1 − decay)·F``; exactly the result dtype,
         writeable, C- or Fortran-contiguous. Not read when ``decay == 0``.
     decay : float in [0, 1]
-        EMA decay; non-zero only together with ``out``.
+        EMA decay; non-zero only together with ``out``; 1 leaves ``out`` unchanged.
     check_finite : bool
-        Reject NaN/Inf in J (and in ``out`` when ``decay > 0``).
+        Reject NaN/Inf in J (and in ``out`` when ``decay > 0``), and an F that overflows
+        the dtype (``NumericOverflowError``).
 
     Returns
     -------
@@ -102,22 +133,57 @@ def fisher(J, weights=None, *, out=None, decay=0.0, check_finite=True):
     --------
     ngdfast.reference.fisher : the specification.
     """
-    # A given out must not be written for a rejected J: check J first then.
-    J, w, out, decay = _v.fisher_args(J, weights, out, decay, check_finite and out is not None, _all_finite, _cast)
+    return _fisher(J, weights, out, decay, check_finite, "fisher")
+
+
+def _fits(J: np.ndarray) -> bool:
+    """Whether J is finite and every F (any weights summing to 1) and its partial sums
+    N max|J|² stay at most a quarter of the largest float: then the product cannot overflow.
+    Two reductions, no temporaries; NaN fails both comparisons."""
+    hi = float(J.max())
+    lo = float(J.min())
+    m = max(hi, -lo)
+    return J.shape[0] * m * m <= float(np.finfo(J.dtype).max) / 4.0
+
+
+def _fisher(
+    J, weights, out, decay, check_finite: bool, func: str, name: str = "J", trusted_out: bool = False
+) -> np.ndarray:
+    """``fisher`` for every caller (the curvature objects pass their own ``func``/``name``,
+    and ``trusted_out`` for an estimate they keep finite, which is then not scanned).
+
+    A given out is not written by a rejected call: with ``check_finite`` J is checked
+    first, and when its magnitude does not rule out an overflow of F, F is formed and
+    checked once before the update of out.
+    """
+    J, w, out, decay = _v.fisher_args(J, weights, out, decay, False, _all_finite, _cast, func, name)
     p = J.shape[1]
     if out is None:
         out = np.empty((p, p), dtype=J.dtype)
         _core.fisher(J, w, out, 1.0, 0.0, True)
         if check_finite and not _all_finite(out.diagonal()):
-            _v.require_finite(J, "fisher", "J", _all_finite)  # raises unless J J^T merely overflowed
+            raise _v.scores_not_finite(J, func, _v.FISHER_GRAM, _all_finite, name)
         return out
+    if check_finite:
+        fits = _fits(J)
+        if not fits:
+            _v.require_finite(J, func, name, _all_finite)
+        if decay > 0.0 and not trusted_out:
+            _v.require_finite(out, func, "out", _all_finite)
+        if not fits:  # rare: large scores; form F once to see whether it overflows
+            F = np.empty((p, p), dtype=J.dtype)
+            _core.fisher(J, w, F, 1.0, 0.0, True)
+            if not _all_finite(F.diagonal()):
+                raise _v.gram_overflow(func, _v.FISHER_GRAM, name, J.dtype)
+    if decay == 1.0:
+        return out  # a no-op: out is kept, not updated with 0*F
     if np.may_share_memory(out, J):
         J = J.copy()  # the core would read J while overwriting it
     _core.fisher(J, w, out, 1.0 - decay, decay)
     return out
 
 
-def damped_solve(F, g, damping, *, check_finite=True):
+def damped_solve(F, g, damping, *, check_finite=True, precision="auto", return_info=False):
     r"""Solve :math:`(F + \lambda I)\, x = g` by Cholesky.
 
     Parameters
@@ -130,10 +196,18 @@ def damped_solve(F, g, damping, *, check_finite=True):
         λ >= 0.
     check_finite : bool
         Reject NaN/Inf in F and g.
+    precision : {"auto", "double", "mixed"}
+        For float64 data: "mixed" factors in float32 and refines to the float64 answer
+        (falling back to the float64 factorisation when that fails, see
+        ``ngdfast._precision``); "double" factors in float64; "auto" refines from
+        P >= ``MIXED_MIN_DENSE``. Ignored for float32 data.
+    return_info : bool
+        Also return a :class:`ngdfast.SolveInfo` (path taken, refinement steps, fallback).
 
     Returns
     -------
     ndarray, shape of ``g``
+        (and the :class:`ngdfast.SolveInfo` with ``return_info``)
 
     Raises
     ------
@@ -144,13 +218,21 @@ def damped_solve(F, g, damping, *, check_finite=True):
     --------
     ngdfast.reference.damped_solve : the specification.
     """
+    precision = _v.precision_arg(precision, "damped_solve")
     F, G, damping, vector = _v.damped_solve_args(F, g, damping, check_finite, _all_finite, _cast)
-    X, info = _core.damped_solve(F, G, damping, False)
+    if _p.use_mixed(precision, F.dtype, "dense", F.shape[0]):
+        X, info, status, iterations = _core.damped_solve_mixed(F, G, damping)
+        how = _p.mixed(status, iterations)
+    else:
+        X, info = _core.damped_solve(F, G, damping, False)
+        how = _p.plain(F.dtype)
     _check_info(info, "damped_solve", _v.DENSE_MATRIX, F.shape[0], damping)
-    return _result(X, vector)
+    if not _all_finite(X):  # the lower triangle (what is read) is copied on this error path only
+        _finite_solution(X, "damped_solve", [(np.tril(F), "F"), (G, "g")])
+    return _answer(X, vector, return_info, how)
 
 
-def lowrank_solve(J, g, damping, weights=None, *, check_finite=True):
+def lowrank_solve(J, g, damping, weights=None, *, check_finite=True, precision="auto", return_info=False):
     r"""Solve :math:`(F + \lambda I)\, x = g` for F = fisher(J, weights) in sample space.
 
     Woodbury: K = J_w J_wᵀ + λI (N×N), x = (g − J_wᵀ K⁻¹ J_w g) / λ; O(N²P), never P×P.
@@ -163,22 +245,46 @@ def lowrank_solve(J, g, damping, weights=None, *, check_finite=True):
         λ > 0.
     weights : array_like, shape (N,), optional
     check_finite : bool
+    precision : {"auto", "double", "mixed"}
+        For float64 data: "mixed" forms and factors the N x N Gram in float32 and
+        refines the sample-space system with float64 residuals (one pass over J per
+        step); "double" runs in float64; "auto" refines from N >= ``MIXED_MIN_SAMPLES``
+        and P >= ``MIXED_MIN_PARAMS``. Ignored for float32 data.
+    return_info : bool
+        Also return a :class:`ngdfast.SolveInfo`.
 
     Returns
     -------
     ndarray, shape of ``g``
+        (and the :class:`ngdfast.SolveInfo` with ``return_info``)
 
     See Also
     --------
     ngdfast.reference.lowrank_solve : the specification.
     """
+    precision = _v.precision_arg(precision, "lowrank_solve")
     J, w, G, damping, vector = _v.lowrank_solve_args(J, g, damping, weights, False, _all_finite, _cast)
-    X, info = _solve_from_scores(_core.lowrank_solve, "lowrank_solve", J, w, G, damping, check_finite)
-    _check_info(info, "lowrank_solve", _v.SAMPLE_MATRIX, J.shape[0], damping)
-    return _result(X, vector)
+    X, info, how = _woodbury(J, w, G, damping, check_finite, precision, "lowrank_solve")
+    return _answer(_finite_solution(X, "lowrank_solve", [(G, "g")]), vector, return_info, how)
 
 
-def natural_gradient(J, g, damping, weights=None, *, method="auto", check_finite=True):
+def _woodbury(J, w, G, damping, check_finite, precision, func):
+    if _p.use_mixed(precision, J.dtype, "lowrank", J.shape[0], J.shape[1]):
+        report = [0, 0]
+        X, info = _solve_from_scores(
+            _mixed_core(_core.lowrank_solve_mixed, report), func, _v.SAMPLE_GRAM, J, w, G, damping, check_finite
+        )
+        how = _p.mixed(*report)
+    else:
+        X, info = _solve_from_scores(_core.lowrank_solve, func, _v.SAMPLE_GRAM, J, w, G, damping, check_finite)
+        how = _p.plain(J.dtype)
+    _check_info(info, func, _v.SAMPLE_MATRIX, J.shape[0], damping)
+    return X, info, how
+
+
+def natural_gradient(
+    J, g, damping, weights=None, *, method="auto", check_finite=True, precision="auto", return_info=False
+):
     r"""Damped natural gradient :math:`(F + \lambda I)^{-1} g` with F = fisher(J, weights).
 
     Parameters
@@ -190,26 +296,39 @@ def natural_gradient(J, g, damping, weights=None, *, method="auto", check_finite
     method : {"auto", "dense", "lowrank"}
         "dense" forms F once and factors it in place; "lowrank" is :func:`lowrank_solve`;
         "auto" picks the cheaper by flop count (``ngdfast._validation.choose_method``).
+    precision : {"auto", "double", "mixed"}
+        As in :func:`damped_solve` (method "dense": F is formed in float64 and its
+        factor refined) and :func:`lowrank_solve` (method "lowrank").
+    return_info : bool
+        Also return a :class:`ngdfast.SolveInfo`.
 
     Returns
     -------
     ndarray, shape of ``g``
+        (and the :class:`ngdfast.SolveInfo` with ``return_info``)
 
     See Also
     --------
     ngdfast.reference.natural_gradient : the specification.
     """
+    func = "natural_gradient"
+    precision = _v.precision_arg(precision, func)
     J, w, G, damping, vector, method = _v.natural_gradient_args(
         J, g, damping, weights, method, False, _all_finite, _cast
     )
-    func = "natural_gradient"
-    if method == "dense":
-        X, info = _solve_from_scores(_core.natural_gradient_dense, func, J, w, G, damping, check_finite)
-        _check_info(info, func, _v.DENSE_MATRIX, J.shape[1], damping)
+    if method == "lowrank":
+        X, info, how = _woodbury(J, w, G, damping, check_finite, precision, func)
+        return _answer(_finite_solution(X, func, [(G, "g")]), vector, return_info, how)
+    if _p.use_mixed(precision, J.dtype, "dense", J.shape[1]):
+        report = [0, 0]
+        core = _mixed_core(_core.natural_gradient_dense_mixed, report)
+        X, info = _solve_from_scores(core, func, _v.FISHER_GRAM, J, w, G, damping, check_finite)
+        how = _p.mixed(*report)
     else:
-        X, info = _solve_from_scores(_core.lowrank_solve, func, J, w, G, damping, check_finite)
-        _check_info(info, func, _v.SAMPLE_MATRIX, J.shape[0], damping)
-    return _result(X, vector)
+        X, info = _solve_from_scores(_core.natural_gradient_dense, func, _v.FISHER_GRAM, J, w, G, damping, check_finite)
+        how = _p.plain(J.dtype)
+    _check_info(info, func, _v.DENSE_MATRIX, J.shape[1], damping)
+    return _answer(_finite_solution(X, func, [(G, "g")]), vector, return_info, how)
 
 
 def kfac_precondition(grad, A, S, damping, *, factored_damping=True):
@@ -251,14 +370,44 @@ def kfac_precondition(grad, A, S, damping, *, factored_damping=True):
         size = n_in if factor == "A" else n_out
         raise _v.kfac_not_positive_definite("kfac_precondition", factor, info, size, damping, damping_a, damping_s)
     _check_info(info, "kfac_precondition", "", 0, damping)  # only a negative info is left
-    return X
+    return _finite_solution(X, "kfac_precondition", [], _v.KFAC_RESULT)
 
 
 def set_num_threads(n: int) -> None:
-    """Set the number of threads the compiled kernels use (an integer >= 1)."""
+    """Set the number of threads the compiled kernels use, process-wide (an integer from 1 to 1024).
+
+    The Python equivalent of ``NGDFAST_NUM_THREADS``; :func:`num_threads` sets
+    it for a ``with`` block. ``threadpoolctl.threadpool_limits`` limits the
+    same pool (its user API is ``"ngdfast"``).
+    """
     _core.set_num_threads(_v.num_threads_arg(n))
 
 
 def get_num_threads() -> int:
     """Number of threads the compiled kernels use."""
     return _core.get_num_threads()
+
+
+@contextlib.contextmanager
+def num_threads(n: int) -> Iterator[None]:
+    """Context manager: the compiled kernels use ``n`` threads inside the ``with`` block.
+
+    Like ``scipy.fft.set_workers``; the previous count is restored on exit,
+    also when the block raises. The setting is process-wide (as
+    ``threadpoolctl.threadpool_limits``), so concurrent blocks in several
+    threads restore in the order they exit.
+
+    Examples
+    --------
+    >>> import ngdfast
+    >>> with ngdfast.num_threads(1):
+    ...     ngdfast.get_num_threads()
+    1
+    """
+    k = _v.num_threads_arg(n, "num_threads")
+    previous = _core.get_num_threads()
+    _core.set_num_threads(k)
+    try:
+        yield
+    finally:
+        _core.set_num_threads(previous)

@@ -8,9 +8,13 @@ argument and the shapes involved.
 
 Two layers:
 
-* building blocks (:func:`real_array`, :func:`matrix_shape`, :func:`rhs`,
-  :func:`nonnegative`, :func:`normalized_weights`, :func:`check_out`,
-  :func:`require_finite`, :func:`not_positive_definite`, ...);
+* building blocks, one per argument kind (:func:`real_array`, :func:`matrix_shape`,
+  :func:`rhs`, :func:`score_rows`, :func:`finite_vector`, :func:`nonnegative`,
+  :func:`positive`, :func:`optional_positive`, :func:`integer`, :func:`decay_arg`,
+  :func:`normalized_weights`, :func:`check_out`, :func:`require_finite`,
+  :func:`not_positive_definite`, :func:`overflow`, ...), used alike by the kernels,
+  the curvature objects and the optimizer (``func`` names the public callable,
+  e.g. ``"DenseFisher.update"``);
 * one ``<kernel>_args`` function per kernel that runs the checks in a fixed
   order and returns the normalised arguments (one float dtype for all data
   arrays, weights normalised to sum 1, ``g`` as a (P, K) matrix).
@@ -40,7 +44,8 @@ from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
-from ._errors import NotPositiveDefiniteError
+from ._errors import NotPositiveDefiniteError, NumericOverflowError
+from ._settings import MAX_THREADS
 
 FLOAT32 = np.dtype(np.float32)
 FLOAT64 = np.dtype(np.float64)
@@ -52,6 +57,9 @@ Cast = Callable[[Any, np.dtype], Any]
 
 #: Method names accepted by ``natural_gradient``.
 METHODS = ("auto", "dense", "lowrank")
+
+#: Precision names accepted by the solves (see ``ngdfast._precision``).
+PRECISIONS = ("auto", "double", "mixed")
 
 #: Above this size of the P x P matrix, ``method="auto"`` prefers the sample-space solve
 #: whenever its N x N matrix is smaller, whatever the flop counts say.
@@ -199,6 +207,100 @@ def require_finite(a: Any, func: str, name: str, all_finite: AllFinite) -> None:
         )
 
 
+def score_rows(J: Any, p: int, dtype: np.dtype, func: str, name: str = "J") -> np.ndarray:
+    """Rows of statistics for a running estimate of P columns, cast to its storage ``dtype``.
+
+    Shape (N, P) with N >= 1; dtype rules of :func:`real_array`.  Finiteness is the
+    caller's check (``require_finite``), done where the rows are read anyway.  A cast
+    to a narrower float that turns finite values into Inf is an overflow, not bad data.
+
+    Raises
+    ------
+    TypeError
+        Complex, object, string or extended-precision rows.
+    ValueError
+        Wrong shape or no rows.
+    NumericOverflowError
+        Finite rows that do not fit in ``dtype``.
+    """
+    J, src = real_array(J, func, name)
+    if J.ndim != 2 or J.shape[1] != p:
+        raise ValueError(f"{func}: {name} must have shape (N, P) with P = {p}, got shape {tuple(J.shape)}")
+    if J.shape[0] == 0:
+        raise ValueError(f"{func}: {name} is empty: expected (N, P) with N >= 1, got shape {tuple(J.shape)}")
+    dtype = np.dtype(dtype)
+    if J.dtype == dtype:
+        return J
+    with np.errstate(over="ignore"):
+        cast = J.astype(dtype)
+    if dtype.itemsize < J.dtype.itemsize and J.dtype.kind == "f" and not numpy_all_finite(cast):
+        if numpy_all_finite(J):
+            raise NumericOverflowError(
+                f"{func}: {name} is finite but overflows {dtype} (the estimate's dtype), max |{name}| = "
+                f"{float(np.max(np.abs(J))):.3g}; rescale it or use dtype=float64"
+            )
+    return cast
+
+
+def finite_vector(g: Any, p: Optional[int], func: str, name: str, *, matrix: bool = True) -> np.ndarray:
+    """A finite right-hand side: (P,), or (P, K) when ``matrix``; P free when ``p`` is None.
+
+    Returned as an array in its own float dtype (no copy for float32/float64 arrays).
+    """
+    g, dtype = real_array(g, func, name)
+    ok = g.ndim == 1 or (matrix and g.ndim == 2 and g.shape[1] >= 1)
+    if not ok or (p is not None and g.shape[0] != p) or g.shape[0] == 0:
+        want = "(P,)" if p is None else f"({p},)"
+        if matrix:
+            want += " or " + ("(P, K)" if p is None else f"({p}, K)")
+        raise ValueError(f"{func}: {name} must have shape {want}, got shape {tuple(g.shape)}")
+    g = astype(g, dtype)
+    require_finite(g, func, name, numpy_all_finite)
+    return g
+
+
+def overflow(func: str, what: str, dtype: Any) -> NumericOverflowError:
+    """The exception for ``what``, computed from finite inputs, overflowing ``dtype``."""
+    dtype = np.dtype(dtype)
+    wider = " or compute in float64" if dtype != FLOAT64 else ""
+    return NumericOverflowError(
+        f"{func}: {what} overflows {dtype} although the inputs are finite; rescale them "
+        f"(e.g. divide J by max|J| and the damping by its square){wider}"
+    )
+
+
+#: ``what`` for :func:`overflow` and :func:`scores_not_finite`: the Gram matrices of score rows.
+FISHER_GRAM = "the Fisher F = J_w^T J_w"
+SAMPLE_GRAM = "the sample-space Gram matrix J_w J_w^T"
+SOLUTION = "the solution (F + damping*I)^-1 g (or an intermediate of its computation)"
+KFAC_RESULT = "the preconditioned gradient S~^-1 grad A~^-1"
+
+
+def scores_not_finite(J: Any, func: str, gram: str, all_finite: AllFinite, name: str = "J") -> ValueError:
+    """The error for a Gram matrix of ``J`` with a non-finite diagonal (returned, so callers raise it).
+
+    Its diagonal (Σ_p or Σ_i of squares) is non-finite exactly when J holds NaN/Inf, or when
+    the squares of a finite J overflow: J is scanned to tell which (``ValueError`` from
+    :func:`require_finite`, else :class:`NumericOverflowError`).  This scan runs only on
+    this error path, whatever ``check_finite`` said.
+    """
+    require_finite(J, func, name, all_finite)
+    return gram_overflow(func, gram, name, J.dtype)
+
+
+def gram_overflow(func: str, gram: str, name: str, dtype: Any) -> NumericOverflowError:
+    """:func:`overflow` of the Gram matrix ``gram`` of the finite rows ``name``."""
+    return overflow(func, f"{gram} of {name}", dtype)
+
+
+def solution_not_finite(func: str, what: str, dtype: Any, inputs: Any, all_finite: AllFinite) -> ValueError:
+    """The error for a non-finite result: the first non-finite input ``(array, name)`` named by
+    :func:`require_finite` (possible with ``check_finite=False``), else an overflow of ``what``."""
+    for a, name in inputs:
+        require_finite(a, func, name, all_finite)
+    return overflow(func, what, dtype)
+
+
 # --------------------------------------------------------------------------------------------
 # scalars
 
@@ -230,9 +332,23 @@ def positive(x: Any, func: str, name: str, why: str = "") -> float:
     return v
 
 
-def decay_arg(decay: Any, has_out: bool, func: str) -> float:
-    """EMA decay: in [0, 1], and non-zero only when there is an ``out`` to decay."""
+def decay_arg(decay: Any, func: str, *, has_out: bool = True, running: bool = False) -> float:
+    """EMA decay of ``F <- decay*F + (1 - decay)*F_batch``.
+
+    For the ``fisher`` kernel (``running=False``) decay is in [0, 1], and non-zero only
+    when there is an ``out`` to decay; decay = 1 is a legal no-op on ``out``.  For a
+    running estimate (``running=True``: the curvature objects) decay is in [0, 1): with
+    decay = 1 every update after the first would be discarded, so the estimate would
+    never change.
+    """
     d = real_scalar(decay, func, "decay")
+    if running:
+        if not (0.0 <= d < 1.0):
+            raise ValueError(
+                f"{func}: decay must be in [0, 1) for a running estimate (decay = 1 would never "
+                f"update it), got {d!r}"
+            )
+        return d
     if not (0.0 <= d <= 1.0):
         raise ValueError(f"{func}: decay must be in [0, 1], got {d!r}")
     if d != 0.0 and not has_out:
@@ -243,16 +359,54 @@ def decay_arg(decay: Any, has_out: bool, func: str) -> float:
     return d
 
 
+def optional_positive(x: Any, func: str, name: str) -> Optional[float]:
+    """None, or a real number > 0 where +inf means "no bound" (e.g. ``max_step``)."""
+    if x is None:
+        return None
+    v = real_scalar(x, func, name)
+    if not v > 0.0:  # NaN fails too
+        raise ValueError(f"{func}: {name} must be > 0 (or None for no bound), got {v!r}")
+    return v
+
+
+def integer(x: Any, func: str, name: str, minimum: int = 1) -> int:
+    """A count: an integer by ``operator.index`` (so not 2.5, "3" or True), >= ``minimum``.
+
+    Raises
+    ------
+    TypeError
+        Not an integer (floats, strings, bools and None included).
+    ValueError
+        Below ``minimum``.
+    """
+    if isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{func}: {name} must be an integer >= {minimum}, got bool {x!r}")
+    try:
+        k = operator.index(x)
+    except TypeError:
+        raise TypeError(f"{func}: {name} must be an integer >= {minimum}, got {type(x).__name__} {x!r}") from None
+    if k < minimum:
+        raise ValueError(f"{func}: {name} must be an integer >= {minimum}, got {k}")
+    return int(k)
+
+
+def precision_arg(precision: Any, func: str) -> str:
+    """``precision`` of the solves: one of :data:`PRECISIONS`."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"{func}: precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
 def num_threads_arg(n: Any, func: str = "set_num_threads") -> int:
-    """A thread count: an integer >= 1, else ``ValueError``."""
+    """A thread count: an integer from 1 to ``MAX_THREADS`` (1024), else ``ValueError``."""
     if isinstance(n, bool):
         raise ValueError(f"{func}: n must be an integer >= 1, got {n!r}")
     try:
         k = operator.index(n)
     except TypeError:
         raise ValueError(f"{func}: n must be an integer >= 1, got {type(n).__name__} {n!r}") from None
-    if k < 1:
-        raise ValueError(f"{func}: n must be an integer >= 1, got {k}")
+    if not 1 <= k <= MAX_THREADS:
+        raise ValueError(f"{func}: n must be an integer from 1 to {MAX_THREADS}, got {k}")
     return k
 
 
@@ -423,6 +577,8 @@ def kl_step_from_quadratic(q: float, epsilon: float, max_step: Optional[float], 
     ------
     ValueError
         When q is negative or not finite (ñ does not come from a positive definite solve).
+    NumericOverflowError
+        When β overflows (ε huge against q) and there is no ``max_step`` to cap it.
     """
     q = float(q)
     if not (0.0 <= q < math.inf):
@@ -432,10 +588,16 @@ def kl_step_from_quadratic(q: float, epsilon: float, max_step: Optional[float], 
         )
     if q == 0.0:
         return 0.0
-    # sqrt(2 eps) / sqrt(q) rather than sqrt(2 eps / q): no overflow for subnormal q.
-    beta = math.sqrt(2.0 * epsilon) / math.sqrt(q)
+    # sqrt(2) sqrt(eps) / sqrt(q) rather than sqrt(2 eps / q): no intermediate overflow for
+    # subnormal q or eps near the largest float.
+    beta = math.sqrt(2.0) * math.sqrt(epsilon) / math.sqrt(q)
     if max_step is not None and beta > max_step:
         beta = max_step
+    if beta == math.inf:
+        raise NumericOverflowError(
+            f"{func}: the step size beta = sqrt(2 epsilon / q) overflows float64 (epsilon = {epsilon!r}, "
+            f"q = g^T nat_grad = {q!r}); lower epsilon or pass max_step"
+        )
     return float(beta)
 
 
@@ -452,6 +614,7 @@ def fisher_args(
     all_finite: AllFinite,
     cast: Cast = astype,
     func: str = "fisher",
+    name: str = "J",
 ) -> Tuple[Any, Optional[np.ndarray], Any, float]:
     """Validate ``fisher`` arguments; returns ``(J, w, out, decay)``.
 
@@ -460,16 +623,16 @@ def fisher_args(
     ``J`` and, when ``decay > 0`` (``out`` is read), of ``out`` is checked when
     ``check_finite``.  Nothing is written.
     """
-    J, dtype = real_array(J, func, "J")
-    n, p = matrix_shape(J, func, "J", "(N, P)")
-    against = f"J of shape {tuple(J.shape)}"
+    J, dtype = real_array(J, func, name)
+    n, p = matrix_shape(J, func, name, "(N, P)")
+    against = f"{name} of shape {tuple(J.shape)}"
     w = normalized_weights(weights, n, dtype, func, against)
-    decay = decay_arg(decay, out is not None, func)
+    decay = decay_arg(decay, func, has_out=out is not None)
     if out is not None:
         check_out(out, (p, p), dtype, func, against)
     J = cast(J, dtype)
     if check_finite:
-        require_finite(J, func, "J", all_finite)
+        require_finite(J, func, name, all_finite)
         if out is not None and decay > 0.0:
             require_finite(out, func, "out", all_finite)
     return J, w, out, decay
@@ -584,10 +747,7 @@ def kl_step_size_args(
             f"{func}: g and nat_grad must have the same shape, got {tuple(g.shape)} and {tuple(nat_grad.shape)}"
         )
     epsilon = nonnegative(epsilon, func, "epsilon")
-    if max_step is not None:
-        max_step = real_scalar(max_step, func, "max_step")
-        if not max_step > 0.0:
-            raise ValueError(f"{func}: max_step must be > 0 (or None), got {max_step!r}")
+    max_step = optional_positive(max_step, func, "max_step")
     return g, nat_grad, epsilon, max_step
 
 

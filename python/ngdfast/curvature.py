@@ -18,12 +18,17 @@ Protocol
     Fold a batch into the running estimate with the exponential moving average
     ``F ← decay·F + (1 − decay)·F_batch``. The first update *replaces* the empty
     estimate (``F = F_batch``) instead of averaging it with zeros, so the scale
-    of F is right from the first step. Inputs are validated first (``ValueError``
-    naming the argument, ``TypeError`` for complex/object data); a rejected
-    update changes no state.
+    of F is right from the first step; ``decay`` is in [0, 1) (1 would keep the
+    first batch forever). Inputs are validated first, by the same rules and with
+    the same wording as the kernels (``ngdfast._validation``: ``ValueError``
+    naming the argument, ``TypeError`` for complex/object data or non-integer
+    sizes); a batch whose statistics are NaN/Inf, or overflow the estimate's
+    dtype (``NumericOverflowError``, a ``ValueError``), is rejected too, and a
+    rejected update changes no state.
 ``solve(g, damping)``
     ``(F + damping·I)⁻¹ g`` for g of shape (P,) or (P, K).
-    ``NotPositiveDefiniteError`` when the damped matrix is not positive definite.
+    ``NotPositiveDefiniteError`` when the damped matrix is not positive definite,
+    ``NumericOverflowError`` when the solution overflows the dtype.
 ``mv(v)``
     ``F v``.
 ``to_dense()``
@@ -47,16 +52,36 @@ factors are small (layer widths) and are refactored on each solve by
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from typing import NamedTuple, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from . import _validation
-from ._core import all_finite, cholesky_factor, cholesky_solve
+from . import _validation as _v
+from ._core import all_finite, cholesky_factor, cholesky_solve, mixed_factor, pcg_solve
 from ._errors import NotPositiveDefiniteError
-from ._kernels import damped_solve, fisher, kfac_precondition, lowrank_solve
+from ._kernels import _fisher, damped_solve, fisher, kfac_precondition, lowrank_solve
 
-__all__ = ["Curvature", "DenseFisher", "DiagonalFisher", "KFACFisher", "LowRankFisher"]
+__all__ = ["Curvature", "DenseFisher", "DiagonalFisher", "KFACFisher", "LowRankFisher", "SolveReport"]
+
+
+#: Smallest P for which ``DenseFisher`` reuses factors by default (float64).
+REUSE_MIN_PARAMS = 1024
+
+
+class SolveReport(NamedTuple):
+    """How a curvature's last ``solve`` ran (its ``last_solve`` attribute).
+
+    Attributes
+    ----------
+    refactored : bool
+        Whether the solve factored F + λI (False: an earlier factor served as the
+        preconditioner of conjugate gradients).
+    iterations : int
+        Preconditioned CG iterations (0 for a plain factor-and-solve).
+    """
+
+    refactored: bool = True
+    iterations: int = 0
 
 
 @runtime_checkable
@@ -78,67 +103,23 @@ class Curvature(Protocol):
 
 
 # --------------------------------------------------------------------- checks
-def _float_array(x, name: str) -> np.ndarray:
-    """``x`` as an array of a float dtype, under the package's dtype rules."""
-    a = np.asarray(x)
-    if a.dtype.kind not in "fiub" or a.dtype == np.longdouble:
-        raise TypeError(f"{name}: unsupported dtype {a.dtype}")
-    if a.dtype.kind != "f":
-        a = a.astype(np.float64)
-    elif a.dtype == np.float16:
-        a = a.astype(np.float32)
-    return a
+# Every argument rule lives in ngdfast._validation (one per argument kind, the wording
+# shared with the kernels); these only adapt it to a running estimate.
 
 
-def _check_rows(J, n_cols: int, dtype, name: str) -> np.ndarray:
-    J = _float_array(J, name)
-    if J.ndim != 2 or J.shape[1] != n_cols:
-        raise ValueError(f"{name}: expected shape (N, {n_cols}), got {J.shape}")
-    if J.shape[0] == 0:
-        raise ValueError(f"{name}: empty batch (shape {J.shape})")
-    if not all_finite(J):
-        raise ValueError(f"{name}: contains NaN or Inf")
-    return J.astype(dtype, copy=False)
+def _rows(J, n_cols: int, dtype, func: str, name: str = "J") -> np.ndarray:
+    """Finite score rows (N, n_cols) in the estimate's dtype."""
+    J = _v.score_rows(J, n_cols, dtype, func, name)
+    _v.require_finite(J, func, name, all_finite)
+    return J
 
 
-def _check_weights(weights, n: int, dtype) -> np.ndarray | None:
-    """Weights normalised to sum 1, or None for uniform."""
-    if weights is None:
-        return None
-    w = _float_array(weights, "weights")
-    if w.shape != (n,):
-        raise ValueError(f"weights: expected shape ({n},), got {w.shape}")
-    if not np.all(np.isfinite(w)):
-        raise ValueError("weights: contains NaN or Inf")
-    if np.any(w < 0):
-        raise ValueError("weights: must be non-negative")
-    total = w.sum(dtype=np.float64)
-    if not total > 0:
-        raise ValueError("weights: all zero")
-    return (w / total).astype(dtype)
-
-
-def _check_damping(damping) -> float:
-    d = float(damping)
-    if not np.isfinite(d) or d < 0:
-        raise ValueError(f"damping must be finite and >= 0, got {damping}")
-    return d
-
-
-def _check_decay(decay) -> float:
-    d = float(decay)
-    if not 0.0 <= d < 1.0:
-        raise ValueError(f"decay must lie in [0, 1), got {decay}")
-    return d
-
-
-def _check_vector(g, n: int, name: str) -> np.ndarray:
-    g = _float_array(g, name)
-    if g.ndim not in (1, 2) or g.shape[0] != n:
-        raise ValueError(f"{name}: expected shape ({n},) or ({n}, K), got {g.shape}")
-    if not all_finite(g):
-        raise ValueError(f"{name}: contains NaN or Inf")
-    return g
+def _overflow_guard(values: np.ndarray, func: str, what: str) -> np.ndarray:
+    """``values`` (a batch statistic), unless it overflowed: a running estimate keeps only
+    representable statistics (a rejected update changes nothing)."""
+    if not all_finite(values):
+        raise _v.overflow(func, what, values.dtype)
+    return values
 
 
 def _copied(value):
@@ -163,18 +144,30 @@ class _RunningFisher:
     """
 
     def __init__(self, n_params: int, decay: float, dtype):
-        n_params = int(n_params)
-        if n_params < 1:
-            raise ValueError(f"n_params must be >= 1, got {n_params}")
-        self.n_params = n_params
-        self.decay = _check_decay(decay)
+        func = type(self).__name__
+        self.n_params = _v.integer(n_params, func, "n_params")
+        self.decay = _v.decay_arg(decay, func, running=True)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
-            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+            raise TypeError(f"{func}: dtype must be float32 or float64, got {self.dtype}")
         self.n_updates = 0
         self._version = 0
         self._cache_key = None
         self._cache = None
+
+    def _func(self, method: str) -> str:
+        return f"{type(self).__name__}.{method}"
+
+    def _rhs(self, g, damping, method: str = "solve"):
+        """A finite right-hand side (P,) or (P, K) and a damping >= 0."""
+        func = self._func(method)
+        return _v.finite_vector(g, self.n_params, func, "g"), _v.nonnegative(damping, func, "damping")
+
+    def _finite(self, x: np.ndarray, method: str = "solve") -> np.ndarray:
+        """A result computed here (not by a kernel, which checks its own), unless it overflowed."""
+        if not all_finite(x):
+            raise _v.overflow(self._func(method), _v.SOLUTION, x.dtype)
+        return x
 
     def _batch_decay(self) -> float:
         """Weight of the old estimate in this update: 0 for the first one."""
@@ -221,31 +214,72 @@ class DenseFisher(_RunningFisher):
     n_params : int
         P.
     decay : float in [0, 1)
-        EMA factor; 0 keeps only the latest batch.
+        EMA factor; 0 keeps only the latest batch (1, which would keep the first batch
+        forever, is rejected).
     dtype : float32 or float64
         Storage and compute precision; score rows are cast to it.
+    max_reuse_iters : int >= 0, optional
+        float64 only: factor reuse. Each solve keeps a float32 Cholesky factor of
+        D(F + λI)D (D the unit-diagonal scaling); the next solve, after the EMA has
+        moved F a little, runs preconditioned conjugate gradients on the new
+        F + λI with that old factor as preconditioner, and factors afresh only when
+        CG needs more than ``max_reuse_iters`` iterations or λ changed. A fresh
+        factor is also refined by CG on its own matrix (mixed precision), and when
+        float32 cannot hold F + λI (condition number beyond ~1e7) the solve is a
+        float64 Cholesky solve. 0 turns reuse off (every solve factors in the
+        ``damped_solve`` default way). Default: 10 from P >= ``REUSE_MIN_PARAMS``
+        (1024), 0 below, where a factorisation costs about as much as CG's passes
+        and their Python overhead. ``last_solve`` tells what a solve did.
+    reuse_tol : float
+        CG's stopping test, a normwise backward error:
+        ``‖g − (F + λI)x‖∞ <= reuse_tol · ‖F + λI‖∞ · ‖x‖∞``. The default, about
+        9 float64 rounding units, is what a float64 Cholesky solve attains.
+
+    Raises
+    ------
+    NumericOverflowError
+        From ``update``, when the batch Fisher of finite rows overflows the dtype (the
+        estimate is left as it was).
     """
 
-    def __init__(self, n_params: int, *, decay: float = 0.95, dtype=np.float64):
+    def __init__(self, n_params: int, *, decay: float = 0.95, dtype=np.float64, max_reuse_iters: int | None = None,
+                 reuse_tol: float = 1e-15):
         super().__init__(n_params, decay, dtype)
         self._F = np.zeros((self.n_params, self.n_params), dtype=self.dtype)
+        if max_reuse_iters is None:
+            max_reuse_iters = 10 if self.n_params >= REUSE_MIN_PARAMS else 0
+        max_reuse_iters = _v.integer(max_reuse_iters, "DenseFisher", "max_reuse_iters", minimum=0)
+        reuse_tol = _v.real_scalar(reuse_tol, "DenseFisher", "reuse_tol")
+        if not 0 < reuse_tol < 1:  # NaN fails too
+            raise ValueError(f"DenseFisher: reuse_tol must lie in (0, 1), got {reuse_tol!r}")
+        self.max_reuse_iters = max_reuse_iters
+        self.reuse_tol = reuse_tol
+        # (float32 factor, damping) of the last factored F + λI: immutable, replaced on
+        # refactoring, so snapshots hold it by reference and a restore brings it back.
+        self._reuse = None
+        self.last_solve = SolveReport()
 
     @property
     def nbytes(self) -> int:
         extra = self._cache.nbytes if isinstance(self._cache, np.ndarray) else 0
+        if self._reuse is not None:
+            extra += self._reuse[0].nbytes
         return self._F.nbytes + extra
 
     def update(self, J, weights=None) -> None:
         """Fold the score rows ``J`` (N, P) with optional weights (N,) into F."""
-        J = _check_rows(J, self.n_params, self.dtype, "J")
-        w = _check_weights(weights, J.shape[0], self.dtype)
-        fisher(J, w, out=self._F, decay=self._batch_decay(), check_finite=False)  # checked above
+        func = self._func("update")
+        J = _v.score_rows(J, self.n_params, self.dtype, func)
+        # checks J's finiteness and the overflow of F before out is written; F itself is finite
+        _fisher(J, weights, self._F, self._batch_decay(), True, func, trusted_out=True)
         self._updated()
 
     def solve(self, g, damping: float) -> np.ndarray:
         """``(F + damping·I)⁻¹ g``; see the module notes on reuse."""
-        g = _check_vector(g, self.n_params, "g")
-        damping = _check_damping(damping)
+        g, damping = self._rhs(g, damping)
+        if self.max_reuse_iters and self.dtype == np.float64:
+            return self._solve_reusing(g.astype(np.float64, copy=False), damping)
+        self.last_solve = SolveReport()
         key = (self._version, damping)
         if self._cache_key != key or g.dtype != self.dtype:  # mixed dtypes promote, as damped_solve does
             x = damped_solve(self._F, g, damping, check_finite=False)
@@ -255,15 +289,34 @@ class DenseFisher(_RunningFisher):
         if self._cache is None:
             L, info = cholesky_factor(self._F, damping)
             if info:
-                raise _validation.not_positive_definite(
-                    "DenseFisher.solve", _validation.DENSE_MATRIX, info, self.n_params, damping)
+                raise _v.not_positive_definite(
+                    "DenseFisher.solve", _v.DENSE_MATRIX, info, self.n_params, damping)
             self._cache = L
         x = cholesky_solve(self._cache, g.reshape(self.n_params, -1))
-        return x.reshape(g.shape)
+        return self._finite(x.reshape(g.shape))
+
+    def _solve_reusing(self, g: np.ndarray, damping: float) -> np.ndarray:
+        G = g.reshape(self.n_params, -1)
+        if self._reuse is not None and self._reuse[1] == damping:
+            X, iterations = pcg_solve(self._F, damping, self._reuse[0], G, self.reuse_tol, self.max_reuse_iters)
+            if iterations >= 0:
+                self.last_solve = SolveReport(False, iterations)
+                return X.reshape(g.shape)
+        self._reuse = None
+        factor, info = mixed_factor(self._F, damping)
+        if info == 0:  # CG on its own matrix: mixed-precision refinement
+            X, iterations = pcg_solve(self._F, damping, factor, G, self.reuse_tol, 30)
+            if iterations >= 0:
+                self._reuse = (factor, damping)
+                self.last_solve = SolveReport(True, iterations)
+                return X.reshape(g.shape)
+        # float32 cannot factor or precondition F + λI: float64 Cholesky (its errors too)
+        self.last_solve = SolveReport(True, 0)
+        return damped_solve(self._F, g, damping, check_finite=False, precision="double")
 
     def mv(self, v) -> np.ndarray:
         """``F v``."""
-        return self._F @ _check_vector(v, self.n_params, "v")
+        return self._F @ _v.finite_vector(v, self.n_params, self._func("mv"), "v")
 
     def to_dense(self) -> np.ndarray:
         return self._F.copy()
@@ -295,15 +348,14 @@ class LowRankFisher(_RunningFisher):
     max_rows : int
         Capacity in rows (memory ``max_rows·P``; solve cost grows as max_rows²).
     decay : float in [0, 1)
+        A row whose squared norm overflows the dtype is rejected by ``update``
+        (``NumericOverflowError``), as every Fisher entry is bounded by those norms.
     dtype : float32 or float64
     """
 
     def __init__(self, n_params: int, *, max_rows: int = 1024, decay: float = 0.95, dtype=np.float64):
         super().__init__(n_params, decay, dtype)
-        max_rows = int(max_rows)
-        if max_rows < 1:
-            raise ValueError(f"max_rows must be >= 1, got {max_rows}")
-        self.max_rows = max_rows
+        self.max_rows = _v.integer(max_rows, "LowRankFisher", "max_rows")
         self._rows = _frozen(np.zeros((0, self.n_params), dtype=self.dtype))
         self._w = _frozen(np.zeros(0, dtype=self.dtype))
 
@@ -336,8 +388,12 @@ class LowRankFisher(_RunningFisher):
     def update(self, J, weights=None) -> None:
         """Append the score rows ``J`` (N, P) with optional weights (N,)."""
         given = J
-        J = _check_rows(J, self.n_params, self.dtype, "J")
-        w = _check_weights(weights, J.shape[0], self.dtype)
+        func = self._func("update")
+        J = _rows(J, self.n_params, self.dtype, func)
+        w = _v.normalized_weights(weights, J.shape[0], self.dtype, func, f"J of shape {J.shape}")
+        # Every later Gram entry w_r w_s j_r.j_s / sum(w)^2 is bounded by the rows' squared norms.
+        with np.errstate(over="ignore"):
+            _overflow_guard(np.einsum("ij,ij->i", J, J), func, "the squared norm of a row of J (its Fisher)")
         if w is None:
             w = np.full(J.shape[0], 1.0 / J.shape[0], dtype=self.dtype)
         else:
@@ -365,8 +421,7 @@ class LowRankFisher(_RunningFisher):
 
     def solve(self, g, damping: float) -> np.ndarray:
         """``(F + damping·I)⁻¹ g`` by Woodbury; ``damping = 0`` raises ``NotPositiveDefiniteError``."""
-        g = _check_vector(g, self.n_params, "g")
-        damping = _check_damping(damping)
+        g, damping = self._rhs(g, damping)
         if damping == 0:
             # Woodbury divides by λ; with N < P rows F is singular anyway.
             raise NotPositiveDefiniteError(
@@ -376,7 +431,8 @@ class LowRankFisher(_RunningFisher):
                 damping=damping,
             )
         if self.n_rows == 0:
-            return g / damping
+            with np.errstate(over="ignore"):
+                return self._finite(g / damping)
         R, w = self._rows, self._w
         key = (self._version, damping)
         if self._cache_key != key:
@@ -389,13 +445,15 @@ class LowRankFisher(_RunningFisher):
         if self._cache is None:
             gram = (R @ R.T) * s[:, None] * s[None, :]
             self._cache = damped_solve(gram, np.eye(self.n_rows, dtype=self.dtype), damping)
-        Ug = (R @ g) * (s if g.ndim == 1 else s[:, None])
-        core = self._cache @ Ug
-        return (g - R.T @ (core * (s if g.ndim == 1 else s[:, None]))) / damping
+        with np.errstate(over="ignore", invalid="ignore"):
+            Ug = (R @ g) * (s if g.ndim == 1 else s[:, None])
+            core = self._cache @ Ug
+            x = (g - R.T @ (core * (s if g.ndim == 1 else s[:, None]))) / damping
+        return self._finite(x)
 
     def mv(self, v) -> np.ndarray:
         """``F v = Rᵀ (w ⊙ R v) / Σw`` in O(N·P)."""
-        v = _check_vector(v, self.n_params, "v")
+        v = _v.finite_vector(v, self.n_params, self._func("mv"), "v")
         if self.n_rows == 0:
             return np.zeros_like(v, dtype=np.result_type(v, self.dtype))
         R, w = self._rows, self._w
@@ -432,21 +490,26 @@ class DiagonalFisher(_RunningFisher):
 
     def update(self, J, weights=None) -> None:
         """Fold the score rows ``J`` (N, P) with optional weights (N,) into diag F."""
-        J = _check_rows(J, self.n_params, self.dtype, "J")
-        w = _check_weights(weights, J.shape[0], self.dtype)
-        batch = np.mean(J * J, axis=0) if w is None else w @ (J * J)
+        func = self._func("update")
+        J = _rows(J, self.n_params, self.dtype, func)
+        n = J.shape[0]
+        w = _v.normalized_weights(weights, n, self.dtype, func, f"J of shape {J.shape}")
+        # rows scaled by sqrt(w) before squaring, as fisher does: d = diag(J_w^T J_w)
+        scale = np.full(n, np.sqrt(1.0 / n), dtype=self.dtype) if w is None else np.sqrt(w)
         decay = self._batch_decay()
-        self._d *= decay
-        self._d += (1.0 - decay) * batch
+        with np.errstate(over="ignore", invalid="ignore"):
+            Jw = J * scale[:, None]
+            d = decay * self._d + (1.0 - decay) * np.einsum("ij,ij->j", Jw, Jw)
+        self._d = _overflow_guard(d, func, f"the diagonal of {_v.FISHER_GRAM} of J")
         self._updated()
 
     def solve(self, g, damping: float) -> np.ndarray:
         """``g / (diag F + damping)``."""
-        g = _check_vector(g, self.n_params, "g")
-        damping = _check_damping(damping)
+        g, damping = self._rhs(g, damping)
         key = (self._version, damping)
         if self._cache_key != key:
-            shifted = self._d + damping
+            with np.errstate(over="ignore"):  # a damping beyond float32's range is +inf there
+                shifted = self._d + damping
             bad = np.flatnonzero(shifted <= 0)
             if bad.size:
                 raise NotPositiveDefiniteError(
@@ -455,11 +518,13 @@ class DiagonalFisher(_RunningFisher):
                     pivot=int(bad[0]) + 1,
                     damping=damping,
                 )
-            self._cache_key, self._cache = key, 1.0 / shifted
-        return g * (self._cache if g.ndim == 1 else self._cache[:, None])
+            with np.errstate(over="ignore"):  # 1/subnormal is Inf: the solve below reports it
+                self._cache_key, self._cache = key, 1.0 / shifted
+        with np.errstate(over="ignore"):
+            return self._finite(g * (self._cache if g.ndim == 1 else self._cache[:, None]))
 
     def mv(self, v) -> np.ndarray:
-        v = _check_vector(v, self.n_params, "v")
+        v = _v.finite_vector(v, self.n_params, self._func("mv"), "v")
         return v * (self._d if v.ndim == 1 else self._d[:, None])
 
     def to_dense(self) -> np.ndarray:
@@ -481,7 +546,8 @@ class KFACFisher(_RunningFisher):
     layer_shapes : sequence of (out, in)
         Shapes of the per-layer weight matrices, e.g. ``model.layer_shapes``.
     decay : float in [0, 1)
-        EMA factor of both factors.
+        EMA factor of both factors. A layer whose factor of finite statistics overflows
+        the dtype is rejected by ``update`` (``NumericOverflowError``, no layer changed).
     dtype : float32 or float64
     factored_damping : bool
         Use the π-balanced damping (else π = 1).
@@ -489,13 +555,14 @@ class KFACFisher(_RunningFisher):
 
     def __init__(self, layer_shapes: Sequence[tuple[int, int]], *, decay: float = 0.95, dtype=np.float64,
                  factored_damping: bool = True):
+        func = "KFACFisher"
         shapes = []
         for l, shape in enumerate(layer_shapes):
-            if len(shape) != 2 or int(shape[0]) < 1 or int(shape[1]) < 1:
-                raise ValueError(f"layer_shapes[{l}]: expected (out, in) positive, got {shape}")
-            shapes.append((int(shape[0]), int(shape[1])))
+            if len(shape) != 2:
+                raise ValueError(f"{func}: layer_shapes[{l}] must be a pair (out, in), got {tuple(shape)!r}")
+            shapes.append(tuple(_v.integer(k, func, f"layer_shapes[{l}][{i}]") for i, k in enumerate(shape)))
         if not shapes:
-            raise ValueError("layer_shapes: at least one layer")
+            raise ValueError(f"{func}: layer_shapes must hold at least one (out, in) layer")
         super().__init__(sum(o * i for o, i in shapes), decay, dtype)
         self.layer_shapes = shapes
         self.factored_damping = bool(factored_damping)
@@ -526,16 +593,16 @@ class KFACFisher(_RunningFisher):
         """Concatenate per-layer matrices into a flat (P,) vector."""
         return np.concatenate([np.ravel(X) for X in self._check_layers(layers, "layers")])
 
-    def _check_layers(self, layers, name: str) -> list[np.ndarray]:
+    def _check_layers(self, layers, name: str, func: str = "KFACFisher") -> list[np.ndarray]:
         if len(layers) != len(self.layer_shapes):
-            raise ValueError(f"{name}: expected {len(self.layer_shapes)} layers, got {len(layers)}")
+            raise ValueError(f"{func}: {name} must hold {len(self.layer_shapes)} layers, got {len(layers)}")
         out = []
         for l, (X, shape) in enumerate(zip(layers, self.layer_shapes)):
-            X = _float_array(X, f"{name}[{l}]")
-            if X.shape != shape:
-                raise ValueError(f"{name}[{l}]: expected shape {shape}, got {X.shape}")
-            if not all_finite(X):
-                raise ValueError(f"{name}[{l}]: contains NaN or Inf")
+            X, dtype = _v.real_array(X, func, f"{name}[{l}]")
+            if tuple(X.shape) != shape:
+                raise ValueError(f"{func}: {name}[{l}] must have shape {shape}, got shape {tuple(X.shape)}")
+            X = _v.astype(X, dtype)
+            _v.require_finite(X, func, f"{name}[{l}]", all_finite)
             out.append(X)
         return out
 
@@ -552,31 +619,30 @@ class KFACFisher(_RunningFisher):
         weights : ndarray (N,), optional
             Row weights for both factors; then every layer needs N_l = M_l = N.
         """
+        func = self._func("update")
         n = len(self.layer_shapes)
         if len(activations) != n or len(output_grads) != n:
             raise ValueError(
-                f"expected {n} layers of activations and output_grads, "
+                f"{func}: expected {n} layers of activations and output_grads, "
                 f"got {len(activations)} and {len(output_grads)}"
             )
-        # Everything is checked before any factor is touched, so a bad layer
-        # leaves all layers as they were.
-        acts, grads, ws = [], [], []
+        # The new factors are formed beside the old ones and swapped in only when every
+        # layer passed (finite, no overflow), so a bad layer leaves all layers as they were.
+        decay = self._batch_decay()
+        new_A, new_S = [], []
         for l, (out, inp) in enumerate(self.layer_shapes):
-            a = _check_rows(activations[l], inp, self.dtype, f"activations[{l}]")
-            d = _check_rows(output_grads[l], out, self.dtype, f"output_grads[{l}]")
-            w = _check_weights(weights, a.shape[0], self.dtype)
-            if w is not None and d.shape[0] != a.shape[0]:
+            a = _v.score_rows(activations[l], inp, self.dtype, func, f"activations[{l}]")
+            d = _v.score_rows(output_grads[l], out, self.dtype, func, f"output_grads[{l}]")
+            if weights is not None and d.shape[0] != a.shape[0]:
                 raise ValueError(
-                    f"weights: need as many rows in output_grads[{l}] {d.shape} "
+                    f"{func}: weights need as many rows in output_grads[{l}] {d.shape} "
                     f"as in activations[{l}] {a.shape}"
                 )
-            acts.append(a)
-            grads.append(d)
-            ws.append(w)
-        decay = self._batch_decay()
-        for A, S, a, d, w in zip(self._A, self._S, acts, grads, ws):
-            fisher(a, w, out=A, decay=decay, check_finite=False)
-            fisher(d, w, out=S, decay=decay, check_finite=False)
+            for stats, old, new, name in ((a, self._A[l], new_A, f"activations[{l}]"),
+                                          (d, self._S[l], new_S, f"output_grads[{l}]")):
+                F = old.copy() if decay else np.empty_like(old)
+                new.append(_fisher(stats, weights, F, decay, True, func, name, trusted_out=True))
+        self._A, self._S = new_A, new_S
         self._updated()
 
     def solve(self, g, damping: float):
@@ -585,15 +651,13 @@ class KFACFisher(_RunningFisher):
         ``g`` is a flat (P,) vector (returns flat) or a list of per-layer
         (out, in) gradients (returns a list).
         """
-        damping = _check_damping(damping)
+        func = self._func("solve")
+        damping = _v.nonnegative(damping, func, "damping")
         flat = not isinstance(g, (list, tuple))
         if flat:
-            g = _check_vector(g, self.n_params, "g")
-            if g.ndim != 1:
-                raise ValueError(f"g: KFACFisher.solve takes a flat (P,) vector, got {g.shape}")
-            layers = self.split(g)
+            layers = self.split(_v.finite_vector(g, self.n_params, func, "g", matrix=False))
         else:
-            layers = self._check_layers(g, "g")
+            layers = self._check_layers(g, "g", func)
         result = []
         for l, (G, A, S) in enumerate(zip(layers, self._A, self._S)):
             try:
@@ -604,14 +668,12 @@ class KFACFisher(_RunningFisher):
 
     def mv(self, v):
         """``F v`` with ``(S ⊗ A) vec(V) = vec(S V A)`` per layer; flat or per-layer like solve."""
+        func = self._func("mv")
         flat = not isinstance(v, (list, tuple))
         if flat:
-            v = _check_vector(v, self.n_params, "v")
-            if v.ndim != 1:
-                raise ValueError(f"v: KFACFisher.mv takes a flat (P,) vector, got {v.shape}")
-            layers = self.split(v)
+            layers = self.split(_v.finite_vector(v, self.n_params, func, "v", matrix=False))
         else:
-            layers = self._check_layers(v, "v")
+            layers = self._check_layers(v, "v", func)
         result = [S @ V @ A for V, A, S in zip(layers, self._A, self._S)]
         return np.concatenate([X.ravel() for X in result]) if flat else result
 

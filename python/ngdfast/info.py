@@ -20,7 +20,8 @@ import numpy as np
 
 # Environment variables that decide thread counts; shown so an unexpected
 # count can be traced to its cause.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NGDFAST_NUM_THREADS")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NGDFAST_NUM_THREADS",
+                    "NGDFAST_TILE_BACKEND", "NGDFAST_BORROW_BLAS")
 
 
 def _core_info() -> dict[str, Any]:
@@ -36,7 +37,22 @@ def _core_info() -> dict[str, Any]:
         info["threads_now"] = _core.get_num_threads()
     except Exception:  # older builds: build_info alone is still useful
         pass
+    info["dispatch"] = dispatch_summary(info)
     return info
+
+
+def dispatch_summary(core: dict[str, Any]) -> str:
+    """What was compiled in and what is chosen at run time, in one line."""
+    built = "native (-march=native, " if core.get("native") else "portable ("
+    built += ", ".join(core.get("simd") or []) or "baseline x86-64/SSE2 only"
+    built += ")"
+    if core.get("tile_backend") == "blas":
+        tiles = f"OpenBLAS tiles, kernels for this CPU chosen at run time ({core.get('blas_corename') or '?'})"
+    else:
+        tiles = "Eigen tiles, compiled in (" + (", ".join(core.get("simd") or []) or "SSE2") + ")"
+    missing = sorted(set(core.get("simd") or []) - set(core.get("cpu") or core.get("simd") or []))
+    warn = f"; WARNING: built for {', '.join(missing)}, which this CPU lacks" if missing else ""
+    return f"built {built}; {tiles}{warn}"
 
 
 def _scipy_info() -> dict[str, Any]:
@@ -77,6 +93,8 @@ def describe_pools(pools: list[dict[str, Any]]) -> list[str]:
     for pool in pools:
         path = pool.get("filepath") or "?"
         owner = next((who for key, who in _POOL_OWNERS if key in path), path.rsplit("/", 1)[-1])
+        if pool.get("internal_api") == "ngdfast":
+            owner = "ngdfast pool"
         details = ", ".join(str(pool[k]) for k in ("version", "architecture", "threading_layer") if pool.get(k))
         lines.append(f"{owner:<34} {pool.get('internal_api', '?')} ({details}): {pool.get('num_threads')} threads")
     return lines

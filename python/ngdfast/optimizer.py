@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._errors import NotPositiveDefiniteError
+from . import _validation as _v
+from ._errors import NotPositiveDefiniteError, NumericOverflowError
 from ._kernels import kl_step_size, natural_gradient
 
 __all__ = ["NaturalGradient", "StepInfo", "natural_gradient_step"]
@@ -56,6 +57,12 @@ class StepInfo:
         Change of the loss predicted by the damped quadratic model
         ``m(s) = gᵀs + ½ sᵀ(F + λI)s`` at ``s = −βñ``, which is
         ``−βq + ½β²q`` because ``(F + λI)ñ = g``. Negative for a descent step.
+    refactored : bool
+        Whether the solve factored F + λI; False when the curvature reused an
+        earlier factor as the preconditioner of conjugate gradients
+        (``DenseFisher(max_reuse_iters=...)``).
+    solve_iterations : int
+        The preconditioned CG iterations of that solve (0 without CG).
     """
 
     beta: float
@@ -66,36 +73,24 @@ class StepInfo:
     clipped: bool = False
     step_norm: float = 0.0
     predicted_change: float = 0.0
+    refactored: bool = True
+    solve_iterations: int = 0
 
 
-def _check_flat(x, n: int | None, name: str) -> np.ndarray:
-    a = np.asarray(x)
-    if a.dtype.kind not in "fiub" or a.dtype == np.longdouble:
-        raise TypeError(f"{name}: unsupported dtype {a.dtype}")
-    if a.ndim != 1 or (n is not None and a.shape[0] != n):
-        want = f"({n},)" if n is not None else "(P,)"
-        raise ValueError(f"{name}: expected a flat vector of shape {want}, got {a.shape}")
-    if a.shape[0] == 0:
-        raise ValueError(f"{name}: empty")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name}: contains NaN or Inf")
-    return a
-
-
-def _check_positive(value, name: str, *, allow_zero: bool = True) -> float:
-    v = float(value)
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name} must be finite and {'>=' if allow_zero else '>'} 0, got {value}")
-    return v
+def _flat(x, n: int | None, func: str, name: str) -> np.ndarray:
+    """A finite flat vector (P,) (P = n when given): the shared rule of ``_validation``."""
+    return _v.finite_vector(x, n, func, name, matrix=False)
 
 
 def _size_step(g, nat, kl_radius, max_step, damping, retries) -> tuple[np.ndarray, StepInfo]:
     """β from the KL radius and the step ``s = β ñ`` (to subtract)."""
+    beta = kl_step_size(g, nat, kl_radius, max_step=max_step)  # raises for a non-finite q = g^T nat
     q = float(np.dot(g.astype(np.float64), nat.astype(np.float64)))
-    beta = kl_step_size(g, nat, kl_radius, max_step=max_step)
     # Judge the cap on our own β (the kernel's may differ in the last bits).
     uncapped = math.sqrt(2.0 * kl_radius / q) if q > 0 else 0.0
-    delta = beta * nat
+    with np.errstate(over="ignore", invalid="ignore"):  # a non-finite step is rejected by the caller
+        delta = beta * nat
+        norm = float(np.linalg.norm(delta))
     info = StepInfo(
         beta=float(beta),
         quadratic=q,
@@ -103,10 +98,22 @@ def _size_step(g, nat, kl_radius, max_step, damping, retries) -> tuple[np.ndarra
         damping=damping,
         retries=retries,
         clipped=bool(max_step is not None and uncapped > max_step),
-        step_norm=float(np.linalg.norm(delta)),
+        step_norm=norm,
         predicted_change=-beta * q + 0.5 * beta * beta * q,
     )
     return delta, info
+
+
+def _stepped(params: np.ndarray, delta: np.ndarray, dtype, func: str) -> np.ndarray:
+    """``params − delta`` in ``dtype`` as a new array, unless it overflows."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        new = params.astype(dtype) - delta.astype(dtype, copy=False)
+    if not np.all(np.isfinite(new)):
+        raise NumericOverflowError(
+            f"{func}: the step would make params non-finite (overflow of {np.dtype(dtype)}); "
+            "lower kl_radius or max_step"
+        )
+    return new
 
 
 def _solve_with_retries(solve, damping: float, max_retries: int, min_damping: float):
@@ -137,13 +144,13 @@ class NaturalGradient:
     curvature : DenseFisher, LowRankFisher, DiagonalFisher, KFACFisher or alike
         The Fisher estimate; ``step`` updates it from the statistics it is given.
     kl_radius : float
-        ε: the predicted KL divergence between the output distributions before
+        ε > 0: the predicted KL divergence between the output distributions before
         and after each step.
     damping : float
-        λ in ``(F + λI)⁻¹ g``.
+        λ >= 0 in ``(F + λI)⁻¹ g``.
     max_step : float, optional
-        Upper bound on β (1.0: never longer than the full damped Newton/Gauss-
-        Newton step).
+        Upper bound on β, > 0 (1.0: never longer than the full damped Newton/Gauss-
+        Newton step; None or inf: no bound).
     max_retries : int
         When ``F + λI`` is not positive definite, λ is multiplied by 10 and the
         solve retried up to this many times (from ``min_damping`` when λ = 0).
@@ -215,28 +222,30 @@ class NaturalGradient:
         adaptive_kl_radius: bool = False,
         max_kl_radius: float | None = None,
     ):
+        func = "NaturalGradient"
         for name in ("update", "solve", "snapshot", "restore", "n_params"):
             if not hasattr(curvature, name):
-                raise TypeError(f"curvature: {type(curvature).__name__} has no {name!r}")
+                raise TypeError(f"{func}: curvature {type(curvature).__name__} has no {name!r}")
         self.curvature = curvature
-        self.kl_radius = _check_positive(kl_radius, "kl_radius")
-        self.damping = _check_positive(damping, "damping")
-        self.max_step = None if max_step is None else _check_positive(max_step, "max_step")
-        self.max_retries = int(max_retries)
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        # kl_radius = 0 or max_step = 0 would make every step β = 0: rejected here, not later
+        self.kl_radius = _v.positive(kl_radius, func, "kl_radius")
+        self.damping = _v.nonnegative(damping, func, "damping")
+        self.max_step = _v.optional_positive(max_step, func, "max_step")
+        self.max_retries = _v.integer(max_retries, func, "max_retries", minimum=0)
         self.adaptive_damping = bool(adaptive_damping)
-        self.min_damping = _check_positive(min_damping, "min_damping", allow_zero=False)
-        self.max_damping = _check_positive(max_damping, "max_damping", allow_zero=False)
+        self.min_damping = _v.positive(min_damping, func, "min_damping")
+        self.max_damping = _v.positive(max_damping, func, "max_damping")
         if self.min_damping > self.max_damping:
-            raise ValueError(f"min_damping {min_damping} > max_damping {max_damping}")
-        if not 0 < damping_decrease < 1 < damping_increase:
-            raise ValueError("need 0 < damping_decrease < 1 < damping_increase")
-        self.damping_decrease = float(damping_decrease)
-        self.damping_increase = float(damping_increase)
+            raise ValueError(f"{func}: min_damping {min_damping} > max_damping {max_damping}")
+        decrease = _v.real_scalar(damping_decrease, func, "damping_decrease")
+        increase = _v.real_scalar(damping_increase, func, "damping_increase")
+        if not 0 < decrease < 1 < increase < math.inf:
+            raise ValueError(f"{func}: need 0 < damping_decrease < 1 < damping_increase < inf")
+        self.damping_decrease = decrease
+        self.damping_increase = increase
         self.adaptive_kl_radius = bool(adaptive_kl_radius)
         self.max_kl_radius = (
-            100.0 * self.kl_radius if max_kl_radius is None else _check_positive(max_kl_radius, "max_kl_radius")
+            100.0 * self.kl_radius if max_kl_radius is None else _v.positive(max_kl_radius, func, "max_kl_radius")
         )
         self._min_kl_radius = 1e-6 * self.kl_radius
         self.n_steps = 0
@@ -283,20 +292,23 @@ class NaturalGradient:
         Raises
         ------
         ValueError
-            NaN/Inf in the gradient or statistics, bad shapes, ``gᵀñ < 0``.
+            NaN/Inf in the gradient or statistics, bad shapes, ``gᵀñ < 0``;
+        ``NumericOverflowError`` (a ``ValueError``) when the statistics of the batch
+        overflow the curvature's dtype. Nothing is changed by a rejected step.
         NotPositiveDefiniteError
             ``F + λI`` stayed not positive definite through the retries.
         """
         self._pending = None  # whatever happens below, an older step can no longer be reported
+        func = "NaturalGradient.step"
         if not isinstance(params, np.ndarray) or params.dtype.kind != "f":
-            raise TypeError("params: expected a float numpy array (updated in place)")
+            raise TypeError(f"{func}: params must be a float numpy array (it is updated in place)")
         if not params.flags.writeable:
-            raise ValueError("params: array is read-only")
+            raise ValueError(f"{func}: params is read-only")
         n = self.curvature.n_params
-        _check_flat(params, n, "params")
-        g = _check_flat(grad, n, "grad")
+        _flat(params, n, func, "params")
+        g = _flat(grad, n, func, "grad")
         if weights is not None and not stats:
-            raise ValueError("weights given without statistics to weigh")
+            raise ValueError(f"{func}: weights given without statistics to weigh")
         snapshot = self.curvature.snapshot() if stats else None
         try:
             if stats:
@@ -306,9 +318,10 @@ class NaturalGradient:
                     self.curvature.update(*stats, weights=weights)
             nat, damping, retries = self._solve(g)
             delta, info = _size_step(g, nat, self.kl_radius, self.max_step, damping, retries)
-            new = params - delta.astype(params.dtype, copy=False)
-            if not np.all(np.isfinite(new)):
-                raise ValueError("step would make params non-finite; lower kl_radius or max_step")
+            report = getattr(self.curvature, "last_solve", None)
+            if report is not None:
+                info.refactored, info.solve_iterations = bool(report.refactored), int(report.iterations)
+            new = _stepped(params, delta, params.dtype, func)
         except BaseException:
             if snapshot is not None:
                 self.curvature.restore(snapshot)
@@ -394,11 +407,13 @@ def natural_gradient_step(
         ``params − β ñ``, a new array (``params`` is not modified).
     info : StepInfo
     """
-    params = _check_flat(params, None, "params")
-    g = _check_flat(grad, params.shape[0], "grad")
-    damping = _check_positive(damping, "damping")
-    kl_radius = _check_positive(kl_radius, "kl_radius")
-    max_step = None if max_step is None else _check_positive(max_step, "max_step")
+    func = "natural_gradient_step"
+    params = _flat(params, None, func, "params")
+    g = _flat(grad, params.shape[0], func, "grad")
+    damping = _v.nonnegative(damping, func, "damping")
+    kl_radius = _v.positive(kl_radius, func, "kl_radius")
+    max_step = _v.optional_positive(max_step, func, "max_step")
+    max_retries = _v.integer(max_retries, func, "max_retries", minimum=0)
     if damping == 0 and method == "auto":
         method = "dense"  # the Woodbury form needs λ > 0
     nat, lam, retries = _solve_with_retries(
@@ -406,4 +421,4 @@ def natural_gradient_step(
     )
     delta, info = _size_step(g, nat, kl_radius, max_step, lam, retries)
     dtype = params.dtype if params.dtype.kind == "f" else np.float64
-    return params.astype(dtype) - delta.astype(dtype, copy=False), info
+    return _stepped(params, delta, dtype, func), info

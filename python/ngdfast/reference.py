@@ -9,6 +9,23 @@ code of ours.
 Notation: J ∈ R^{N×P} holds one score row j_i per sample, w ∈ R^N non-negative
 weights (uniform when omitted), λ >= 0 the damping and g ∈ R^P (or R^{P×K}) a
 gradient.  Computations run in the data dtype (float32 stays float32).
+
+Non-finite values and overflow (the same in every kernel module):
+
+* ``check_finite=True`` scans the inputs first: NaN/Inf raise ``ValueError``.
+* A quantity of finite inputs that overflows the dtype raises
+  :class:`ngdfast.NumericOverflowError` (a ``ValueError``), never an Inf/NaN, zero or
+  ``g / damping`` answer: the Fisher of ``fisher`` (when ``check_finite``), the Gram
+  matrix a solve forms from J, the solution of a solve, K-FAC's preconditioned
+  gradient, ``kl_step_size``'s β.  Near the overflow threshold (within a factor of
+  about N or P of the largest float) whether an intermediate overflows depends on the
+  order of summation, so the kernel modules may differ there.
+* ``check_finite=False`` skips the up-front scans only.  ``fisher`` then returns the
+  floats as they fall (NaN/Inf entries for NaN/Inf input or overflow).  The solves
+  still never return a result computed from NaN/Inf: they notice it where they look
+  anyway (the diagonal of the Gram matrix they form, a failed factorisation, a
+  non-finite solution) and raise the same ``ValueError`` naming the input, or
+  ``NotPositiveDefiniteError`` when NaN/Inf in F stops ``damped_solve``'s Cholesky.
 """
 
 from __future__ import annotations
@@ -17,6 +34,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from . import _precision as _p
 from . import _validation as _v
 
 __all__ = [
@@ -92,16 +110,38 @@ def _cholesky_solve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 def _add_diagonal(M: np.ndarray, value: float) -> np.ndarray:
-    return M + value * np.eye(M.shape[0], dtype=M.dtype)
+    """M + value·I, the shift added to the diagonal only and rounded to M's dtype: a damping
+    beyond float32's range is +inf there, as in the compiled kernels, and then acts as an
+    infinite shift (the solution is 0, correctly rounded), never as inf·0 = NaN off the diagonal."""
+    out = np.array(M, copy=True)
+    with np.errstate(over="ignore"):
+        shift = M.dtype.type(value)
+    diag = np.arange(M.shape[0])
+    out[diag, diag] += shift
+    return out
 
 
 def _dense_solve(F: np.ndarray, G: np.ndarray, damping: float, func: str) -> np.ndarray:
-    """(F + λI)⁻¹ G for symmetric F, by Cholesky."""
+    """(F + λI)⁻¹ G for symmetric F, by Cholesky (the solution may hold Inf/NaN: see
+    :func:`_finite_solution`)."""
     M = _add_diagonal(F, damping)
     L, pivot = _cholesky(M)
     if pivot:
         raise _v.not_positive_definite(func, _v.DENSE_MATRIX, pivot, M.shape[0], damping)
     return _cholesky_solve(L, G)
+
+
+def _check_gram(M: np.ndarray, J: np.ndarray, gram: str, func: str) -> None:
+    """A Gram matrix of J with a non-finite diagonal: NaN/Inf in J, or its squares overflowed."""
+    if not _all_finite(np.diagonal(M)):
+        raise _v.scores_not_finite(J, func, gram, _all_finite)
+
+
+def _finite_solution(X: np.ndarray, func: str, inputs, what: str = _v.SOLUTION) -> np.ndarray:
+    """X, unless it holds NaN/Inf: then name a non-finite input, else report the overflow."""
+    if not _all_finite(X):
+        raise _v.solution_not_finite(func, what, X.dtype, inputs, _all_finite)
+    return X
 
 
 def _woodbury_solve(J: np.ndarray, w: Optional[np.ndarray], G: np.ndarray, damping: float, func: str) -> np.ndarray:
@@ -111,7 +151,9 @@ def _woodbury_solve(J: np.ndarray, w: Optional[np.ndarray], G: np.ndarray, dampi
     K = J_w J_wᵀ + λI (N×N), x = (g - J_wᵀ K⁻¹ J_w g) / λ.
     """
     Jw = _scaled_rows(J, w)
-    K = _add_diagonal(_gram(Jw.T), damping)
+    gram = _gram(Jw.T)
+    _check_gram(gram, J, _v.SAMPLE_GRAM, func)
+    K = _add_diagonal(gram, damping)
     L, pivot = _cholesky(K)
     if pivot:
         raise _v.not_positive_definite(func, _v.SAMPLE_MATRIX, pivot, K.shape[0], damping)
@@ -120,6 +162,14 @@ def _woodbury_solve(J: np.ndarray, w: Optional[np.ndarray], G: np.ndarray, dampi
 
 def _result(X: np.ndarray, vector: bool) -> np.ndarray:
     return X[:, 0] if vector else X
+
+
+def _answer(X: np.ndarray, vector: bool, return_info: bool):
+    """The answer, with the info of a solve in the data dtype: the reference states
+    the answer every ``precision`` must give, not a path."""
+    x = _result(X, vector)
+    return (x, _p.plain(X.dtype)) if return_info else x
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,9 +196,11 @@ def fisher(J, weights=None, *, out=None, decay=0.0, check_finite=True):
         Running estimate updated in place. Must have exactly the result dtype, be writeable
         and C- or Fortran-contiguous. With ``decay == 0`` it is overwritten without being read.
     decay : float in [0, 1]
-        EMA decay; non-zero only together with ``out``.
+        EMA decay; non-zero only together with ``out``; 1 leaves ``out`` unchanged.
     check_finite : bool
-        Reject NaN/Inf in J (and in ``out`` when ``decay > 0``). Weights are always checked.
+        Reject NaN/Inf in J (and in ``out`` when ``decay > 0``), and an F that overflows
+        the dtype (``NumericOverflowError``). Weights are always checked. When False,
+        NaN/Inf input or overflow gives NaN/Inf entries in F.
 
     Returns
     -------
@@ -161,6 +213,9 @@ def fisher(J, weights=None, *, out=None, decay=0.0, check_finite=True):
     ValueError
         Bad shapes, empty J, bad weights, decay outside [0, 1] or without ``out``, a bad
         ``out``, NaN/Inf. A rejected call never writes to ``out``.
+    NumericOverflowError
+        F of a finite J overflows the dtype (``check_finite`` only), e.g. J ~ 1e160 in
+        float64 or 1e20 in float32; ``out`` is not written.
     TypeError
         Complex, object, string or extended-precision data.
 
@@ -169,17 +224,22 @@ def fisher(J, weights=None, *, out=None, decay=0.0, check_finite=True):
     The reference forms ``J_w`` explicitly and mirrors the lower triangle of ``J_wᵀ J_w``.
     """
     J, w, out, decay = _v.fisher_args(J, weights, out, decay, check_finite, _all_finite)
-    F = _gram(_scaled_rows(J, w))
+    with np.errstate(all="ignore"):  # overflow is reported below, or returned as Inf/NaN unchecked
+        F = _gram(_scaled_rows(J, w))
+    if check_finite and not _all_finite(F):  # J is finite here: F overflowed
+        raise _v.gram_overflow("fisher", _v.FISHER_GRAM, "J", F.dtype)
     if out is None:
         return F
     if decay == 0.0:
         out[...] = F  # out is not read: a NaN left in it must not survive as 0*NaN
-    else:
-        out[...] = decay * out + (1.0 - decay) * F
+    elif decay < 1.0:
+        with np.errstate(all="ignore"):
+            out[...] = decay * out + (1.0 - decay) * F
+    # decay == 1: out is kept as it is (not 0*F, which would be NaN where F overflowed)
     return out
 
 
-def damped_solve(F, g, damping, *, check_finite=True):
+def damped_solve(F, g, damping, *, check_finite=True, precision="auto", return_info=False):
     r"""Solve the damped system :math:`(F + \lambda I)\, x = g` by Cholesky.
 
     Parameters
@@ -193,6 +253,11 @@ def damped_solve(F, g, damping, *, check_finite=True):
         λ >= 0.
     check_finite : bool
         Reject NaN/Inf anywhere in F or g.
+    precision : {"auto", "double", "mixed"}
+        Validated only: the answer is the float64 one for float64 data whichever path
+        the compiled kernels take (see ``ngdfast._precision``).
+    return_info : bool
+        Also return a :class:`ngdfast.SolveInfo`.
 
     Returns
     -------
@@ -202,7 +267,10 @@ def damped_solve(F, g, damping, *, check_finite=True):
     Raises
     ------
     NotPositiveDefiniteError
-        F + λI is not positive definite; the message gives the failing pivot.
+        F + λI is not positive definite; the message gives the failing pivot (also for
+        NaN/Inf in F's lower triangle with ``check_finite=False``).
+    NumericOverflowError
+        The solution (or an intermediate) overflows the dtype.
     ValueError, TypeError
         See the error table in the package documentation.
 
@@ -210,12 +278,15 @@ def damped_solve(F, g, damping, *, check_finite=True):
     -----
     F + λI = L Lᵀ (``np.linalg.cholesky``), then L y = g and Lᵀ x = y.
     """
+    _v.precision_arg(precision, "damped_solve")
     F, G, damping, vector = _v.damped_solve_args(F, g, damping, check_finite, _all_finite)
-    X = _dense_solve(_symmetric_from_lower(F), G, damping, "damped_solve")
-    return _result(X, vector)
+    with np.errstate(all="ignore"):
+        X = _dense_solve(_symmetric_from_lower(F), G, damping, "damped_solve")
+    X = _finite_solution(X, "damped_solve", [(np.tril(F), "F"), (G, "g")])
+    return _answer(X, vector, return_info)
 
 
-def lowrank_solve(J, g, damping, weights=None, *, check_finite=True):
+def lowrank_solve(J, g, damping, weights=None, *, check_finite=True, precision="auto", return_info=False):
     r"""Solve :math:`(F + \lambda I)\, x = g` for F = fisher(J, weights) without forming F.
 
     Woodbury identity in sample space, with :math:`J_w` as in :func:`fisher`:
@@ -239,17 +310,34 @@ def lowrank_solve(J, g, damping, weights=None, *, check_finite=True):
         As in :func:`fisher`.
     check_finite : bool
         Reject NaN/Inf in J and g.
+    precision, return_info
+        As in :func:`damped_solve`.
 
     Returns
     -------
     ndarray, shape of ``g``
         The same x as ``damped_solve(fisher(J, weights), g, damping)`` up to rounding.
+
+    Raises
+    ------
+    ValueError
+        NaN/Inf in J, found through the diagonal of K even with ``check_finite=False``
+        (and in g, by the solution, then); see also the error table.
+    NumericOverflowError
+        K or the solution overflows the dtype although J and g are finite.
+    NotPositiveDefiniteError
+        K + λI is not positive definite (rounding with a tiny λ).
     """
+    _v.precision_arg(precision, "lowrank_solve")
     J, w, G, damping, vector = _v.lowrank_solve_args(J, g, damping, weights, check_finite, _all_finite)
-    return _result(_woodbury_solve(J, w, G, damping, "lowrank_solve"), vector)
+    with np.errstate(all="ignore"):
+        X = _woodbury_solve(J, w, G, damping, "lowrank_solve")
+    return _answer(_finite_solution(X, "lowrank_solve", [(G, "g")]), vector, return_info)
 
 
-def natural_gradient(J, g, damping, weights=None, *, method="auto", check_finite=True):
+def natural_gradient(
+    J, g, damping, weights=None, *, method="auto", check_finite=True, precision="auto", return_info=False
+):
     r"""Damped natural gradient :math:`\tilde n = (F + \lambda I)^{-1} g` with F = fisher(J, weights).
 
     Parameters
@@ -264,19 +352,31 @@ def natural_gradient(J, g, damping, weights=None, *, method="auto", check_finite
         ``"auto"``: the cheaper by flop count (see ``ngdfast._validation.choose_method``):
         dense ≈ NP² + P³/3 against low-rank ≈ N²P + N³/3 + 4NP; low-rank only when λ > 0,
         and also when the P×P matrix would exceed 2 GiB while the N×N one is smaller.
+    precision, return_info
+        As in :func:`damped_solve`.
 
     Returns
     -------
     ndarray, shape of ``g``
+
+    Raises
+    ------
+    ValueError, NumericOverflowError, NotPositiveDefiniteError
+        As in :func:`lowrank_solve` (the dense method reads F's diagonal).
     """
+    _v.precision_arg(precision, "natural_gradient")
     J, w, G, damping, vector, method = _v.natural_gradient_args(
         J, g, damping, weights, method, check_finite, _all_finite
     )
-    if method == "dense":
-        X = _dense_solve(_gram(_scaled_rows(J, w)), G, damping, "natural_gradient")
-    else:
-        X = _woodbury_solve(J, w, G, damping, "natural_gradient")
-    return _result(X, vector)
+    func = "natural_gradient"
+    with np.errstate(all="ignore"):
+        if method == "dense":
+            F = _gram(_scaled_rows(J, w))
+            _check_gram(F, J, _v.FISHER_GRAM, func)
+            X = _dense_solve(F, G, damping, func)
+        else:
+            X = _woodbury_solve(J, w, G, damping, func)
+    return _answer(_finite_solution(X, func, [(G, "g")]), vector, return_info)
 
 
 def kl_step_size(g, nat_grad, epsilon, *, max_step=None):
@@ -308,6 +408,8 @@ def kl_step_size(g, nat_grad, epsilon, *, max_step=None):
     ------
     ValueError
         q < 0 or not finite, shapes differ, ε < 0, max_step <= 0.
+    NumericOverflowError
+        β overflows (ε huge against q) and there is no ``max_step``.
     """
     g, nat_grad, epsilon, max_step = _v.kl_step_size_args(g, nat_grad, epsilon, max_step)
     g64 = np.asarray(g, dtype=np.float64).ravel()
@@ -355,6 +457,8 @@ def kfac_precondition(grad, A, S, damping, *, factored_damping=True):
         Ã (checked first) or S̃ is not positive definite; the message names the factor.
     ValueError
         Bad shapes, negative damping, NaN/Inf (always checked).
+    NumericOverflowError
+        The preconditioned gradient overflows the dtype.
     """
     grad, A, S, damping = _v.kfac_args(grad, A, S, damping, _all_finite)
     n_out, n_in = grad.shape
@@ -368,6 +472,8 @@ def kfac_precondition(grad, A, S, damping, *, factored_damping=True):
     L_s, pivot = _cholesky(_add_diagonal(_symmetric_from_lower(S), damping_s))
     if pivot:
         raise _v.kfac_not_positive_definite("kfac_precondition", "S", pivot, n_out, damping, damping_a, damping_s)
-    Y = _cholesky_solve(L_s, grad)  # S̃⁻¹ grad
-    # (Ã⁻¹ Yᵀ)ᵀ = Y Ã⁻¹ since Ã is symmetric
-    return np.ascontiguousarray(_cholesky_solve(L_a, Y.T).T)
+    with np.errstate(all="ignore"):
+        Y = _cholesky_solve(L_s, grad)  # S̃⁻¹ grad
+        # (Ã⁻¹ Yᵀ)ᵀ = Y Ã⁻¹ since Ã is symmetric
+        X = np.ascontiguousarray(_cholesky_solve(L_a, Y.T).T)
+    return _finite_solution(X, "kfac_precondition", [], _v.KFAC_RESULT)

@@ -4,11 +4,15 @@ Same names, signatures, semantics, argument checks and error messages as
 ``ngdfast`` (compiled) and ``ngdfast.reference`` (NumPy)::
 
     fisher(J, weights=None, *, out=None, decay=0.0, check_finite=True)
-    damped_solve(F, g, damping, *, check_finite=True)
-    lowrank_solve(J, g, damping, weights=None, *, check_finite=True)
-    natural_gradient(J, g, damping, weights=None, *, method="auto")
+    damped_solve(F, g, damping, *, check_finite=True, precision="auto", return_info=False)
+    lowrank_solve(J, g, damping, weights=None, *, check_finite=True, precision="auto", return_info=False)
+    natural_gradient(J, g, damping, weights=None, *, method="auto", check_finite=True,
+                     precision="auto", return_info=False)
     kl_step_size(g, nat_grad, epsilon, *, max_step=None)
     kfac_precondition(grad, A, S, damping, *, factored_damping=True)
+
+``precision`` is validated and reported (``return_info``) but float64 data is
+always factored in float64 here: there is no mixed-precision path on the GPU.
 
 Arguments may be NumPy arrays (uploaded, results copied back as NumPy) or
 device arrays: Numba device arrays and anything with

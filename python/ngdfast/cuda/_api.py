@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .. import _precision
 from .. import _validation as V
 from . import _linalg as L
 from ._arrays import (
@@ -37,9 +38,33 @@ def _raise_if_failed(info, make_error) -> None:
         raise make_error(pivot)
 
 
+def _diagonal_finite(d) -> bool:
+    """Whether the diagonal of the C-contiguous square device array ``d`` is finite."""
+    n = d.shape[0]
+    return all_finite(DeviceArg(d.reshape(n * n)[:: n + 1]))
+
+
+def _finite_solution(X, func: str, inputs, what: str = V.SOLUTION):
+    """Device X, unless it holds NaN/Inf: then name a non-finite input, else report the overflow."""
+    if not all_finite(DeviceArg(X)):
+        raise V.solution_not_finite(func, what, np.dtype(X.dtype), inputs, all_finite)
+    return X
+
+
+def _lower(F):
+    """What ``damped_solve`` reads of F, for naming it on an error path (host: the lower triangle)."""
+    return F if isinstance(F, DeviceArg) else np.tril(F)
+
+
 def _shaped(X, vector: bool):
     # a (P, 1) result for a (P,) right-hand side comes back as (P,)
     return X.reshape(X.shape[0]) if vector else X
+
+
+def _answer(x, dtype, precision: str, return_info: bool):
+    # No mixed-precision path on the GPU: float64 data is factored in float64, and
+    # SolveInfo says so when "mixed" was asked for.
+    return (x, _precision.plain(dtype, precision, "ngdfast.cuda")) if return_info else x
 
 
 def fisher(J: Any, weights: Any = None, *, out: Any = None, decay: float = 0.0, check_finite: bool = True):
@@ -64,7 +89,9 @@ def fisher(J: Any, weights: Any = None, *, out: Any = None, decay: float = 0.0, 
     decay : float
         EMA decay in [0, 1]; non-zero only with ``out``.
     check_finite : bool
-        Raise ``ValueError`` on NaN/Inf in ``J`` (and in ``out`` when it is read).
+        Raise ``ValueError`` on NaN/Inf in ``J`` (and in ``out`` when it is read), and
+        ``NumericOverflowError`` when F overflows; with ``out`` F is then formed in a
+        temporary (P x P on the device) first, so that a rejected call leaves ``out`` as it was.
 
     Returns
     -------
@@ -81,7 +108,18 @@ def fisher(J: Any, weights: Any = None, *, out: Any = None, decay: float = 0.0, 
     if outv is None:
         F = empty((p, p), dtype)
         L.syrk(Jd, F, alpha, 0.0, info, w=wd)
+        if check_finite and not _diagonal_finite(F):
+            raise V.scores_not_finite(Jv, "fisher", V.FISHER_GRAM, all_finite)
         return result(F, template)
+    if decay == 1.0:
+        return out  # a no-op: out is kept, not updated with 0*F
+    batch = None
+    if check_finite:
+        # out must not be written when F overflows: form F first, then the EMA from it
+        batch = empty((p, p), dtype)
+        L.syrk(Jd, batch, 1.0 if w is not None else 1.0 / n, 0.0, info, w=wd)
+        if not _diagonal_finite(batch):
+            raise V.gram_overflow("fisher", V.FISHER_GRAM, "J", dtype)
     if isinstance(outv, DeviceArg):
         target = outv.array  # updated in place
     elif decay == 0.0:
@@ -90,9 +128,12 @@ def fisher(J: Any, weights: Any = None, *, out: Any = None, decay: float = 0.0, 
         target = empty((p, p), dtype, order)
     else:
         target = upload(out)
-    if isinstance(Jv, DeviceArg) and isinstance(outv, DeviceArg) and may_share_memory(Jd, target):
-        Jd = device_copy(Jv)  # the kernel would read J while overwriting it
-    L.syrk(Jd, target, alpha, decay, info, w=wd)
+    if batch is not None:
+        L.ema(batch, target, 1.0 - decay, decay)
+    else:
+        if isinstance(Jv, DeviceArg) and isinstance(outv, DeviceArg) and may_share_memory(Jd, target):
+            Jd = device_copy(Jv)  # the kernel would read J while overwriting it
+        L.syrk(Jd, target, alpha, decay, info, w=wd)
     if not isinstance(outv, DeviceArg):
         target.copy_to_host(out)
     return out
@@ -112,7 +153,9 @@ def _dense_solve(Fd, Gv, damping: float, func: str, overwrite_f: bool = False):
     return Y
 
 
-def damped_solve(F: Any, g: Any, damping: float, *, check_finite: bool = True):
+def damped_solve(
+    F: Any, g: Any, damping: float, *, check_finite: bool = True, precision: str = "auto", return_info: bool = False
+):
     r"""Solve ``(F + λI) x = g`` by a Cholesky factorisation on the GPU.
 
     .. math:: x = (F + \lambda I)^{-1} g = L^{-T} L^{-1} g, \qquad L L^T = F + \lambda I
@@ -129,6 +172,11 @@ def damped_solve(F: Any, g: Any, damping: float, *, check_finite: bool = True):
         Right-hand side(s).
     damping : float
         λ >= 0.
+    precision : {"auto", "double", "mixed"}
+        Validated; the GPU kernels have no mixed-precision path (float64 data is
+        factored in float64; with "mixed" the :class:`ngdfast.SolveInfo` says so).
+    return_info : bool
+        Also return a :class:`ngdfast.SolveInfo`.
 
     Returns
     -------
@@ -139,10 +187,12 @@ def damped_solve(F: Any, g: Any, damping: float, *, check_finite: bool = True):
     ngdfast.NotPositiveDefiniteError
         When a Cholesky pivot is not > 0 and finite; ``.pivot`` is its 1-based index.
     """
+    precision = V.precision_arg(precision, "damped_solve")
     template = first_device(F, g)
     Fv, Gv, damping, vector = V.damped_solve_args(wrap(F), wrap(g), damping, check_finite, all_finite, cast)
     Y = _dense_solve(device(Fv), Gv, damping, "damped_solve")
-    return result(_shaped(Y, vector), template)
+    _finite_solution(Y, "damped_solve", [(_lower(Fv), "F"), (Gv, "g")])
+    return _answer(result(_shaped(Y, vector), template), Fv.dtype, precision, return_info)
 
 
 def _sample_scale(w: Optional[np.ndarray], n: int, dtype):
@@ -163,16 +213,27 @@ def _lowrank(Jv, w, Gv, damping: float, func: str):
     W = empty((n, n), dtype)
     info = zeros_info()
     L.syrk(transpose_view(Jd), W, 1.0, 0.0, info)
+    if not _diagonal_finite(W):  # NaN/Inf in J, or its squares overflowed (before the damping)
+        raise V.scores_not_finite(Jv, func, V.SAMPLE_GRAM, all_finite)
     L.prepare(W, W, damping, scale=s)
     L.cholesky(W, info)
     U = L.sample_rhs(Jd, Gd, s)  # J_w g
     L.potrs(W, U, info)  # (J_w J_w^T + λI)^-1 J_w g
     X = L.woodbury_back(Jd, s, U, Gd, damping)  # (g - J_w^T u) / λ
     _raise_if_failed(info, lambda k: V.not_positive_definite(func, V.SAMPLE_MATRIX, k, n, damping))
-    return X
+    return _finite_solution(X, func, [(Gv, "g")])
 
 
-def lowrank_solve(J: Any, g: Any, damping: float, weights: Any = None, *, check_finite: bool = True):
+def lowrank_solve(
+    J: Any,
+    g: Any,
+    damping: float,
+    weights: Any = None,
+    *,
+    check_finite: bool = True,
+    precision: str = "auto",
+    return_info: bool = False,
+):
     r"""``(J^T W J + λI)^{-1} g`` in sample space (Woodbury), never forming P x P, on the GPU.
 
     .. math:: J_w = \operatorname{diag}(\sqrt{\hat w}) J, \qquad
@@ -189,21 +250,32 @@ def lowrank_solve(J: Any, g: Any, damping: float, weights: Any = None, *, check_
     damping : float
         λ > 0 (the formula divides by it).
     weights : array (N,), optional
+    precision, return_info
+        As in :func:`damped_solve`.
 
     Returns
     -------
     x : array of g's shape, equal to ``damped_solve(fisher(J, weights), g, damping)``.
     """
+    precision = V.precision_arg(precision, "lowrank_solve")
     template = first_device(J, g, weights)
     Jv, w, Gv, damping, vector = V.lowrank_solve_args(
         wrap(J), wrap(g), damping, wrap(weights), check_finite, all_finite, cast
     )
     X = _lowrank(Jv, w, Gv, damping, "lowrank_solve")
-    return result(_shaped(X, vector), template)
+    return _answer(result(_shaped(X, vector), template), Jv.dtype, precision, return_info)
 
 
 def natural_gradient(
-    J: Any, g: Any, damping: float, weights: Any = None, *, method: str = "auto", check_finite: bool = True
+    J: Any,
+    g: Any,
+    damping: float,
+    weights: Any = None,
+    *,
+    method: str = "auto",
+    check_finite: bool = True,
+    precision: str = "auto",
+    return_info: bool = False,
 ):
     r"""Damped natural gradient ``ñ = (F + λI)^{-1} g`` with ``F = fisher(J, weights)``, on the GPU.
 
@@ -221,11 +293,14 @@ def natural_gradient(
         (:func:`ngdfast._validation.choose_method`).
     check_finite : bool
         Raise ``ValueError`` on NaN/Inf in ``J`` or ``g``.
+    precision, return_info
+        As in :func:`damped_solve`.
 
     Returns
     -------
     ñ : array of g's shape.
     """
+    precision = V.precision_arg(precision, "natural_gradient")
     template = first_device(J, g, weights)
     Jv, w, Gv, damping, vector, method = V.natural_gradient_args(
         wrap(J), wrap(g), damping, wrap(weights), method, check_finite, all_finite, cast
@@ -237,8 +312,11 @@ def natural_gradient(
         F = empty((p, p), Jv.dtype)
         wd = upload(w) if w is not None else None
         L.syrk(device(Jv), F, 1.0 if w is not None else 1.0 / n, 0.0, zeros_info(), w=wd)
+        if not _diagonal_finite(F):  # NaN/Inf in J, or its squares overflowed
+            raise V.scores_not_finite(Jv, "natural_gradient", V.FISHER_GRAM, all_finite)
         X = _dense_solve(F, Gv, damping, "natural_gradient", overwrite_f=True)
-    return result(_shaped(X, vector), template)
+        _finite_solution(X, "natural_gradient", [(Gv, "g")])
+    return _answer(result(_shaped(X, vector), template), Jv.dtype, precision, return_info)
 
 
 def kl_step_size(g: Any, nat_grad: Any, epsilon: float, *, max_step: Optional[float] = None) -> float:
@@ -323,4 +401,5 @@ def kfac_precondition(grad: Any, A: Any, S: Any, damping: float, *, factored_dam
                 "kfac_precondition", factor, k, size, damping, damping_a, damping_s
             ),
         )
+    _finite_solution(Y, "kfac_precondition", [], V.KFAC_RESULT)
     return result(Y, template)

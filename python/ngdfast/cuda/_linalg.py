@@ -63,6 +63,18 @@ def syrk(X, out, alpha: float, beta: float, info, *, w=None, geo: Optional[K.Geo
     K.sym_reduce_kernel(dtype)[(-(-m // bx), -(-m // by)), (bx, by)](ws, out, a, b)
 
 
+def ema(batch, out, alpha: float, beta: float) -> None:
+    """``out = beta*out + alpha*batch`` for symmetric device ``batch`` (P, P), both triangles
+    (the fixed-order reduction kernel over one partial)."""
+    dtype = np.dtype(out.dtype)
+    geo = geometry(dtype)
+    m = out.shape[0]
+    bx = min(32, geo.threads)
+    by = max(1, geo.threads // bx)
+    ws = batch.reshape(1, m, m)
+    K.sym_reduce_kernel(dtype)[(-(-m // bx), -(-m // by)), (bx, by)](ws, out, dtype.type(alpha), dtype.type(beta))
+
+
 def placeholders(dtype):
     """Tiny arrays passed where a SYRK launch has no weights / no split-K workspace."""
     return empty(1, dtype), empty((1, 1, 1), dtype)

@@ -1,8 +1,11 @@
 """Hooks that collect the curvature statistics during the user's own forward and backward.
 
-Mechanism (one forward hook per tracked module, one on the model):
+Mechanism (one forward hook per tracked module; a forward-pre hook and a forward hook on the
+model):
 
-* each tracked module's forward hook keeps its input and output tensors of this forward;
+* the model's pre-hook starts each forward afresh (a tracked module called outside the model's
+  forward does not count); each tracked module's forward hook keeps its input and output
+  tensors of this forward;
 * the model's forward hook, which runs when the whole forward is done, turns them into
   statistics, only when the model is in training mode, grad is enabled, and the preconditioner
   asked for statistics on this step (``enabled``, the factor-update steps):
@@ -11,7 +14,9 @@ Mechanism (one forward hook per tracked module, one on the model):
   - ``fisher="sampled"`` / ``"exact"``: the score rows at the output (labels drawn from the
     model with the preconditioner's ``torch.Generator``, or every class weighted by √p) are
     back-propagated to the tracked modules' outputs only, by ``torch.autograd.grad(...,
-    retain_graph=True)``, giving ``δ = ∂ log p / ∂z`` per sample (factor S, diagonal). This is
+    retain_graph=True)``, giving ``δ = ∂ log p / ∂z`` per sample (factor S, diagonal; per
+    sample because the samples of a batch are independent, which BatchNorm in training mode
+    only approximates). This is
     one extra backward pass to the activations (for "exact", the C class blocks go through one
     batched backward, ``is_grads_batched``), no second forward, and the user's own
     ``loss.backward()`` is untouched;
@@ -102,7 +107,7 @@ class RunningMean:
             decay = 0.0
         else:
             decay = self.rows / (self.rows + r)
-        _linalg.fisher_into(rows.contiguous() if rows.device.type != "cpu" else rows, self.mean, decay)
+        _linalg.fisher_into(rows, self.mean, decay)
         self.rows += r
 
 
@@ -145,7 +150,8 @@ class Capture:
         self.backward_seen = False
         self.batch = Batch()
         self._pending = []
-        self._handles = []
+        # a module called outside the model's forward must not count: start each forward afresh
+        self._handles = [model.register_forward_pre_hook(self._root_pre_hook)]
         for i, layer in enumerate(layers):
             self._handles.append(layer.module.register_forward_hook(partial(self._module_hook, ("k", i))))
         for j, (_, module, _) in enumerate(diagonal):
@@ -177,12 +183,21 @@ class Capture:
         if self.enabled and self._recording() and isinstance(output, torch.Tensor):
             self._pending.append((key, tuple(a.detach() for a in args if isinstance(a, torch.Tensor)), output))
 
+    def _root_pre_hook(self, module, args):
+        self._pending = []
+
     def _mark(self, grad):
         self.backward_seen = True
 
     def _root_hook(self, module, args, output):
         pending, self._pending = self._pending, []
-        if not isinstance(output, torch.Tensor) or not output.requires_grad or not self._live():
+        if not self._live():
+            return
+        if not isinstance(output, torch.Tensor):
+            if self.enabled and self._recording():
+                _fisher.check_outputs(self.loss, output, "ngdfast.torch")  # raises: says what is expected
+            return
+        if not output.requires_grad:
             return
         if self.enabled and self._recording():
             self._collect(output, pending)

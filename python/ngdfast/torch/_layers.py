@@ -51,6 +51,13 @@ class Layer:
 
     def input_rows(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Rows ``ā`` (R, in) of the layer input ``x``, in ``dtype``, with the ones column."""
+        rows = self.weight_rows(x, dtype)
+        if self.has_bias:
+            rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+        return rows
+
+    def weight_rows(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Rows ``a`` (R, in − bias) of the layer input ``x``, in ``dtype``, without the ones column."""
         x = x.detach()
         if self.conv:
             m = self.module
@@ -67,10 +74,7 @@ class Layer:
             rows = patches.transpose(1, 2).reshape(-1, patches.shape[1])
         else:
             rows = x.reshape(-1, x.shape[-1])
-        rows = rows.to(dtype)
-        if self.has_bias:
-            rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
-        return rows
+        return rows.to(dtype)
 
     def output_rows(self, delta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Rows (R, out) of an output gradient ``delta`` shaped like the layer output."""

@@ -36,7 +36,8 @@ def _cuda_kernels():
         except ImportError:
             _CUDA_KERNELS = False
         else:
-            _CUDA_KERNELS = cuda
+            # Numba's CPU simulator (NUMBA_ENABLE_CUDASIM=1) cannot read torch's device memory
+            _CUDA_KERNELS = False if cuda.SIMULATOR else cuda
     return _CUDA_KERNELS or None
 
 
@@ -141,6 +142,10 @@ def kl_beta(q: float, kl_radius: float, max_step, func: str) -> float:
 
 
 def finite(t: torch.Tensor) -> bool:
+    """No NaN or Inf in ``t``: one sum decides the common case (NaN and Inf propagate into it);
+    only a non-finite sum (possibly an overflow of finite values) is checked elementwise."""
+    if bool(torch.isfinite(t.sum())):
+        return True
     return bool(torch.isfinite(t).all())
 
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .. import _validation
-from ..curvature import _check_decay
 from ..optimizer import NaturalGradient, _solve_with_retries
 from ..optimizer import StepInfo as _NumpyStepInfo
 from . import _exact, _fisher, _linalg
@@ -40,18 +38,6 @@ class StepInfo(_NumpyStepInfo):
     factors_updated: bool = False
     inverses_updated: bool = False
     n_samples: int = 0
-
-
-def _interval(value, name: str) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{_FUNC}: {name} must be an integer >= 1, got {value!r}")
-    try:
-        k = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{_FUNC}: {name} must be an integer >= 1, got {value!r}") from None
-    if k < 1:
-        raise ValueError(f"{_FUNC}: {name} must be an integer >= 1, got {k}")
-    return k
 
 
 def stats_dtype(param: torch.Tensor) -> torch.dtype:
@@ -110,7 +96,7 @@ class Preconditioner:
         gradients of your own loss, which must then be the batch mean of the per-sample
         negative log-likelihood), or all classes weighted by p.
     kl_radius : float
-        ε >= 0.
+        ε > 0.
     damping : float
         λ >= 0.
     max_step : float, optional
@@ -147,9 +133,21 @@ class Preconditioner:
 
     Notes
     -----
+    Scale: F is the mean over samples (``ngdfast.fisher``'s convention). For a layer applied at
+    several positions (Conv2d locations, Linear on (N, *, in) inputs) A is the mean over all
+    rows and S = (1/N) Σ_i Σ_t δ_it δ_itᵀ (KFC; see ``ngdfast.torch._layers``).
+
+    Hooks: statistics come from forwards in training mode with grad enabled; eval-mode and
+    ``torch.no_grad()`` forwards, and forwards inside ``torch.func`` transforms, are ignored.
+    A step that should update the curvature but saw no such forward raises.
+
     Gradient accumulation: every training-mode forward with grad enabled since the last step
     contributes; the factors are those of all those samples together, and g is whatever
-    ``.grad`` holds (it should be the gradient of the mean loss over them).
+    ``.grad`` holds (it should be the gradient of the mean loss over them; with
+    ``fisher="empirical"`` it must be, since δ_i = n·∂L/∂z_i over the n samples seen).
+
+    Parameters whose ``.grad`` is None (not used in this forward) are left alone, as torch's
+    optimizers do; gᵀñ sums over the others.
 
     A step is all or nothing: on missing or non-finite gradients, a step without a backward
     since the last one, non-finite statistics or a failed solve, :meth:`step` raises and the
@@ -171,20 +169,18 @@ class Preconditioner:
         self.loss = _fisher.choice(loss, _fisher.LOSSES, "loss", _FUNC)
         self.fisher = _fisher.choice(fisher, _fisher.FISHERS, "fisher", _FUNC)
         self.fallback = _fisher.choice(fallback, _fisher.FALLBACKS, "fallback", _FUNC)
-        self.kl_radius = _validation.nonnegative(kl_radius, _FUNC, "kl_radius")
+        # the same validators (and messages) as ngdfast.NaturalGradient and the curvature objects
+        self.kl_radius = _validation.positive(kl_radius, _FUNC, "kl_radius")
         self.damping = _validation.nonnegative(damping, _FUNC, "damping")
-        self.max_step = None if max_step is None else _validation.positive(max_step, _FUNC, "max_step")
-        try:
-            self.decay = _check_decay(decay)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{_FUNC}: {e}") from None
-        self.factor_interval = _interval(factor_interval, "factor_interval")
-        self.inverse_interval = _interval(inverse_interval, "inverse_interval")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"{_FUNC}: max_retries must be an integer >= 0, got {max_retries!r}")
-        self.max_retries = max_retries
+        self.max_step = _validation.optional_positive(max_step, _FUNC, "max_step")
+        self.decay = _validation.decay_arg(decay, _FUNC, running=True)
+        self.factor_interval = _validation.integer(factor_interval, _FUNC, "factor_interval")
+        self.inverse_interval = _validation.integer(inverse_interval, _FUNC, "inverse_interval")
+        self.max_retries = _validation.integer(max_retries, _FUNC, "max_retries", minimum=0)
         self.min_damping = _validation.positive(min_damping, _FUNC, "min_damping")
         self.max_damping = _validation.positive(max_damping, _FUNC, "max_damping")
+        if self.min_damping > self.max_damping:
+            raise ValueError(f"{_FUNC}: min_damping {min_damping} > max_damping {max_damping}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"{_FUNC}: generator must be a torch.Generator, got {type(generator).__name__}")
         # report_loss is NaturalGradient's (one Levenberg-Marquardt rule); these are its settings.

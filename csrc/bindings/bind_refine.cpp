@@ -1,0 +1,121 @@
+#include <memory>
+#include <string>
+
+#include "bindings.hpp"
+#include "ngdfast/refine.hpp"
+
+namespace ngdfast::bindings {
+
+namespace {
+
+void require_double(const py::array& a, const char* func) {
+    if (type_num(a) != type_num_of<double>()) throw py::type_error(std::string(func) + ": float64 data only");
+}
+
+py::tuple mixed_result(py::array x, const MixedResult& r) {
+    return py::make_tuple(std::move(x), r.info, static_cast<int>(r.status), r.iterations);
+}
+
+// (X, info, status, iterations) of a float64 solve from score rows.
+template <class Solve>
+py::tuple mixed_from_scores(const char* func, const py::array& J, const py::object& w, const py::array& G,
+                            Solve&& solve) {
+    require_double(J, func);
+    const Strided<double> j = view<double>(J, "J");
+    const Strided<double> g = view<double>(G, "G");
+    const double* wp = weights<double>(w, j.rows);
+    if (g.rows != j.cols) throw std::invalid_argument(std::string(func) + ": G must be (P, K)");
+    auto x = new_matrix<double>(g.rows, g.cols);
+    double* xp = x.mutable_data();
+    MixedResult r;
+    {
+        py::gil_scoped_release release;
+        r = solve(j, wp, g, xp);
+    }
+    return mixed_result(std::move(x), r);
+}
+
+}  // namespace
+
+void bind_refine(py::module_& m) {
+    m.def(
+        "damped_solve_mixed",
+        [](const py::array& F, const py::array& G, double damping) {
+            require_double(F, "damped_solve_mixed");
+            const Strided<double> f = view<double>(F, "F");
+            const Strided<double> g = view<double>(G, "G");
+            if (f.rows != f.cols || g.rows != f.rows)
+                throw std::invalid_argument("damped_solve_mixed: F must be (P, P) and G (P, K)");
+            auto x = new_matrix<double>(g.rows, g.cols);
+            double* xp = x.mutable_data();
+            MixedResult r;
+            {
+                py::gil_scoped_release release;
+                r = damped_solve_mixed(f, g, damping, xp);
+            }
+            return mixed_result(std::move(x), r);
+        },
+        py::arg("F"), py::arg("G"), py::arg("damping"));
+    m.def(
+        "natural_gradient_dense_mixed",
+        [](const py::array& J, const py::object& w, const py::array& G, double damping, bool check_scores) {
+            return mixed_from_scores("natural_gradient_dense_mixed", J, w, G,
+                                     [&](const auto& j, const double* wp, const auto& g, double* x) {
+                                         return natural_gradient_dense_mixed(j, wp, g, damping, x, check_scores);
+                                     });
+        },
+        py::arg("J"), py::arg("w"), py::arg("G"), py::arg("damping"), py::arg("check_scores") = false);
+    m.def(
+        "lowrank_solve_mixed",
+        [](const py::array& J, const py::object& w, const py::array& G, double damping, bool check_scores) {
+            if (!(damping > 0)) throw std::invalid_argument("lowrank_solve_mixed: damping must be > 0");
+            return mixed_from_scores("lowrank_solve_mixed", J, w, G,
+                                     [&](const auto& j, const double* wp, const auto& g, double* x) {
+                                         return lowrank_solve_mixed(j, wp, g, damping, x, check_scores);
+                                     });
+        },
+        py::arg("J"), py::arg("w"), py::arg("G"), py::arg("damping"), py::arg("check_scores") = false);
+
+    py::class_<MixedFactor, std::shared_ptr<MixedFactor>>(
+        m, "MixedFactor", "Float32 Cholesky factor of D (F + damping I) D (opaque; see ngdfast.curvature)")
+        .def_property_readonly("n", [](const MixedFactor& f) { return f.n; })
+        .def_property_readonly("nbytes", [](const MixedFactor& f) {
+            return static_cast<py::ssize_t>(f.n * f.n * sizeof(float) + f.n * sizeof(double));
+        });
+    m.def(
+        "mixed_factor",
+        [](const py::array& F, double damping) {
+            require_double(F, "mixed_factor");
+            const Strided<double> f = view<double>(F, "F");
+            if (f.rows != f.cols) throw std::invalid_argument("mixed_factor: F must be square");
+            auto fac = std::make_shared<MixedFactor>();
+            {
+                py::gil_scoped_release release;
+                *fac = mixed_factor(f, damping);
+            }
+            const index_t info = fac->info;
+            return py::make_tuple(std::move(fac), info);
+        },
+        py::arg("F"), py::arg("damping"));
+    m.def(
+        "pcg_solve",
+        [](const py::array& F, double damping, const MixedFactor& factor, const py::array& G, double tol,
+           int max_iter) {
+            require_double(F, "pcg_solve");
+            const Strided<double> f = view<double>(F, "F");
+            const Strided<double> g = view<double>(G, "G");
+            if (f.rows != f.cols || g.rows != f.rows || factor.n != f.rows || factor.info != 0)
+                throw std::invalid_argument("pcg_solve: F (P, P), G (P, K) and a valid factor of size P expected");
+            auto x = new_matrix<double>(g.rows, g.cols);
+            double* xp = x.mutable_data();
+            int iterations;
+            {
+                py::gil_scoped_release release;
+                iterations = pcg_solve(f, damping, factor, g, tol, max_iter, xp);
+            }
+            return py::make_tuple(std::move(x), iterations);
+        },
+        py::arg("F"), py::arg("damping"), py::arg("factor"), py::arg("G"), py::arg("tol"), py::arg("max_iter"));
+}
+
+}  // namespace ngdfast::bindings
