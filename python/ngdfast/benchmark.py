@@ -84,6 +84,8 @@ KERNELS = (
     "alternating",
     "reuse",
 )
+#: Sections run only when named in ``--kernels`` (they need an optional dependency).
+OPTIONAL_SECTIONS = ("torch",)  # ngdfast.bench_torch: ngdfast.torch beside the torch libraries
 
 
 # ---------------------------------------------------------------------------
@@ -789,7 +791,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the machine's GEMM rate, and speed-up over each peer timed in the same process.",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a few seconds)")
-    parser.add_argument("--kernels", help=f"comma-separated subset of: {', '.join(KERNELS)}")
+    parser.add_argument("--kernels", help=f"comma-separated subset of: {', '.join(KERNELS)} (default: all of "
+                        f"these), or also {', '.join(OPTIONAL_SECTIONS)}")
     parser.add_argument("--sizes", help="comma-separated parameter counts P to sweep instead of the default "
                         "cases (fisher N=512, low-rank N=min(256, P/2), K-FAC layer of P inputs, P/2 outputs)")
     parser.add_argument("--dtypes", default="float64,float32", help="with --sizes: dtypes to sweep (default: both)")
@@ -798,9 +801,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="PATH", help="also write every number to PATH as JSON")
     args = parser.parse_args(argv)
     kernels = args.kernels.split(",") if args.kernels else list(KERNELS)
-    unknown = sorted(set(kernels) - set(KERNELS))
+    unknown = sorted(set(kernels) - set(KERNELS) - set(OPTIONAL_SECTIONS))
     if unknown:
-        parser.error(f"unknown kernel(s) {', '.join(unknown)}; choose from {', '.join(KERNELS)}")
+        parser.error(f"unknown kernel(s) {', '.join(unknown)}; choose from {', '.join(KERNELS + OPTIONAL_SECTIONS)}")
     args.kernels = kernels
     try:
         args.sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
@@ -890,6 +893,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {t['kernel']:<18} {t['size']:<14} {t['dtype']:<7} {_measure_label(t['measure']):<30} "
                   f"{value:>9} {t['op']} {t['bound']:<6g} {'met' if t['met'] else 'MISSED'}", file=out)
 
+    torch_section = None
+    if "torch" in args.kernels:
+        from .bench_torch import run as run_torch  # imports torch: only when asked
+
+        torch_section = run_torch(args.quick, args.repeats, out)
+
     bad = [r for _, r in results if not r["ok"]]
     for r in bad:
         print(f"MISMATCH: {r['kernel']} {r['size']} {r['dtype']}: max relative difference "
@@ -903,11 +912,12 @@ def main(argv: list[str] | None = None) -> int:
             "alternating": alternating,
             "reuse": reuse,
             "targets": targets,
+            "torch": torch_section,
         }
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, default=str)
         print(f"\nwrote {args.json}", file=out)
-    return 1 if bad else 0
+    return 1 if bad or (torch_section and torch_section["mismatch"]) else 0
 
 
 if __name__ == "__main__":

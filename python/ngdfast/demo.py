@@ -4,7 +4,9 @@ Trains on scikit-learn's bundled handwritten digits (1797 8×8 images, 10
 classes; no download) with a held-out test split, for two models:
 
 * ``softmax``: multinomial logistic regression (P = 650);
-* ``mlp``: a tanh MLP 64-32-10 (P = 2410).
+* ``mlp``: a tanh MLP 64-32-10 (P = 2410);
+* ``cnn`` (``--framework torch``): a small CNN in PyTorch, trained with
+  ``ngdfast.torch`` beside torch's SGD and Adam (:mod:`ngdfast.demo_torch`).
 
 The training objective is the mean cross-entropy plus a small L2 penalty,
 ``L(θ) = -(1/N) Σ log p(y_i | x_i, θ) + (l2/2)‖θ‖²``, with full-batch
@@ -194,22 +196,32 @@ def _progress(total, desc, enabled):
     return tqdm(total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False, dynamic_ncols=True)
 
 
-def _run_first_order(problem, theta0, steps, settings, bar, update) -> Run:
-    """The loop GD and Adam share: ``update(theta, grad, t)`` changes theta in place;
-    only the gradient and the update are timed."""
+def timed_run(problem, state, steps, settings, bar, step) -> Run:
+    """``step(t)`` (t = 1, 2, ...) does one step's optimisation work on ``state``, the
+    only part timed; after each step the run records ``problem.evaluate(state)``."""
     run = Run(settings)
-    theta = theta0.copy()
     elapsed = 0.0
     for t in range(1, steps + 1):
         start = time.perf_counter()
-        _, grad = problem.objective(theta)
-        update(theta, grad, t)
+        step(t)
         elapsed += time.perf_counter() - start
-        run.record(problem, theta, elapsed)
+        run.record(problem, state, elapsed)
         bar.update()
         if run.diverged:
             break
     return run
+
+
+def _run_first_order(problem, theta0, steps, settings, bar, update) -> Run:
+    """The loop GD and Adam share: ``update(theta, grad, t)`` changes theta in place;
+    only the gradient and the update are timed."""
+    theta = theta0.copy()
+
+    def step(t):
+        _, grad = problem.objective(theta)
+        update(theta, grad, t)
+
+    return timed_run(problem, theta, steps, settings, bar, step)
 
 
 def run_gd(problem, theta0, steps, lr, bar) -> Run:
@@ -397,7 +409,7 @@ def _summary(runs, targets) -> list:
 
 
 COLOURS = {"gd": "0.35", "adam": "tab:orange", "ngd-dense": "tab:blue", "ngd-lowrank": "tab:green",
-           "ngd-kfac": "tab:red", "ngd-diagonal": "tab:purple"}
+           "ngd-kfac": "tab:red", "ngd-diagonal": "tab:purple", "ngd-exact": "tab:brown"}
 
 
 def plot(path, results) -> None:
@@ -439,14 +451,19 @@ def plot(path, results) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The demo's command line, shared by both frameworks (``--framework``)."""
     parser = argparse.ArgumentParser(
         prog="python -m ngdfast demo",
         description="Natural gradient descent beside gradient descent and Adam on the digits data.",
         epilog="JSON: one object {dataset, model, runs}; with --model both, model is a list and runs "
         "maps each model to its runs.",
     )
-    parser.add_argument("--model", choices=["softmax", "mlp", "both"], default="both")
+    parser.add_argument("--framework", choices=["numpy", "torch"], default="numpy",
+                        help="numpy: ngdfast's own models (default); torch: a small CNN trained with "
+                        "ngdfast.torch beside torch's SGD and Adam (needs the torch extra)")
+    parser.add_argument("--model", choices=["softmax", "mlp", "both", "cnn"], default=None,
+                        help="numpy: softmax, mlp or both (default); torch: cnn (the default)")
     parser.add_argument("--steps", type=int, default=None, help="steps per method (default: per model, 200)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a few steps and a small grid (seconds; for tests)")
@@ -459,15 +476,20 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be >= 1")
-    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 2)
-    if repeats < 1:
+    args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 2)
+    if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    models = {"numpy": ("softmax", "mlp", "both"), "torch": ("cnn",)}[args.framework]
+    args.model = args.model or models[0 if args.framework == "torch" else 2]
+    if args.model not in models:
+        parser.error(f"--model {args.model} is not a {args.framework} model; choose from {', '.join(models)}")
+    return args
 
-    started = time.perf_counter()
-    X, y, X_test, y_test = load_digits_split(args.seed)
-    names = ["softmax", "mlp"] if args.model == "both" else [args.model]
+
+def _train_numpy(args, X, y, X_test, y_test) -> dict:
+    """{model name: runs} for ngdfast's own models."""
     results = {}
-    for name in names:
+    for name in ["softmax", "mlp"] if args.model == "both" else [args.model]:
         config = dict(CONFIG[name])
         steps = args.steps or config["steps"]
         if args.quick:
@@ -476,25 +498,42 @@ def main(argv=None) -> int:
             config["adam_grid"] = config["adam_grid"][1:3]
         model = SoftmaxRegression(X.shape[1], 10) if name == "softmax" else MLP([X.shape[1], 32, 10], "tanh")
         problem = Problem(name, model, X, y, X_test, y_test, config["l2"])
-        results[name] = train(problem, steps, args.seed, not args.no_progress, config, repeats)
+        results[name] = train(problem, steps, args.seed, not args.no_progress, config, args.repeats)
+    return results
 
+
+def report(results, json_path=None, plot_path=None) -> None:
+    """Print each model's table; write the JSON curves and the plot when asked."""
+    names = list(results)
     for name, runs in results.items():
         print()
         print(table(name, runs))
-
-    if args.json:
+    if json_path:
         runs_json = {name: {k: r.to_json() for k, r in runs.items()} for name, runs in results.items()}
         doc = {
             "dataset": "digits",
             "model": names[0] if len(names) == 1 else names,
             "runs": runs_json[names[0]] if len(names) == 1 else runs_json,
         }
-        with open(args.json, "w") as f:
+        with open(json_path, "w") as f:
             json.dump(doc, f)
-        print(f"\nwrote {args.json}")
-    if args.plot:
-        plot(args.plot, results)
-        print(f"wrote {args.plot}")
+        print(f"\nwrote {json_path}")
+    if plot_path:
+        plot(plot_path, results)
+        print(f"wrote {plot_path}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    data = load_digits_split(args.seed)
+    if args.framework == "torch":
+        from .demo_torch import train_torch  # imports torch: only here
+
+        results = train_torch(args, *data)
+    else:
+        results = _train_numpy(args, *data)
+    report(results, args.json, args.plot)
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s")
     return 0
 
