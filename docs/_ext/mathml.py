@@ -30,6 +30,10 @@ _TEXT_ESCAPE = re.compile(r"\\([_%&#${}])")
 # TeX sets a thin space after \log, \exp, ... unless a parenthesis follows;
 # latex2mathml emits a bare <mi>log</mi>, which browsers run into the next letter.
 _FUNCTION = re.compile(r"(<mi>(?:log|exp|det|dim|sin|cos|tanh|max|min)</mi>)(?!<mo stretchy=\"false\">&#x00028;)")
+# ... and before it, after a symbol (∇_θ log p, not ∇_θlog p).
+_FUNCTION_AFTER_SYMBOL = re.compile(
+    r"(?:(?<=</mi>)|(?<=</mn>)|(?<=</msub>)|(?<=</msup>)|(?<=</msubsup>))(?=<mi>(?:log|exp|det|dim|sin|cos|tanh)</mi>)"
+)
 
 
 def _mathml(self, node: nodes.Element, latex: str, display: str) -> str:
@@ -39,6 +43,7 @@ def _mathml(self, node: nodes.Element, latex: str, display: str) -> str:
         logger.warning("math not converted to MathML (%s): %s", exc, latex, location=node)
         return self.encode(latex)
     out = _FUNCTION.sub(r'\1<mspace width="0.1667em"></mspace>', out)
+    out = _FUNCTION_AFTER_SYMBOL.sub('<mspace width="0.1667em"></mspace>', out)
     out = _MTEXT.sub(lambda m: "<mtext>" + _TEXT_ESCAPE.sub(r"\1", m.group(1)) + "</mtext>", out)
     bad = _LEFTOVER.search(out) or re.search(r"<mtext>[^<]*(\\[A-Za-z]+)", out)
     if bad:
