@@ -93,6 +93,9 @@ class Communicator:
         self.rank = dist.get_rank(self.group)
         self.world = dist.get_world_size(self.group)
         self._global = ranks  # group rank -> global rank (broadcast's src is global)
+        # NCCL takes CUDA tensors only: small flag tensors go to the current device there
+        self.device = (torch.device("cuda", torch.cuda.current_device())
+                       if dist.get_backend(self.group) == "nccl" else torch.device("cpu"))
         self.bytes: Counter = Counter()
         self.calls: Counter = Counter()
 
@@ -122,7 +125,7 @@ class Communicator:
 
     def any_rank(self, flag: bool) -> bool:
         """Whether ``flag`` is true on any rank (one small all-reduce)."""
-        t = torch.tensor([1.0 if flag else 0.0])
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
         self.all_reduce(t, "flags", op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
@@ -229,6 +232,7 @@ class FactorReducer:
         n = b.n
         empirical = self.capture.fisher == "empirical"
         dtype = self._dtypes[k]
+        device = self._device(self.buckets[k][0])
         parts, counts = [], [float(n)]
         for key in self.buckets[k]:
             kind, i = key
@@ -241,7 +245,8 @@ class FactorReducer:
                     parts += [tril_pack(a.mean).to(dtype) * a.rows, tril_pack(S).to(dtype) * n]
                     counts.append(float(a.rows))
                 else:
-                    parts += [torch.zeros(tri(inn), dtype=dtype), torch.zeros(tri(out), dtype=dtype)]
+                    parts += [torch.zeros(tri(inn), dtype=dtype, device=device),
+                              torch.zeros(tri(out), dtype=dtype, device=device)]
                     counts.append(0.0)
             else:
                 _, module, names = self.diagonal[i]
@@ -249,11 +254,17 @@ class FactorReducer:
                 for m, name in enumerate(names):
                     p = getattr(module, name)
                     if ds is None or not n:
-                        parts.append(torch.zeros(p.numel(), dtype=dtype))
+                        parts.append(torch.zeros(p.numel(), dtype=dtype, device=device))
                     else:
                         parts.append((ds[m] * n if empirical else ds[m] / n).reshape(-1).to(dtype) * n)
                 counts.append(1.0 if ds is not None else 0.0)
-        return torch.cat(parts + [torch.tensor(counts, dtype=dtype)])
+        return torch.cat([t.to(device) for t in parts] + [torch.tensor(counts, dtype=dtype, device=device)])
+
+    def _device(self, key):
+        if key[0] == "k":
+            return self.layers[key[1]].params[0].device
+        _, module, names = self.diagonal[key[1]]
+        return getattr(module, names[0]).device
 
     def finish(self):
         """Wait for (or issue) every bucket; ``(N, A, S, D)`` of the union, or None when no rank
@@ -367,9 +378,9 @@ class Distributed:
         if self.distribute == "gradients":
             return local
         return self._share(local, sorted(A), lambda i: [layers[i].shape[1], layers[i].shape[0]],
-                           next(iter(A.values())).dtype)
+                           next(iter(A.values())).dtype, layers)
 
-    def _share(self, local, present, dims, dtype):
+    def _share(self, local, present, dims, dtype, layers):
         """Broadcast each owner's (Ã⁻¹, S̃⁻¹) triangles; every rank gets all of them."""
         out = {}
         for r in range(self.comm.world):
@@ -379,7 +390,8 @@ class Distributed:
             if r == self.comm.rank:
                 buf = torch.cat([tril_pack(M) for i in keys for M in local[i]])
             else:
-                buf = torch.empty(sum(tri(d) for i in keys for d in dims(i)), dtype=dtype)
+                buf = torch.empty(sum(tri(d) for i in keys for d in dims(i)), dtype=dtype,
+                                  device=layers[keys[0]].params[0].device)
             self.comm.broadcast(buf, r, "inverses")
             pos = 0
             for i in keys:
@@ -400,7 +412,8 @@ class Distributed:
             if r == self.comm.rank:
                 buf = torch.cat([nat_of(i).reshape(-1).to(dtype) for i in keys])
             else:
-                buf = torch.empty(sum(layers[i].shape[0] * layers[i].shape[1] for i in keys), dtype=dtype)
+                buf = torch.empty(sum(layers[i].shape[0] * layers[i].shape[1] for i in keys), dtype=dtype,
+                                  device=layers[keys[0]].params[0].device)
             self.comm.broadcast(buf, r, "directions")
             pos = 0
             for i in keys:
@@ -415,14 +428,14 @@ class Distributed:
         if any(h is None for h in held):
             return None
         present = sorted({i for h in held for i in h})
-        return self._share(inverses, present, lambda i: [layers[i].shape[1], layers[i].shape[0]], dtype)
+        return self._share(inverses, present, lambda i: [layers[i].shape[1], layers[i].shape[0]], dtype, layers)
 
     def solve_scores(self, J, g, damping, weights, solve_local):
         """``(F + λI)⁻¹ g`` with F over the union of all ranks' score rows (see the module notes)."""
         from .. import _validation
 
         n, P = J.shape
-        counts = [int(c) for c in self.comm.all_gather(torch.tensor([n], dtype=torch.int64), "exact-counts")]
+        counts = [int(c) for c in self.comm.all_gather(torch.tensor([n], dtype=torch.int64, device=J.device), "exact-counts")]
         N = sum(counts)
         if tri(P) <= N * P:  # parameter space: all-reduce the triangle of Σ_r J_rᵀ W_r J_r and Σ w
             w = torch.ones(n, dtype=J.dtype, device=J.device) if weights is None else weights

@@ -429,7 +429,8 @@ class Preconditioner:
                 if split:
                     dtype = self._stats_dtype(self._params[0])
                     mine = self._dist.share_directions(
-                        self._layers, lambda i: mine.get(i, torch.zeros(self._layers[i].shape, dtype=dtype)), dtype)
+                        self._layers, lambda i: mine.get(i, torch.zeros(self._layers[i].shape, dtype=dtype,
+                                                          device=self._layers[i].params[0].device)), dtype)
                 for i, X in mine.items():
                     for p, part in zip(self._layers[i].params, self._layers[i].split(X)):
                         nat[by_param[id(p)]] = part
