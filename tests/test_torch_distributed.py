@@ -86,6 +86,21 @@ def train(model, precond, batches, steps=STEPS):
         opt.step()
 
 
+def train_adaptive(model, precond, batches, steps=STEPS):
+    """Levenberg-Marquardt damping from step(loss=...) and report_loss (rank-local losses)."""
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    for s in range(steps):
+        x, y = batches(s)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        precond.step(loss=loss)
+        opt.step()
+        with torch.no_grad():
+            precond.report_loss(F.cross_entropy(model(x), y))
+    return precond.damping
+
+
 def params(model):
     return [p.detach().clone() for p in model.parameters()]
 
@@ -114,6 +129,12 @@ def run_cases(rank, world, out):
         early = precond._dist.reducer.launched_in_backward if precond._dist.reducer else None
         results[case] = {"params": params(model), "bytes": precond.communication, "early": early,
                          "buckets": len(precond._dist.reducer.buckets) if precond._dist.reducer else None}
+
+    # adaptive damping: the ranks' losses are averaged, so λ moves alike everywhere
+    model = mlp()
+    precond = ngt.Preconditioner(model, fisher="empirical", adaptive_damping=True, **COMMON)
+    lam = train_adaptive(model, precond, step_batches("mlp", world, rank))
+    results["adaptive_damping"] = {"params": params(model), "damping": lam}
 
     # unequal batches: the factors are those of the concatenation (weights by counts)
     model = mlp()
@@ -222,6 +243,18 @@ def test_distributed_step_is_the_single_process_step(run, case):
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     moved = [p for p, q in zip(expected, params(MODELS[CASES[case][0]]())) if not torch.equal(p, q)]
     assert moved  # the comparison is not vacuous
+
+
+def test_adaptive_damping_averages_the_losses(run):
+    world, results = run
+    model = mlp()
+    precond = ngt.Preconditioner(model, fisher="empirical", adaptive_damping=True, **COMMON)
+    lam = train_adaptive(model, precond, step_batches("mlp", world))
+    assert lam != COMMON["damping"]  # the rule did act
+    for rank in range(world):
+        assert results[rank]["adaptive_damping"]["damping"] == pytest.approx(lam, rel=1e-12)
+        for got, want in zip(results[rank]["adaptive_damping"]["params"], params(model)):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_work_distribution_options_agree(run):

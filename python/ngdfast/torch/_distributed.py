@@ -338,6 +338,12 @@ class Distributed:
     def world(self):
         return self.comm.world
 
+    def mean(self, value: float) -> float:
+        """The ranks' mean of a number (losses for the adaptive damping)."""
+        t = torch.tensor([value], dtype=torch.float64, device=self.comm.device)
+        self.comm.all_reduce(t, "flags")
+        return float(t.item()) / self.comm.world
+
     def owns(self, i: int) -> bool:
         return self.owner_of[i] == self.comm.rank
 

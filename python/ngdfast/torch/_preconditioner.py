@@ -281,9 +281,12 @@ class Preconditioner:
 
         The rule of :meth:`ngdfast.NaturalGradient.report_loss`: with ``adaptive_damping``,
         ρ > 3/4 multiplies λ by 2/3 and ρ < 1/4 by 3/2 (within ``[min_damping, max_damping]``).
-        The last :meth:`step` must have been given ``loss=``.
+        The last :meth:`step` must have been given ``loss=``. Distributed: a collective; the
+        ranks' losses are averaged, so every rank adjusts λ alike.
         """
         value = new_loss.detach() if isinstance(new_loss, torch.Tensor) else new_loss
+        if self._dist is not None and self._pending is not None:
+            value = self._dist.mean(float(value))
         return NaturalGradient.report_loss(self, float(value))
 
     def step(self, inputs=None, targets=None, *, loss=None) -> StepInfo:
@@ -369,6 +372,8 @@ class Preconditioner:
         )
         if loss is not None:
             value = loss.detach() if isinstance(loss, torch.Tensor) else loss
+            if self._dist is not None:  # every rank passes loss= (or none does)
+                value = self._dist.mean(float(value))
             self._pending = (float(value), info.predicted_change, info)
         self.n_steps += 1
         self.last_step = info
