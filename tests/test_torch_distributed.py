@@ -101,6 +101,19 @@ def train_adaptive(model, precond, batches, steps=STEPS):
     return precond.damping
 
 
+def train_accumulated(model, precond, batches, steps=STEPS):
+    """Two micro-batches per step (loss halves): a bucket sent after the first is superseded."""
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    for s in range(steps):
+        x, y = batches(s)
+        h = x.shape[0] // 2
+        opt.zero_grad()
+        for part in (slice(0, h), slice(h, None)):
+            (0.5 * F.cross_entropy(model(x[part]), y[part])).backward()
+        precond.step()
+        opt.step()
+
+
 def params(model):
     return [p.detach().clone() for p in model.parameters()]
 
@@ -135,6 +148,13 @@ def run_cases(rank, world, out):
     precond = ngt.Preconditioner(model, fisher="empirical", adaptive_damping=True, **COMMON)
     lam = train_adaptive(model, precond, step_batches("mlp", world, rank))
     results["adaptive_damping"] = {"params": params(model), "damping": lam}
+
+    # gradient accumulation: the statistics of both micro-batches, reduced afresh in step()
+    for fisher in ("exact", "empirical"):
+        model = mlp()
+        precond = ngt.Preconditioner(model, fisher=fisher, **COMMON)
+        train_accumulated(model, precond, step_batches("mlp", world, rank))
+        results[f"accumulated_{fisher}"] = params(model)
 
     # unequal batches: the factors are those of the concatenation (weights by counts)
     model = mlp()
@@ -254,6 +274,16 @@ def test_adaptive_damping_averages_the_losses(run):
     for rank in range(world):
         assert results[rank]["adaptive_damping"]["damping"] == pytest.approx(lam, rel=1e-12)
         for got, want in zip(results[rank]["adaptive_damping"]["params"], params(model)):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("fisher", ["exact", "empirical"])
+def test_gradient_accumulation_is_the_whole_batch(run, fisher):
+    world, results = run
+    model = mlp()
+    train(model, ngt.Preconditioner(model, fisher=fisher, **COMMON), step_batches("mlp", world))
+    for rank in range(world):
+        for got, want in zip(results[rank][f"accumulated_{fisher}"], params(model)):
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 

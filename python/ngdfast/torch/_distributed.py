@@ -318,7 +318,9 @@ class Distributed:
         self.distribute = distribute
         self.grads_averaged = grads_averaged
         layers = owner._layers
-        self.owner_of = assign_owners([float(a**3 + b**3) for b, a in (l.shape for l in layers)], self.comm.world)
+        # cost of a layer's two inversions: in³ + out³
+        self.owner_of = assign_owners([float(i**3 + o**3) for o, i in (layer.shape for layer in layers)],
+                                      self.comm.world)
         self.reducer = None
         if owner.curvature != "exact":
             def dtype_of(key):
@@ -369,7 +371,7 @@ class Distributed:
         or keep them (``"gradients"``). A failure on any rank raises on every rank."""
         from .._errors import NotPositiveDefiniteError
 
-        mine = {i: (A[i],) for i in A if self.owns(i)}
+        mine = [i for i in A if self.owns(i)]
         error = None
         try:
             local = invert({i: A[i] for i in mine}, {i: S[i] for i in mine}, damping)
