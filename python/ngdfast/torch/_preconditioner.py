@@ -525,6 +525,8 @@ class Preconditioner:
         inverses = None if state["inverses"] is None else {
             layer_index[k]: (a.clone().to(device_of(layer_index[k])), s.clone().to(device_of(layer_index[k])))
             for k, (a, s) in state["inverses"].items()}
+        if inverses is not None and self._dist is not None and self.distribute == "gradients":
+            inverses = {i: v for i, v in inverses.items() if self._dist.owns(i)}  # 1/R of the memory
         generator = state["generator"]
         if self._dist is not None and "generators" in state:
             if len(state["generators"]) != self._dist.world:
