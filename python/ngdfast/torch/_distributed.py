@@ -26,7 +26,7 @@ so that DDP's own all-reduces on the user's group never interleave with ours):
   each owner inverts its layers and broadcasts the inverses' lower triangles; every rank holds
   every inverse and preconditions every layer (memory ``Σ in² + out²`` per rank, traffic only on
   refresh steps). ``distribute="gradients"``: each rank keeps only its own inverses and
-  broadcasts its layers' preconditioned gradients every step (memory ``1/R``, traffic ``Σ in·out``
+  broadcasts its layers' preconditioned gradients every step (memory: the owned layers only, traffic ``Σ in·out``
   per step). Both give the same parameters;
 * exact NGD (``curvature="exact"``): each rank forms the score rows J_r of its own samples. The
   solve is over the union. F's off-diagonal sample blocks ``J_r J_sᵀ`` need rows from two ranks,

@@ -135,8 +135,9 @@ class Preconditioner:
     distribute : {"inverses", "gradients"}
         K-FAC work split (layers owned by cost, largest first to the least-loaded rank):
         every rank holds every inverse, broadcast on refresh steps; or each owner keeps its
-        inverses and broadcasts its layers' preconditioned gradients every step (1/R of the
-        memory, more traffic). Same parameters either way.
+        inverses and broadcasts its layers' preconditioned gradients every step (the owned
+        layers' memory only; traffic every step instead of on refresh steps). Same parameters
+        either way.
     bucket_mb : float
         Size cap of the buckets of the asynchronous factor all-reduce.
 
@@ -526,7 +527,7 @@ class Preconditioner:
             layer_index[k]: (a.clone().to(device_of(layer_index[k])), s.clone().to(device_of(layer_index[k])))
             for k, (a, s) in state["inverses"].items()}
         if inverses is not None and self._dist is not None and self.distribute == "gradients":
-            inverses = {i: v for i, v in inverses.items() if self._dist.owns(i)}  # 1/R of the memory
+            inverses = {i: v for i, v in inverses.items() if self._dist.owns(i)}  # the owned layers only
         generator = state["generator"]
         if self._dist is not None and "generators" in state:
             if len(state["generators"]) != self._dist.world:
