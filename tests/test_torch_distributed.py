@@ -65,6 +65,7 @@ CASES = {
     "kfac_fallback_intervals": ("mlp_ln", dict(fisher="empirical", factor_interval=2, inverse_interval=2,
                                                decay=0.8), False),
     "kfac_small_buckets": ("mlp", dict(fisher="empirical", bucket_mb=1e-4), True),
+    "diagonal_ddp": ("mlp_ln", dict(curvature="diagonal", fisher="exact"), True),
     "exact_sample_space": ("mlp", dict(curvature="exact", fisher="empirical"), False),
     "exact_parameter_space": ("tiny", dict(curvature="exact", fisher="empirical"), True),
     "exact_exact_fisher": ("tiny", dict(curvature="exact", fisher="exact"), False),
