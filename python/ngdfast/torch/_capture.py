@@ -148,6 +148,7 @@ class Capture:
         self.force = force
         self.enabled = False
         self.backward_seen = False
+        self.listener = None  # ngdfast.torch._distributed.FactorReducer: forward/backward events
         self.batch = Batch()
         self._pending = []
         # a module called outside the model's forward must not count: start each forward afresh
@@ -169,6 +170,8 @@ class Capture:
         self.batch = Batch()
         self._pending = []
         self.backward_seen = False
+        if self.listener is not None:
+            self.listener.reset()
 
     # ------------------------------------------------------------------ hooks
     def _live(self) -> bool:
@@ -188,6 +191,8 @@ class Capture:
 
     def _mark(self, grad):
         self.backward_seen = True
+        if self.listener is not None and self.enabled and self.batch.n:
+            self.listener.on_backward_start()
 
     def _root_hook(self, module, args, output):
         pending, self._pending = self._pending, []
@@ -215,6 +220,8 @@ class Capture:
                 )
             if out.requires_grad:
                 live.append((key, args, out))
+        if self.listener is not None:
+            self.listener.on_forward([key for key, _, _ in live] if self.fisher == "empirical" else [])
         if not live:
             return
         if self.fisher == "empirical":
@@ -231,6 +238,8 @@ class Capture:
         owner = getattr(_LOCAL, "owner", None)
         if owner is None or owner is self:
             self._add_deltas(key, args, [grad])
+            if self.listener is not None:
+                self.listener.on_delta(key)
 
     def _add_deltas(self, key, args, deltas) -> None:
         if not deltas:

@@ -11,7 +11,7 @@ from torch import nn
 from .. import _validation
 from ..optimizer import NaturalGradient, _solve_with_retries
 from ..optimizer import StepInfo as _NumpyStepInfo
-from . import _exact, _fisher, _linalg
+from . import _distributed, _exact, _fisher, _linalg
 from ._capture import Capture
 from ._layers import Layer, supported
 
@@ -127,6 +127,26 @@ class Preconditioner:
         For the sampled labels; default: a private generator seeded from torch's global RNG.
         Its state is part of :meth:`state_dict`.
     max_retries, min_damping, max_damping : as in ``ngdfast.NaturalGradient``
+    distributed : bool, optional
+        Data parallel over ``torch.distributed`` (see ``ngdfast.torch._distributed`` and
+        docs/distributed.md): ``None`` (default) when a process group with more than one rank
+        is initialised, ``True`` requires one, ``False`` never. Every rank then constructs its
+        preconditioner with the same settings (checked; a mismatch raises on every rank), and
+        the step equals the single-process step on the concatenation of the ranks' batches.
+        ``model`` may be a ``DistributedDataParallel`` (its averaged gradients are used) or the
+        plain model (the gradients are then averaged here). The sampled Fisher's default
+        generator is seeded differently on each rank.
+    process_group : ProcessGroup, optional
+        The ranks to span (default: the world); a private group over the same ranks carries
+        the preconditioner's collectives.
+    distribute : {"inverses", "gradients"}
+        K-FAC work split (layers owned by cost, largest first to the least-loaded rank):
+        every rank holds every inverse, broadcast on refresh steps; or each owner keeps its
+        inverses and broadcasts its layers' preconditioned gradients every step (the owned
+        layers' memory only; traffic every step instead of on refresh steps). Same parameters
+        either way.
+    bucket_mb : float
+        Size cap of the buckets of the asynchronous factor all-reduce.
 
     Attributes
     ----------
@@ -186,7 +206,8 @@ class Preconditioner:
     def __init__(self, model: nn.Module, *, curvature="kfac", loss="cross_entropy", fisher="sampled",
                  kl_radius=1e-3, damping=1e-3, max_step=None, decay=0.95, factor_interval=1,
                  inverse_interval=1, adaptive_damping=False, fallback="diagonal", generator=None,
-                 max_retries=3, min_damping=1e-8, max_damping=1e4):
+                 max_retries=3, min_damping=1e-8, max_damping=1e4, distributed=None, process_group=None,
+                 distribute="inverses", bucket_mb=25.0):
         if not isinstance(model, nn.Module):
             raise TypeError(f"{_FUNC}: model must be a torch.nn.Module, got {type(model).__name__}")
         self.curvature = _fisher.choice(curvature, _fisher.CURVATURES, "curvature", _FUNC)
@@ -214,6 +235,12 @@ class Preconditioner:
         self.max_kl_radius = self._min_kl_radius = self.kl_radius
         self._pending = None
 
+        self.distribute = _fisher.choice(distribute, _distributed.DISTRIBUTE, "distribute", _FUNC)
+        self.bucket_mb = _validation.positive(bucket_mb, _FUNC, "bucket_mb")
+        use_dist = _distributed.enabled(distributed, _FUNC)
+        ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+        if ddp:
+            model = model.module  # hooks and torch.func on the module; DDP averages the gradients
         self.model = model
         self._names = [n for n, p in model.named_parameters() if p.requires_grad]
         self._params = [p for p in model.parameters() if p.requires_grad]
@@ -225,6 +252,7 @@ class Preconditioner:
             [name for name, *_ in self._diagonal] + [name for name, *_ in self._gradient_only]
             if self.curvature == "kfac" else []
         )
+        self._stats_dtype = stats_dtype
         self._generator = generator if generator is not None else _default_generator(model)
         tracked = (self._layers, self._diagonal) if self.curvature != "exact" else ([], [])
         self._capture = Capture(model, *tracked, self.loss, self.fisher, stats_dtype, lambda: self._generator)
@@ -236,7 +264,27 @@ class Preconditioner:
         self._inverses = None  # {layer: (A_inv, S_inv)} and the damping they used
         self._inverse_damping = None
         self.last_step: StepInfo | None = None
+        self._dist = None
+        if use_dist:
+            self._dist = _distributed.Distributed(self, process_group, self.distribute, self.bucket_mb, ddp)
+            self._dist.fingerprint_check(self._fingerprint(), _FUNC)
+            if generator is None:  # independent label draws on each rank
+                self._generator.manual_seed((self._generator.initial_seed() + 7919 * self._dist.rank) % 2**63)
         self._arm()
+
+    def _fingerprint(self) -> dict:
+        settings = ("curvature", "loss", "fisher", "fallback", "kl_radius", "damping", "max_step", "decay",
+                    "factor_interval", "inverse_interval", "adaptive_damping", "max_retries", "distribute")
+        out = {k: getattr(self, k) for k in settings}
+        out["parameters"] = [(n, tuple(p.shape), str(p.dtype)) for n, p in zip(self._names, self._params)]
+        out["kfac_layers"] = list(self.kfac_layers)
+        return out
+
+    @property
+    def communication(self) -> dict:
+        """Bytes each rank sent into the preconditioner's collectives so far, by kind (empty
+        when not distributed). Payload sizes, not the wire traffic of a particular algorithm."""
+        return {} if self._dist is None else dict(self._dist.comm.bytes)
 
     # ------------------------------------------------------------------ public
     def __repr__(self) -> str:
@@ -258,9 +306,12 @@ class Preconditioner:
 
         The rule of :meth:`ngdfast.NaturalGradient.report_loss`: with ``adaptive_damping``,
         ρ > 3/4 multiplies λ by 2/3 and ρ < 1/4 by 3/2 (within ``[min_damping, max_damping]``).
-        The last :meth:`step` must have been given ``loss=``.
+        The last :meth:`step` must have been given ``loss=``. Distributed: a collective; the
+        ranks' losses are averaged, so every rank adjusts λ alike.
         """
         value = new_loss.detach() if isinstance(new_loss, torch.Tensor) else new_loss
+        if self._dist is not None and self._pending is not None:
+            value = self._dist.mean(float(value))
         return NaturalGradient.report_loss(self, float(value))
 
     def step(self, inputs=None, targets=None, *, loss=None) -> StepInfo:
@@ -298,6 +349,8 @@ class Preconditioner:
             raise RuntimeError(
                 f"{func}: no backward pass through the model since the last step (forward in training mode "
                 "with grad enabled, then loss.backward(), then step())")
+        if self._dist is not None:
+            self._dist.average_gradients(grads)
         for name, g in zip(self._names, grads):
             if g is not None and not _linalg.finite(g):
                 raise ValueError(f"{func}: the gradient of {name!r} contains NaN or Inf")
@@ -344,6 +397,8 @@ class Preconditioner:
         )
         if loss is not None:
             value = loss.detach() if isinstance(loss, torch.Tensor) else loss
+            if self._dist is not None:  # every rank passes loss= (or none does)
+                value = self._dist.mean(float(value))
             self._pending = (float(value), info.predicted_change, info)
         self.n_steps += 1
         self.last_step = info
@@ -351,7 +406,7 @@ class Preconditioner:
 
     def _updated_curvature(self, func):
         """New factor/diagonal dicts with this step's statistics folded in (nothing committed)."""
-        stats = self._capture.statistics()
+        stats = self._capture.statistics() if self._dist is None else self._dist.reducer.finish()
         if stats is None:
             raise RuntimeError(
                 f"{func}: no statistics were recorded since the last step; this step updates the curvature "
@@ -380,8 +435,18 @@ class Preconditioner:
             nat = [None] * len(self._params)
             inverses = None
             if self._layers:
-                inverses = damped_inverses(self._layers, A, S, lam) if refresh else self._inverses
+                if not refresh:
+                    inverses = self._inverses
+                elif self._dist is None:
+                    inverses = damped_inverses(self._layers, A, S, lam)
+                else:
+                    inverses = self._dist.inverses(
+                        self._layers, A, S, lam, lambda a, s, d: damped_inverses(self._layers, a, s, d))
+                split = self._dist is not None and self._dist.distribute == "gradients"
+                mine = {}
                 for i, layer in enumerate(self._layers):
+                    if split and not self._dist.owns(i):
+                        continue
                     g = [grads[by_param[id(p)]] for p in layer.params]
                     if all(t is None for t in g):
                         continue
@@ -390,7 +455,14 @@ class Preconditioner:
                                            "(was it used in a training-mode forward?)")
                     Ai, Si = inverses[i]
                     g = [torch.zeros_like(p) if t is None else t for p, t in zip(layer.params, g)]
-                    for p, part in zip(layer.params, layer.split(Si @ layer.grad_matrix(g, Ai.dtype) @ Ai)):
+                    mine[i] = Si @ layer.grad_matrix(g, Ai.dtype) @ Ai
+                if split:
+                    dtype = self._stats_dtype(self._params[0])
+                    mine = self._dist.share_directions(
+                        self._layers, lambda i: mine.get(i, torch.zeros(self._layers[i].shape, dtype=dtype,
+                                                          device=self._layers[i].params[0].device)), dtype)
+                for i, X in mine.items():
+                    for p, part in zip(self._layers[i].params, self._layers[i].split(X)):
                         nat[by_param[id(p)]] = part
             for j, (name, module, names) in enumerate(self._diagonal):
                 for pname in names:
@@ -416,8 +488,13 @@ class Preconditioner:
                                  self._generator, dtype)
         g = torch.cat([(torch.zeros_like(p) if t is None else t).reshape(-1).to(dtype)
                        for p, t in zip(self._params, grads)])
-        flat, lam, retries = _solve_with_retries(
-            lambda lam: _linalg.solve_scores(J, g, lam, w), self.damping, self.max_retries, self.min_damping)
+        if self._dist is None:
+            def solve(lam):
+                return _linalg.solve_scores(J, g, lam, w)
+        else:
+            def solve(lam):
+                return self._dist.solve_scores(J, g, lam, w, _linalg.solve_scores)
+        flat, lam, retries = _solve_with_retries(solve, self.damping, self.max_retries, self.min_damping)
         nat, k = [], 0
         for p in self._params:
             nat.append(flat[k : k + p.numel()].reshape(p.shape).to(flat.device))
@@ -426,8 +503,12 @@ class Preconditioner:
 
     # ------------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        """Everything a resumed run needs to continue bit for bit (taken between steps)."""
-        return {
+        """Everything a resumed run needs to continue bit for bit (taken between steps).
+
+        Distributed: a collective (call it on every rank, save rank 0's); it holds every rank's
+        generator state and every inverse, and loads on every rank of a run of the same size.
+        """
+        state = {
             "config": {"curvature": self.curvature, "loss": self.loss, "fisher": self.fisher,
                        "kfac_layers": list(self.kfac_layers), "fallback_modules": list(self.fallback_modules)},
             "n_steps": self.n_steps,
@@ -442,6 +523,14 @@ class Preconditioner:
             "inverse_damping": self._inverse_damping,
             "generator": self._generator.get_state(),
         }
+        if self._dist is not None:
+            state["generators"] = self._dist.comm.all_gather_object(self._generator.get_state())
+            if self.distribute == "gradients" and self._layers:
+                inverses = self._dist.gather_inverses(self._layers, self._inverses,
+                                                      self._stats_dtype(self._layers[0].params[0]))
+                state["inverses"] = None if inverses is None else {
+                    self._layers[i].name: (a.clone(), s.clone()) for i, (a, s) in inverses.items()}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict` (of a preconditioner with the same settings and model layout)."""
@@ -461,7 +550,15 @@ class Preconditioner:
         inverses = None if state["inverses"] is None else {
             layer_index[k]: (a.clone().to(device_of(layer_index[k])), s.clone().to(device_of(layer_index[k])))
             for k, (a, s) in state["inverses"].items()}
-        self._generator.set_state(state["generator"])
+        if inverses is not None and self._dist is not None and self.distribute == "gradients":
+            inverses = {i: v for i, v in inverses.items() if self._dist.owns(i)}  # the owned layers only
+        generator = state["generator"]
+        if self._dist is not None and "generators" in state:
+            if len(state["generators"]) != self._dist.world:
+                raise ValueError(f"{_FUNC}.load_state_dict: saved by {len(state['generators'])} ranks, "
+                                 f"loaded by {self._dist.world}")
+            generator = state["generators"][self._dist.rank]
+        self._generator.set_state(generator)
         self._A, self._S, self._D, self._inverses = A, S, D, inverses
         self._inverse_damping = state["inverse_damping"]
         self.n_steps = int(state["n_steps"])
