@@ -59,7 +59,7 @@ html_theme_options = {
     "footer_end": ["sphinx-version"],
 }
 # Only the contract has sub-pages; elsewhere an empty "Section Navigation" column would show.
-_single_pages = ["index", "quickstart", "mathematics", "trainer", "api", "performance", "threads",
+_single_pages = ["index", "quickstart", "mathematics", "trainer", "distributed", "api", "performance", "threads",
                  "cuda", "contributing", "genindex", "search"]
 html_sidebars = {page: [] for page in _single_pages}
 html_show_sourcelink = False
