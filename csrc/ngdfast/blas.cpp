@@ -1,4 +1,5 @@
 #include "ngdfast/blas.hpp"
+#include "ngdfast/checked.hpp"
 
 #include <dlfcn.h>
 
@@ -54,15 +55,10 @@ const Table<float>& table<float>() { return g_s; }
 // checks, buffer allocation) exceeds the work below ~64^3 multiply-adds.
 constexpr double kExternalMinWork = 64.0 * 64.0 * 64.0;
 
-// The external library takes 32-bit dimensions; anything larger stays on Eigen.
-bool fits(std::initializer_list<index_t> dims) {
-    for (index_t d : dims)
-        if (d > index_t(std::numeric_limits<fint>::max())) return false;
-    return true;
-}
-
+// The external library takes 32-bit dimensions and leading dimensions;
+// a call with any of them larger stays on Eigen (64-bit indices).
 bool use_external(double work, std::initializer_list<index_t> dims) {
-    return work >= kExternalMinWork && g_enabled.load(std::memory_order_relaxed) && fits(dims);
+    return work >= kExternalMinWork && g_enabled.load(std::memory_order_relaxed) && fits_int32(dims);
 }
 
 template <class T>
