@@ -24,10 +24,10 @@ void bind_cholesky(py::module_& m) {
                     if (!(F.flags() & (py::array::c_style | py::array::f_style)) || !F.writeable())
                         throw std::invalid_argument("damped_solve: overwrite_f needs a writeable contiguous F");
                     T* fp = static_cast<T*>(const_cast<void*>(F.data()));
-                    py::gil_scoped_release release;
+                    Released release;
                     info = damped_solve_in_place<T>(fp, f.rows, f.rows, g, static_cast<T>(damping), xp);
                 } else {
-                    py::gil_scoped_release release;
+                    Released release;
                     info = damped_solve<T>(f, g, static_cast<T>(damping), xp);
                 }
                 return py::make_tuple(std::move(x), info);
@@ -46,7 +46,7 @@ void bind_cholesky(py::module_& m) {
                 T* lp = l.mutable_data();
                 index_t info;
                 {
-                    py::gil_scoped_release release;
+                    Released release;
                     copy_lower_shifted(f, static_cast<T>(damping), lp, n, double(n) * double(n) >= 1.0e6);
                     info = cholesky(lp, n, n);
                     for (index_t j = 1; j < n; ++j) std::fill(lp + j * n, lp + j * n + j, T(0));
@@ -67,7 +67,7 @@ void bind_cholesky(py::module_& m) {
                 auto x = new_matrix<T>(g.rows, g.cols);
                 T* xp = x.mutable_data();
                 {
-                    py::gil_scoped_release release;
+                    Released release;
                     copy_to(g, xp, g.rows);
                     cholesky_solve(l.data, l.rows, l.rows, xp, g.cols, g.rows);
                 }

@@ -18,11 +18,11 @@ void bind_fisher(py::module_& m) {
                     if (!(a.flags() & (py::array::c_style | py::array::f_style)))
                         throw std::invalid_argument("all_finite: non-contiguous arrays of ndim > 2");
                     const T* p = static_cast<const T*>(a.data());
-                    py::gil_scoped_release release;
+                    Released release;
                     return all_finite(p, static_cast<index_t>(a.size()));
                 }
                 const Strided<T> s = view<T>(a, "a");
-                py::gil_scoped_release release;
+                Released release;
                 return all_finite(s);
             });
         },
@@ -39,7 +39,7 @@ void bind_fisher(py::module_& m) {
                     !out.writeable())
                     throw std::invalid_argument("out: must be a writeable contiguous (P, P) array of J's dtype");
                 T* o = static_cast<T*>(const_cast<void*>(out.data()));
-                py::gil_scoped_release release;
+                Released release;
                 fisher<T>(j, wp, o, j.cols, static_cast<T>(alpha), static_cast<T>(beta), true, fresh_out);
             });
         },

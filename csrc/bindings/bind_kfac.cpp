@@ -19,7 +19,7 @@ void bind_kfac(py::module_& m) {
                 char factor = 0;
                 index_t info;
                 {
-                    py::gil_scoped_release release;
+                    Released release;
                     info = kfac_precondition<T>(g, a, s, static_cast<T>(damping_a), static_cast<T>(damping_s), xp,
                                                 &factor);
                 }

@@ -2,6 +2,7 @@
 
 #include "bindings.hpp"
 #include "ngdfast/blas.hpp"
+#include "ngdfast/checked.hpp"
 #include "ngdfast/host_blas.hpp"
 #include "ngdfast/parallel.hpp"
 
@@ -80,6 +81,10 @@ void bind_runtime(py::module_& m) {
         },
         py::arg("mode"));
     m.def("get_borrow_mode", &borrow_mode_name);
+    m.def(
+        "_checked_mul",
+        [](index_t a, index_t b, std::size_t elem) { return checked_mul(a, b, elem); },
+        py::arg("a"), py::arg("b"), py::arg("elem"), "Checked workspace size (tests only): a * b or MemoryError.");
     m.def("other_thread_running", [] {
         py::gil_scoped_release release;
         return other_thread_running();

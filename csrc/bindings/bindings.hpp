@@ -6,14 +6,48 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <optional>
 #include <stdexcept>
 #include <string>
 
 #include "ngdfast/matrix.hpp"
+#include "ngdfast/parallel.hpp"
 
 namespace ngdfast::bindings {
 
 namespace py = pybind11;
+
+// The main thread's id: only there does Python run signal handlers.
+inline unsigned long& main_thread_id() {
+    static unsigned long id = 0;
+    return id;
+}
+
+// Ctrl-C during a long call: the poll of the kernel's InterruptScope (see
+// parallel.hpp) takes the GIL back for a moment and runs Python's pending
+// signal handlers; when one raises (KeyboardInterrupt from the default SIGINT
+// handler, or whatever a user's handler raises) the exception stays set on
+// this thread and the call unwinds with ngdfast::Interrupted, which the
+// translator in module.cpp turns back into that exception. No signal handler
+// is installed or replaced. Polls happen at most every 0.1 s and only on the
+// main thread; with no other Python thread running, taking the free GIL costs
+// about a microsecond.
+inline bool poll_python_signals() {
+    py::gil_scoped_acquire gil;
+    return PyErr_CheckSignals() != 0;
+}
+
+// Used instead of py::gil_scoped_release around every kernel call.
+class __attribute__((visibility("hidden"))) Released {
+public:
+    Released() {
+        if (PyThread_get_thread_ident() == main_thread_id()) scope_.emplace(poll_python_signals, 0.1);
+    }
+
+private:
+    std::optional<InterruptScope> scope_;  // destroyed after the GIL is back
+    py::gil_scoped_release release_;
+};
 
 // NumPy type number, read from the descriptor without Python attribute
 // lookups (those cost microseconds, and small calls must stay cheap).
@@ -91,7 +125,7 @@ py::tuple solve_from_scores(const char* name, const py::array& J, const py::obje
         T* xp = x.mutable_data();
         index_t info;
         {
-            py::gil_scoped_release release;
+            Released release;
             info = solve(j, wp, g, xp);
         }
         return py::make_tuple(std::move(x), info);

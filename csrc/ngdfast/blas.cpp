@@ -1,4 +1,5 @@
 #include "ngdfast/blas.hpp"
+#include "ngdfast/checked.hpp"
 
 #include <dlfcn.h>
 
@@ -56,20 +57,15 @@ const Table<float>& table<float>() { return g_s; }
 // checks, buffer allocation) exceeds the work below ~64^3 multiply-adds.
 constexpr double kExternalMinWork = 64.0 * 64.0 * 64.0;
 
-// The external library takes 32-bit dimensions; anything larger stays on Eigen.
-bool fits(std::initializer_list<index_t> dims) {
-    for (index_t d : dims)
-        if (d > index_t(std::numeric_limits<fint>::max())) return false;
-    return true;
-}
-
 using set_threads_fn = void (*)(int);
 using get_threads_fn = int (*)();
 set_threads_fn g_set_threads = nullptr;
 get_threads_fn g_get_threads = nullptr;
 
+// The external library takes 32-bit dimensions and leading dimensions;
+// a call with any of them larger stays on Eigen (64-bit indices).
 bool use_external(double work, std::initializer_list<index_t> dims) {
-    if (!(work >= kExternalMinWork && g_enabled.load(std::memory_order_relaxed) && fits(dims))) return false;
+    if (!(work >= kExternalMinWork && g_enabled.load(std::memory_order_relaxed) && fits_int32(dims))) return false;
     // threadpoolctl lists the private copy as a BLAS like any other, and
     // threadpool_limits(n) sets it to n threads: put it back to one (a global
     // read per tile; the setter runs only after such a change).

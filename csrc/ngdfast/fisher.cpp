@@ -74,6 +74,9 @@ void tile_product(const GramOperand<T>& x, index_t i0, index_t bi, index_t j0, i
 // at N=512, P=4096.
 constexpr index_t kTileMax = 384;
 
+// Widest SYRK handed to the host library (see gram's on_host path).
+constexpr index_t kHostSyrkMax = 2048;
+
 // Tallest block of a column panel computed by one GEMM call. Tall blocks let
 // the BLAS pack the panel's right operand once and stream the rows past it:
 // 384 x 384 tiles reached 0.75 of the GEMM rate at N=512, P=4096, blocks of
@@ -176,7 +179,25 @@ bool gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
     const index_t n = x.n, k = x.k;
     if (n <= 0) return false;
     if (on_host) {
-        host_syrk_lower<T>(x.xt ? 'T' : 'N', n, k, alpha, x.data, x.ld, beta, out, ldo);
+        // Never one SYRK over the whole output: OpenBLAS's threaded SYRK
+        // (driver/level3/level3_syrk_threaded.c) packs each thread's whole
+        // column range at once, GEMM_Q x range elements, into a packing buffer
+        // of fixed size (BUFFER_SIZE), and overruns it once a thread's range
+        // passes a few ten thousand columns: with NumPy's OpenBLAS on two
+        // threads, lowrank_solve at N = 45000-46341 crashed in dgemm_oncopy or
+        // returned wrong values. Its threaded GEMM blocks by GEMM_R and has no
+        // such limit. So: column panels of at most kHostSyrkMax, the diagonal
+        // block by SYRK (ranges <= 2048 columns: <= 6 MiB of packing on x86-64
+        // against a buffer of 32 MiB or more), the rows below it by one GEMM.
+        const char tr = x.xt ? 'T' : 'N', tr2 = x.xt ? 'N' : 'T';
+        for (index_t j0 = 0; j0 < n; j0 += kHostSyrkMax) {
+            const index_t bj = std::min(kHostSyrkMax, n - j0), below = n - j0 - bj;
+            host_syrk_lower<T>(tr, bj, k, alpha, x.at(j0, 0), x.ld, beta, out + j0 + j0 * ldo, ldo);
+            if (below > 0)
+                host_gemm<T>(tr, tr2, below, bj, k, alpha, x.at(j0 + bj, 0), x.ld, x.at(j0, 0), x.ld, beta,
+                             out + (j0 + bj) + j0 * ldo, ldo);
+            interruption_point();
+        }
         if (write_upper) mirror_lower(out, n, ldo);
         return false;
     }
@@ -190,7 +211,7 @@ bool gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
         // competitor (NumPy's OpenBLAS workers spin for ~0.1 s after each
         // NumPy call) simply takes fewer chunks. A static split measured 2x
         // slower right after a NumPy call. Buffers are capped at 64 MiB.
-        const index_t nn = n * n;
+        const index_t nn = checked_mul(n, n, sizeof(T));
         const index_t chunks = split_chunks<T>(n, k, threads);
         const index_t step = (k + chunks - 1) / chunks;
         Matrix<T> parts(nn, chunks);  // uninitialised: only lower triangles are written and read

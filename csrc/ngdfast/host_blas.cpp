@@ -1,6 +1,8 @@
 #include "ngdfast/host_blas.hpp"
 
 #include <dlfcn.h>
+#include <pthread.h>
+#include <time.h>
 
 #include <atomic>
 #include <cstdint>
@@ -45,6 +47,53 @@ const HostTable<float>& host_table<float>() { return g_s; }
 // Below this the check's ~30 us would be a visible share of the call.
 constexpr double kBorrowMinFlops = 2.0e7;
 
+// fork() and the borrowed library. OpenBLAS's own fork handler (registered
+// with pthread_atfork when the library loads, blas_thread_shutdown_) stops its
+// worker threads and joins them; if a parallel OpenBLAS call from another
+// thread is in flight at that moment a worker can miss the stop request and
+// the join blocks forever: the parent hangs in fork(). Any thread calling
+// NumPy's BLAS exposes a process to that (a NumPy J.T @ J thread does), but
+// ngdfast's calls must not add to it. So every host call is counted in
+// g_in_flight, and ngdfast's own prepare handler, registered after NumPy's
+// OpenBLAS loaded (load_host_blas) and so run before OpenBLAS's (prepare
+// handlers run in reverse order of registration), raises g_forking and waits
+// until no ngdfast host call is in flight; a call about to start meanwhile
+// waits until the fork is done. Each host call is a single BLAS call that
+// takes no lock and never waits for the GIL, so the wait ends. The flags are
+// a Dekker pair of sequentially consistent atomics: a call either sees
+// g_forking or is seen in g_in_flight.
+std::atomic<int> g_in_flight{0};
+std::atomic<bool> g_forking{false};
+
+void pause_briefly() {
+    timespec ts{0, 100000};  // 0.1 ms
+    nanosleep(&ts, nullptr);
+}
+
+struct HostCall {
+    HostCall() {
+        for (;;) {
+            while (g_forking.load()) pause_briefly();
+            g_in_flight.fetch_add(1);
+            if (!g_forking.load()) return;
+            g_in_flight.fetch_sub(1);
+        }
+    }
+    ~HostCall() { g_in_flight.fetch_sub(1); }
+    HostCall(const HostCall&) = delete;
+    HostCall& operator=(const HostCall&) = delete;
+};
+
+void fork_prepare() {
+    g_forking.store(true);
+    while (g_in_flight.load() != 0) pause_briefly();
+}
+void fork_parent() { g_forking.store(false); }
+void fork_child() {
+    g_in_flight.store(0);
+    g_forking.store(false);
+}
+
 }  // namespace
 
 bool load_host_blas(const std::string& path, const std::string& prefix, const std::string& suffix) {
@@ -66,6 +115,7 @@ bool load_host_blas(const std::string& path, const std::string& prefix, const st
     g_d = d;
     g_s = s;
     g_path = path;
+    pthread_atfork(fork_prepare, fork_parent, fork_child);  // after the library's own: see fork_prepare
     g_loaded = true;  // the handle stays open for the life of the process
     return true;
 }
@@ -98,6 +148,7 @@ void host_syrk_lower(char trans, index_t n, index_t k, T alpha, const T* a, inde
     if (n <= 0) return;
     const char uplo = 'L';
     const lint ln = n, lk = k, la = lda, lc = ldc;
+    HostCall in_flight;
     host_table<T>().syrk(&uplo, &trans, &ln, &lk, &alpha, a, &la, &beta, c, &lc, 1, 1);
 }
 
@@ -106,6 +157,7 @@ void host_gemm(char transa, char transb, index_t m, index_t n, index_t k, T alph
                index_t ldb, T beta, T* c, index_t ldc) {
     if (m <= 0 || n <= 0) return;
     const lint lm = m, ln = n, lk = k, la = lda, lb = ldb, lc = ldc;
+    HostCall in_flight;
     host_table<T>().gemm(&transa, &transb, &lm, &ln, &lk, &alpha, a, &la, b, &lb, &beta, c, &lc, 1, 1);
 }
 

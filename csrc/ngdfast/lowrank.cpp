@@ -38,7 +38,7 @@ index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T da
     const GramAlong along = [&](std::ptrdiff_t c, index_t p0, index_t bp) {
         if (c < 0) {
             chunks = p0;
-            parts.resize(static_cast<std::size_t>(chunks * N * m));
+            parts.resize(static_cast<std::size_t>(checked_mul(chunks, N, m, sizeof(T))));
         } else {
             jx(c, p0, bp);
         }
@@ -68,12 +68,12 @@ index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T da
     const index_t step = (P + pchunks - 1) / pchunks;
     if (host) {
         chunks = 1;
-        parts.resize(static_cast<std::size_t>(N * m));
+        parts.resize(static_cast<std::size_t>(checked_mul(N, m, sizeof(T))));
         host_gemm<T>(panel.transposed ? 'T' : 'N', 'N', N, m, P, T(1), jblock(0), panel.ld, x, P, T(0), parts.data(),
                      N);
     } else if (!fused) {
         chunks = pchunks;
-        parts.resize(static_cast<std::size_t>(chunks * N * m));
+        parts.resize(static_cast<std::size_t>(checked_mul(chunks, N, m, sizeof(T))));
         team.run(chunks, [&](std::ptrdiff_t c, int) {
             const index_t p0 = std::min(P, c * step);
             jx(c, p0, std::min(P, p0 + step) - p0);

@@ -28,7 +28,7 @@ Panel<T> make_panel(const Strided<T>& a, const T* row_scale) {
     }
     // One copy: keep the memory order the source favours so the copy streams.
     const bool as_transposed = unit_cs || (!unit_rs && std::abs(a.cs) < std::abs(a.rs));
-    p.store.resize(static_cast<std::size_t>(a.rows * a.cols));
+    p.store.resize(static_cast<std::size_t>(checked_mul(a.rows, a.cols, sizeof(T))));
     T* dst = p.store.data();
     if (as_transposed) {
         p.ld = std::max<index_t>(a.cols, 1);

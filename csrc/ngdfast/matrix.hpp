@@ -4,11 +4,13 @@
 // when one stride is 1, and copied once otherwise.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <memory>
 #include <vector>
 
 #include "ngdfast/blas.hpp"
+#include "ngdfast/checked.hpp"
 
 namespace ngdfast {
 
@@ -55,7 +57,8 @@ struct Matrix {
     index_t rows = 0, cols = 0;
     std::unique_ptr<T[]> store;
     Matrix() = default;
-    Matrix(index_t r, index_t c) : rows(r), cols(c), store(new T[static_cast<std::size_t>(r * c > 0 ? r * c : 1)]) {}
+    Matrix(index_t r, index_t c)
+        : rows(r), cols(c), store(new T[static_cast<std::size_t>(std::max<index_t>(checked_mul(r, c, sizeof(T)), 1))]) {}
     T* data() { return store.get(); }
     const T* data() const { return store.get(); }
     T& operator()(index_t i, index_t j) { return store[static_cast<std::size_t>(i + j * rows)]; }

@@ -1,10 +1,12 @@
 #include "ngdfast/parallel.hpp"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -13,6 +15,17 @@
 
 namespace ngdfast {
 namespace {
+
+std::int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+thread_local InterruptScope* t_scope = nullptr;
+
+// Incremented in every child of fork(): a pool created before it has no
+// workers there (only the forking thread survives a fork).
+std::atomic<unsigned long> g_fork_generation{0};
 
 long this_tid() { return static_cast<long>(syscall(SYS_gettid)); }
 
@@ -30,6 +43,26 @@ void register_worker(long tid, bool alive) {
 }
 
 }  // namespace
+
+InterruptScope::InterruptScope(Poll poll, double interval_s)
+    : poll_(poll),
+      interval_ns_(static_cast<std::int64_t>(interval_s * 1e9)),
+      next_ns_(now_ns() + interval_ns_),
+      outer_(t_scope) {
+    t_scope = this;
+}
+
+InterruptScope::~InterruptScope() { t_scope = outer_; }
+
+void interruption_point() {
+    InterruptScope* s = t_scope;
+    if (!s) return;
+    const std::int64_t now = now_ns();
+    if (now < s->next_ns_) return;
+    const bool stop = s->poll_();
+    s->next_ns_ = now_ns() + s->interval_ns_;
+    if (stop) throw Interrupted();
+}
 
 bool other_thread_running() {
     DIR* dir = opendir("/proc/self/task");
@@ -73,7 +106,8 @@ bool other_thread_running() {
     return running;
 }
 
-ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
+ThreadPool::ThreadPool(int n_threads)
+    : n_threads_(n_threads < 1 ? 1 : n_threads), fork_generation_(g_fork_generation.load()) {
     workers_.reserve(static_cast<std::size_t>(n_threads_ - 1));
     for (int slot = 1; slot < n_threads_; ++slot) workers_.emplace_back([this, slot] { worker_loop(slot); });
     // Workers are known by thread id before the pool is used, so that
@@ -134,9 +168,21 @@ void ThreadPool::worker_loop(int slot) {
 
 void ThreadPool::run(std::ptrdiff_t n_tasks, const std::function<void(std::ptrdiff_t, int)>& body) {
     if (n_tasks <= 0) return;
+    // In a child of fork() this pool's workers do not exist, and its mutexes
+    // may have been held by threads that do not either: serial, untouched.
+    if (fork_generation_ != g_fork_generation.load(std::memory_order_relaxed)) {
+        for (std::ptrdiff_t t = 0; t < n_tasks; ++t) {
+            body(t, 0);
+            interruption_point();
+        }
+        return;
+    }
     std::unique_lock<std::mutex> owner(busy_, std::try_to_lock);
     if (!owner.owns_lock() || n_threads_ == 1 || n_tasks == 1) {
-        for (std::ptrdiff_t t = 0; t < n_tasks; ++t) body(t, 0);
+        for (std::ptrdiff_t t = 0; t < n_tasks; ++t) {
+            body(t, 0);
+            interruption_point();
+        }
         return;
     }
     {
@@ -150,7 +196,10 @@ void ThreadPool::run(std::ptrdiff_t n_tasks, const std::function<void(std::ptrdi
     wake_.notify_all();
     std::exception_ptr mine;
     try {
-        for (std::ptrdiff_t t = next_.fetch_add(1); t < n_tasks; t = next_.fetch_add(1)) body(t, 0);
+        for (std::ptrdiff_t t = next_.fetch_add(1); t < n_tasks; t = next_.fetch_add(1)) {
+            body(t, 0);
+            interruption_point();  // throws Interrupted: the rest is skipped below
+        }
     } catch (...) {
         mine = std::current_exception();
         next_.store(n_tasks);
@@ -180,6 +229,30 @@ int default_threads() {
 std::mutex g_pool_mutex;
 std::shared_ptr<ThreadPool> g_pool;
 
+// fork() while other threads run ngdfast: the child has only the forking
+// thread. Prepare takes the two global locks so that the child gets them in a
+// consistent state (neither is held across anything that waits for another
+// thread of ours, nor for the GIL); the child then abandons the pool, whose
+// workers are gone: it is leaked, never destroyed (its destructor would join
+// threads that do not exist), its run() turns serial through the fork
+// generation, and the next kernel call creates a fresh pool lazily.
+void fork_prepare() {
+    g_pool_mutex.lock();
+    g_tids_mutex.lock();
+}
+void fork_parent() {
+    g_tids_mutex.unlock();
+    g_pool_mutex.unlock();
+}
+void fork_child() {
+    g_fork_generation.fetch_add(1);
+    if (g_pool) new std::shared_ptr<ThreadPool>(std::move(g_pool));  // leaked on purpose
+    g_worker_tids.clear();
+    g_tids_mutex.unlock();
+    g_pool_mutex.unlock();
+}
+[[maybe_unused]] const int g_atfork_registered = pthread_atfork(fork_prepare, fork_parent, fork_child);
+
 std::shared_ptr<ThreadPool> pool() {
     std::lock_guard<std::mutex> lock(g_pool_mutex);
     if (!g_pool) g_pool = std::make_shared<ThreadPool>(default_threads());
@@ -205,7 +278,10 @@ Team::Team(bool parallel) {
 
 void Team::run(std::ptrdiff_t n_tasks, const std::function<void(std::ptrdiff_t, int)>& body) const {
     if (!pool_) {
-        for (std::ptrdiff_t t = 0; t < n_tasks; ++t) body(t, 0);
+        for (std::ptrdiff_t t = 0; t < n_tasks; ++t) {
+            body(t, 0);
+            interruption_point();
+        }
         return;
     }
     pool_->run(n_tasks, body);

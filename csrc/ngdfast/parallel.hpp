@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <cstddef>
 #include <exception>
 #include <functional>
@@ -19,6 +20,37 @@ namespace ngdfast {
 // Below this many flops a kernel stays on the calling thread: waking a worker
 // costs tens of microseconds.
 constexpr double kParallelFlops = 4.0e6;
+
+// Cancellation of long calls, with no Python in the core. The thread making
+// a kernel call may install an InterruptScope with a poll function; between
+// tasks (blocks, panels, chunks) ThreadPool::run and Team::run call
+// interruption_point() on that thread, which calls poll at most once per
+// `interval_s` (a clock read otherwise) and, when poll answers true, throws
+// Interrupted: the remaining tasks are skipped, the workers finish the task
+// they hold, and the call unwinds (its workspaces are RAII-owned). Workers
+// never poll. The bindings' poll checks Python's pending signals.
+class Interrupted : public std::exception {
+public:
+    const char* what() const noexcept override { return "ngdfast: call interrupted"; }
+};
+
+class InterruptScope {
+public:
+    using Poll = bool (*)();
+    InterruptScope(Poll poll, double interval_s);
+    ~InterruptScope();
+    InterruptScope(const InterruptScope&) = delete;
+    InterruptScope& operator=(const InterruptScope&) = delete;
+
+private:
+    friend void interruption_point();
+    Poll poll_;
+    std::int64_t interval_ns_, next_ns_;
+    InterruptScope* outer_;
+};
+
+// Throws Interrupted when the calling thread's scope (if any) says so.
+void interruption_point();
 
 class ThreadPool {
 public:
@@ -52,6 +84,7 @@ private:
     int active_ = 0;
     int started_ = 0;  // workers that have registered their thread id
     unsigned long generation_ = 0;
+    unsigned long fork_generation_;  // g_fork_generation at creation: workers exist in this process
     bool stop_ = false;
     std::exception_ptr error_;
 };

@@ -127,7 +127,9 @@ def fisher(J, weights=None, *, out=None, decay=0.0, check_finite=True):
     Returns
     -------
     ndarray, shape (P, P)
-        F, exactly symmetric (``out`` itself when given). A rejected call never writes ``out``.
+        F, exactly symmetric (``out`` itself when given). A rejected call never writes ``out``;
+        a call interrupted by Ctrl-C (``KeyboardInterrupt``) may leave ``out`` partially updated
+        (some blocks hold the new value, the others the old one).
 
     See Also
     --------
