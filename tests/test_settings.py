@@ -186,7 +186,15 @@ def test_tile_library_returns_to_one_thread_after_threadpool_limits():
     def tile_threads():
         return [p["num_threads"] for p in threadpoolctl.threadpool_info() if os.path.realpath(p["filepath"]) == os.path.realpath(_backend.BLAS_PATH)]
 
-    with threadpoolctl.threadpool_limits(2):
-        np.testing.assert_allclose(ngdfast.fisher(J), expected, rtol=1e-12, atol=1e-12)
-        assert tile_threads() == [1]  # the private copy runs single-threaded tiles
-    assert tile_threads() == [1]
+    # The tiles must run for the check to mean anything: with another thread of the process
+    # running (torch's or a spinning BLAS's, left by earlier tests) a call would borrow NumPy's
+    # BLAS instead and never touch the tile library.
+    mode = ngdfast.get_borrow_blas()
+    ngdfast.set_borrow_blas("never")
+    try:
+        with threadpoolctl.threadpool_limits(2):
+            np.testing.assert_allclose(ngdfast.fisher(J), expected, rtol=1e-12, atol=1e-12)
+            assert tile_threads() == [1]  # the private copy runs single-threaded tiles
+        assert tile_threads() == [1]
+    finally:
+        ngdfast.set_borrow_blas(mode)
