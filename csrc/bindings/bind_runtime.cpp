@@ -81,6 +81,9 @@ void bind_runtime(py::module_& m) {
         },
         py::arg("mode"));
     m.def("get_borrow_mode", &borrow_mode_name);
+    m.def("set_thread_borrow_never", &set_thread_borrow_never, py::arg("on"),
+          "This thread's calls never borrow NumPy's BLAS (True) or follow the mode (False).");
+    m.def("thread_borrow_never", &thread_borrow_never);
     m.def(
         "_checked_mul",
         [](index_t a, index_t b, std::size_t elem) { return checked_mul(a, b, elem); },

@@ -127,8 +127,15 @@ int host_blas_threads() { return g_loaded && g_threads ? g_threads() : 0; }
 void set_borrow_mode(BorrowMode mode) { g_mode = static_cast<int>(mode); }
 BorrowMode borrow_mode() { return static_cast<BorrowMode>(g_mode.load()); }
 
+namespace {
+thread_local bool t_borrow_never = false;
+}  // namespace
+
+void set_thread_borrow_never(bool on) { t_borrow_never = on; }
+bool thread_borrow_never() { return t_borrow_never; }
+
 bool borrow_host_blas(double flops) {
-    if (!g_loaded.load(std::memory_order_relaxed)) return false;
+    if (!g_loaded.load(std::memory_order_relaxed) || t_borrow_never) return false;
     switch (borrow_mode()) {
         case BorrowMode::never:
             return false;

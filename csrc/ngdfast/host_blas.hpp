@@ -36,6 +36,12 @@ BorrowMode borrow_mode();
 // ~30 us) and another thread of the process is running.
 bool borrow_host_blas(double flops);
 
+// Per calling thread: never borrow, whatever the mode (for callers whose other
+// running threads are not NumPy's BLAS workers, e.g. torch's OpenMP team, which
+// borrowing cannot put to work and NumPy's woken workers would then starve).
+void set_thread_borrow_never(bool on);
+bool thread_borrow_never();
+
 // Lower triangle of C = alpha * op(A) op(A)^T + beta * C, as syrk_lower, on the
 // host library's threads.
 template <class T>

@@ -101,6 +101,11 @@ def get_borrow_mode() -> Literal["never", "auto", "always"]: ...
 def other_thread_running() -> bool:
     """True when a thread other than the caller and ngdfast's workers is running."""
 
+def set_thread_borrow_never(on: bool) -> None:
+    """This thread's calls never borrow NumPy's BLAS (True) or follow the mode (False)."""
+
+def thread_borrow_never() -> bool: ...
+
 def build_info() -> dict:
     """Compiler, flags, SIMD instruction sets (built and of this CPU), tile backend and the
     kernels OpenBLAS chose at run time, threads."""

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .. import _kernels, _validation
+from .._backend import not_borrowing
 from .._errors import NotPositiveDefiniteError
 
 _FORCE_TORCH_OPS = False
@@ -53,7 +54,8 @@ def numpy_view(t: torch.Tensor) -> np.ndarray:
 def fisher_into(rows: torch.Tensor, out: torch.Tensor, decay: float) -> None:
     """``out ← decay·out + (1 − decay)·rowsᵀrows / R`` in place (``out`` not read when decay = 0)."""
     if _compiled(out) and rows.dtype == out.dtype and rows.device.type == "cpu":
-        _kernels.fisher(numpy_view(rows), out=numpy_view(out), decay=decay, check_finite=False)
+        with not_borrowing():  # torch's OpenMP team, not NumPy's BLAS, is what runs beside us
+            _kernels.fisher(numpy_view(rows), out=numpy_view(out), decay=decay, check_finite=False)
         return
     r = rows.shape[0]
     if decay == 0.0:
@@ -82,7 +84,8 @@ def damped_inverse(M: torch.Tensor, shift: float, what: str) -> torch.Tensor:
     if _compiled(M):
         eye = np.eye(n, dtype=numpy_view(M).dtype)
         try:
-            return torch.from_numpy(_kernels.damped_solve(numpy_view(M), eye, shift, check_finite=False))
+            with not_borrowing():
+                return torch.from_numpy(_kernels.damped_solve(numpy_view(M), eye, shift, check_finite=False))
         except NotPositiveDefiniteError as e:
             raise NotPositiveDefiniteError(f"{what}: {e}", pivot=e.pivot, damping=shift) from e
     cuda = _on_cuda_kernels(M)
@@ -108,7 +111,8 @@ def solve_scores(J: torch.Tensor, g: torch.Tensor, damping: float, weights) -> t
     dense or Woodbury by cost)."""
     if _compiled(J):
         w = None if weights is None else numpy_view(weights)
-        return torch.from_numpy(np.asarray(_kernels.natural_gradient(numpy_view(J), numpy_view(g), damping, w)))
+        with not_borrowing():
+            return torch.from_numpy(np.asarray(_kernels.natural_gradient(numpy_view(J), numpy_view(g), damping, w)))
     cuda = _on_cuda_kernels(J)
     if cuda is not None:
         w = None if weights is None else weights.detach().cpu().numpy()  # N numbers, normalised on the host
