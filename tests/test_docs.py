@@ -160,7 +160,7 @@ def test_doctests_are_found():
 SETTING = re.compile(
     r"""(?:^|[^\w])["'](NGDFAST_[A-Z0-9_]+)["']|(?:getenv\(|option\(|env\s*=\s*)\s*["']?(NGDFAST_[A-Z0-9_]+)"""
 )
-SETTING_SOURCES = ["python", "csrc", "bench", "tests/conftest.py", "CMakeLists.txt", "pyproject.toml"]
+SETTING_SOURCES = ["python", "csrc", "bench", "tests", "CMakeLists.txt", "pyproject.toml"]
 
 
 def settings_read_by_the_code() -> set[str]:
