@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 
+from ngdfast.torch._distributed import assign_owners  # the rule the library uses
+
 
 def tri(d: int) -> int:
     return d * (d + 1) // 2
@@ -40,17 +42,6 @@ def resnet50_layers() -> list[tuple[str, int, int]]:
             c_in = c_out
     layers.append(("fc", 1000, 2048 + 1))
     return layers
-
-
-def assign(costs: list[float], world: int) -> list[int]:
-    """Largest first to the least-loaded rank (the rule of ngdfast.torch._distributed)."""
-    load = [0.0] * world
-    owner = [0] * len(costs)
-    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
-        r = min(range(world), key=lambda r: (load[r], r))
-        owner[i] = r
-        load[r] += costs[i]
-    return owner
 
 
 def payload(shapes, world, factor_interval=1, inverse_interval=1, distribute="inverses", elem=4,
@@ -82,7 +73,7 @@ def per_rank(shapes, world, factor_interval=1, inverse_interval=1, distribute="i
     ring = 2 * (world - 1) / world
     wire = ring * p["factors"] / world
     costs = [float(i**3 + o**3) for o, i in shapes]
-    owner = assign(costs, world)
+    owner = assign_owners(costs, world)
     load = [0.0] * world
     for c, r in zip(costs, owner):
         load[r] += c
