@@ -29,7 +29,7 @@ pytest.importorskip("numba_cuda", reason="numba-cuda is not installed (pip insta
 import ngdfast  # noqa: E402
 import ngdfast.cuda as nc  # noqa: E402
 from conftest import assert_close, damped_condition, layout, random_spd  # noqa: E402
-from ngdfast import NotPositiveDefiniteError, _validation  # noqa: E402
+from ngdfast import NotPositiveDefiniteError, _policy  # noqa: E402
 from ngdfast import reference as ref  # noqa: E402
 from ngdfast.cuda import _arrays, _kernels  # noqa: E402
 from numba import cuda  # noqa: E402
@@ -242,7 +242,7 @@ def test_kfac_precondition(rng, dtype, factored, shape):
     S = random_spd(rng, out, dtype, cond=20.0) * 0.1
     X = nc.kfac_precondition(grad, layout(A, "F"), S, 1e-2, factored_damping=factored)
     assert X.shape == shape and X.dtype == dtype
-    da, ds = _validation.kfac_damping(np.trace(A), inp, np.trace(S), out, 1e-2, factored)
+    da, ds = _policy.kfac_damping(np.trace(A), inp, np.trace(S), out, 1e-2, factored)
     cond = damped_condition(A, da) * damped_condition(S, ds)
     assert_close(X, ref.kfac_precondition(grad, A, S, 1e-2, factored_damping=factored), cond=cond)
 

@@ -163,6 +163,8 @@ CASES = [
     ("damped-solution-overflow", lambda m: m.damped_solve(F * 1e-300, G * 1e300, 0.0), NumericOverflowError, ["damped_solve", "solution", "overflows float64"]),
     ("damped-g-nan-unchecked", lambda m: m.damped_solve(F, with_value(G, 0, np.nan), 1.0, check_finite=False), ValueError, ["damped_solve", "g contains NaN or Inf"]),
     ("kfac-overflow", lambda m: m.kfac_precondition(GRAD * 1e300, A * 1e-300, S * 1e-300, 0.0), NumericOverflowError, ["kfac_precondition", "overflows"]),
+    ("kfac-grad-nan-unchecked", lambda m: m.kfac_precondition(with_value(GRAD, (0, 0), np.nan), A, S, 0.1, check_finite=False), ValueError, ["kfac_precondition", "grad contains NaN or Inf"]),
+    ("kfac-A-nan-unchecked", lambda m: m.kfac_precondition(GRAD, with_value(A, (0, 0), np.nan), S, 0.1, check_finite=False), NotPositiveDefiniteError, ["kfac_precondition", "factor A"]),
     ("kl-step-overflow", lambda m: m.kl_step_size(G * 1e-160, G * 1e-160, 1e300), NumericOverflowError, ["kl_step_size", "overflows"]),
 ]
 

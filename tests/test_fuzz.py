@@ -45,7 +45,7 @@ from ngdfast import (
     NotPositiveDefiniteError,
     NumericOverflowError,
 )
-from ngdfast import _validation as _v
+from ngdfast import _policy
 from ngdfast import reference as ref
 
 DOCUMENTED = (ValueError, TypeError, NotPositiveDefiniteError)
@@ -382,7 +382,7 @@ def test_fuzz_kfac_precondition(data, n_out, n_in, dtype, damping, factored):
         la, ls = (np.tril(np.asarray(X, dtype=np.float64)) for X in (A, S))
         la, ls = la + np.tril(la, -1).T, ls + np.tril(ls, -1).T
         if np.all(np.isfinite(la)) and np.all(np.isfinite(ls)):
-            da, ds = _v.kfac_damping(float(np.trace(la)), n_in, float(np.trace(ls)), n_out, damping, factored)
+            da, ds = _policy.kfac_damping(float(np.trace(la)), n_in, float(np.trace(ls)), n_out, damping, factored)
             cond = _cond(la, da) * _cond(ls, ds)
     _both(lambda m: m.kfac_precondition(grad, A, S, damping, factored_damping=factored),
           dtype=np.result_type(_compute_dtype(np.dtype(dtype)), np.float32), cond=cond)

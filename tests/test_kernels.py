@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 
 import ngdfast
 from conftest import LAYOUTS, assert_close, damped_condition, layout, random_spd
-from ngdfast import _validation
+from ngdfast import _policy, _validation
 from ngdfast import reference as ref
 
 # N = 1, N < P, N > P, N = P, P = 1
@@ -233,7 +233,7 @@ def test_natural_gradient_promotion(rng):
     [(5, 200, 0.1, "lowrank"), (200, 5, 0.1, "dense"), (5, 200, 0.0, "dense"), (40, 40, 0.1, "dense")],
 )
 def test_auto_picks_by_cost_model(rng, monkeypatch, n, p, damping, expected):
-    assert _validation.choose_method(n, p, np.float64, damping) == expected
+    assert _policy.choose_method(n, p, np.float64, damping) == expected
     core = ngdfast._kernels._core
     calls = []
 
@@ -294,7 +294,7 @@ def test_kfac_precondition(rng, dtype, shape, kind, factored):
     damping = 1e-2
     X = ngdfast.kfac_precondition(layout(grad, kind), layout(A, kind), layout(S, kind), damping, factored_damping=factored)
     assert X.shape == shape and X.dtype == dtype
-    da, ds = _validation.kfac_damping(np.trace(A), inp, np.trace(S), out, damping, factored)
+    da, ds = _policy.kfac_damping(np.trace(A), inp, np.trace(S), out, damping, factored)
     cond = damped_condition(A, da) * damped_condition(S, ds)
     assert_close(X, ref.kfac_precondition(grad, A, S, damping, factored_damping=factored), cond=cond)
 
@@ -331,6 +331,13 @@ def test_kfac_zero_trace_factor(rng):
     S = random_spd(rng, 3)
     X = ngdfast.kfac_precondition(grad, np.zeros((4, 4)), S, 0.04)
     assert_close(X, ref.kfac_precondition(grad, np.zeros((4, 4)), S, 0.04), cond=100)
+
+
+def test_kfac_check_finite_switch_does_not_change_the_answer(rng):
+    grad, A, S = scores(rng, (3, 5), np.float64), random_spd(rng, 5), random_spd(rng, 3)
+    checked = ngdfast.kfac_precondition(grad, A, S, 0.1)
+    assert np.array_equal(ngdfast.kfac_precondition(grad, A, S, 0.1, check_finite=False), checked)
+    assert_close(ref.kfac_precondition(grad, A, S, 0.1, check_finite=False), checked, cond=100)
 
 
 def test_kfac_promotion(rng):
@@ -399,7 +406,7 @@ def test_kfac_kronecker_identity_property(out, inp, log_damping, seed):
     grad = rng.standard_normal((out, inp))
     damping = 10.0**log_damping
     X = ngdfast.kfac_precondition(grad, A, S, damping)
-    da, ds = _validation.kfac_damping(np.trace(A), inp, np.trace(S), out, damping, True)
+    da, ds = _policy.kfac_damping(np.trace(A), inp, np.trace(S), out, damping, True)
     kron = np.kron(S + ds * np.eye(out), A + da * np.eye(inp))
     cond = damped_condition(A, da) * damped_condition(S, ds)
     assert_close(kron @ X.ravel(), grad.ravel(), cond=cond)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from conftest import LAYOUTS, assert_close, damped_condition, layout, random_spd
-from ngdfast import NotPositiveDefiniteError, _validation
+from ngdfast import NotPositiveDefiniteError, _policy
 from ngdfast import reference as ref
 
 SHAPES = [(1, 1), (1, 6), (4, 9), (9, 4), (25, 25), (6, 1)]
@@ -317,7 +317,7 @@ def test_kfac_kronecker_identity_property(out, inp, seed):
     A, S = ref.fisher(a), ref.fisher(d)
     grad = rng.standard_normal((out, inp))
     X = ref.kfac_precondition(grad, A, S, 0.1)
-    da, ds = _validation.kfac_damping(np.trace(A), inp, np.trace(S), out, 0.1, True)
+    da, ds = _policy.kfac_damping(np.trace(A), inp, np.trace(S), out, 0.1, True)
     At = A + da * np.eye(inp)
     St = S + ds * np.eye(out)
     assert_close(np.kron(St, At) @ X.ravel(), grad.ravel(), cond=damped_condition(A, da) * damped_condition(S, ds))

@@ -44,6 +44,7 @@ from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
+from . import _policy
 from ._errors import NotPositiveDefiniteError, NumericOverflowError
 from ._settings import MAX_THREADS
 
@@ -60,10 +61,6 @@ METHODS = ("auto", "dense", "lowrank")
 
 #: Precision names accepted by the solves (see ``ngdfast._precision``).
 PRECISIONS = ("auto", "double", "mixed")
-
-#: Above this size of the P x P matrix, ``method="auto"`` prefers the sample-space solve
-#: whenever its N x N matrix is smaller, whatever the flop counts say.
-DENSE_BYTES_LIMIT = 2 * 1024**3
 
 _FLOAT64_MAX = float(np.finfo(np.float64).max)
 
@@ -390,6 +387,52 @@ def integer(x: Any, func: str, name: str, minimum: int = 1) -> int:
     return int(k)
 
 
+def open_unit(x: Any, func: str, name: str) -> float:
+    """A real number in the open interval (0, 1) (a relative tolerance), else ``ValueError``."""
+    v = real_scalar(x, func, name)
+    if not 0.0 < v < 1.0:  # NaN fails too
+        raise ValueError(f"{func}: {name} must lie in (0, 1), got {v!r}")
+    return v
+
+
+def damping_range(min_damping: Any, max_damping: Any, func: str) -> Tuple[float, float]:
+    """Bounds of an adaptive damping: ``0 < min_damping <= max_damping < inf``."""
+    lo = positive(min_damping, func, "min_damping")
+    hi = positive(max_damping, func, "max_damping")
+    if lo > hi:
+        raise ValueError(f"{func}: min_damping {lo!r} > max_damping {hi!r}")
+    return lo, hi
+
+
+def damping_factors(decrease: Any, increase: Any, func: str) -> Tuple[float, float]:
+    """Levenberg-Marquardt factors of an adaptive damping: ``0 < decrease < 1 < increase < inf``."""
+    dec = real_scalar(decrease, func, "damping_decrease")
+    inc = real_scalar(increase, func, "damping_increase")
+    if not 0.0 < dec < 1.0 < inc < math.inf:
+        raise ValueError(f"{func}: need 0 < damping_decrease < 1 < damping_increase < inf, got {dec!r} and {inc!r}")
+    return dec, inc
+
+
+def storage_dtype(dtype: Any, func: str) -> np.dtype:
+    """The dtype a running estimate is kept in: float32 or float64, else ``TypeError``."""
+    dt = np.dtype(dtype)
+    if dt != FLOAT32 and dt != FLOAT64:
+        raise TypeError(f"{func}: dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def layer_shapes_arg(layer_shapes: Any, func: str) -> list:
+    """K-FAC layer shapes: a non-empty sequence of integer pairs (out, in), each >= 1."""
+    shapes = []
+    for l, shape in enumerate(layer_shapes):
+        if len(shape) != 2:
+            raise ValueError(f"{func}: layer_shapes[{l}] must be a pair (out, in), got {tuple(shape)!r}")
+        shapes.append(tuple(integer(k, func, f"layer_shapes[{l}][{i}]") for i, k in enumerate(shape)))
+    if not shapes:
+        raise ValueError(f"{func}: layer_shapes must hold at least one (out, in) layer")
+    return shapes
+
+
 def precision_arg(precision: Any, func: str) -> str:
     """``precision`` of the solves: one of :data:`PRECISIONS`."""
     if not isinstance(precision, str) or precision not in PRECISIONS:
@@ -519,89 +562,6 @@ def kfac_not_positive_definite(
 
 
 # --------------------------------------------------------------------------------------------
-# cost model and derived scalars
-
-
-def choose_method(n: int, p: int, dtype: Any, damping: float) -> str:
-    """Pick the cheaper natural-gradient solve for ``method="auto"``.
-
-    Flop counts (one right-hand side):
-
-    * dense: form F = J^T W J and factor F + λI,       N P^2 + P^3 / 3;
-    * low-rank (Woodbury): form K = J_w J_w^T, factor K + λI, two products with J,
-      N^2 P + N^3 / 3 + 4 N P.
-
-    The low-rank solve divides by λ, so it is only chosen when ``damping > 0``.  When the
-    P x P matrix would take more than :data:`DENSE_BYTES_LIMIT` bytes and the N x N one is
-    smaller, the low-rank solve is chosen whatever the flop counts say.
-
-    Returns
-    -------
-    "dense" or "lowrank"
-    """
-    if not damping > 0.0:
-        return "dense"
-    itemsize = np.dtype(dtype).itemsize
-    n = float(n)
-    p = float(p)
-    if p * p * itemsize > DENSE_BYTES_LIMIT and n < p:
-        return "lowrank"
-    dense = n * p * p + p**3 / 3.0
-    lowrank = n * n * p + n**3 / 3.0 + 4.0 * n * p
-    return "lowrank" if lowrank < dense else "dense"
-
-
-def kfac_damping(
-    trace_a: float, dim_a: int, trace_s: float, dim_s: int, damping: float, factored_damping: bool
-) -> Tuple[float, float]:
-    """Split λ between the K-FAC factors: ``(π sqrt(λ), sqrt(λ) / π)``.
-
-    π = sqrt((tr A / dim A) / (tr S / dim S)) balances the two factors; π = 1 when
-    ``factored_damping`` is False or the ratio is not a finite positive number (a zero trace).
-    """
-    pi = 1.0
-    if factored_damping:
-        mean_s = trace_s / dim_s
-        if mean_s != 0.0:
-            ratio = (trace_a / dim_a) / mean_s
-            if 0.0 < ratio < math.inf:
-                pi = math.sqrt(ratio)
-    root = math.sqrt(damping)
-    return pi * root, root / pi
-
-
-def kl_step_from_quadratic(q: float, epsilon: float, max_step: Optional[float], func: str = "kl_step_size") -> float:
-    """β = sqrt(2 ε / q) capped at ``max_step``, from q = gᵀñ; 0.0 when q == 0.
-
-    Raises
-    ------
-    ValueError
-        When q is negative or not finite (ñ does not come from a positive definite solve).
-    NumericOverflowError
-        When β overflows (ε huge against q) and there is no ``max_step`` to cap it.
-    """
-    q = float(q)
-    if not (0.0 <= q < math.inf):
-        raise ValueError(
-            f"{func}: g^T nat_grad = {q!r} must be finite and >= 0; nat_grad should be "
-            "(F + damping*I)^-1 g for a positive semi-definite F"
-        )
-    if q == 0.0:
-        return 0.0
-    # sqrt(2) sqrt(eps) / sqrt(q) rather than sqrt(2 eps / q): no intermediate overflow for
-    # subnormal q or eps near the largest float.
-    beta = math.sqrt(2.0) * math.sqrt(epsilon) / math.sqrt(q)
-    if max_step is not None and beta > max_step:
-        beta = max_step
-    if beta == math.inf:
-        raise NumericOverflowError(
-            f"{func}: the step size beta = sqrt(2 epsilon / q) overflows float64 (epsilon = {epsilon!r}, "
-            f"q = g^T nat_grad = {q!r}); lower epsilon or pass max_step"
-        )
-    return float(beta)
-
-
-# --------------------------------------------------------------------------------------------
 # one function per kernel: fixed check order, normalised arguments
 
 
@@ -718,7 +678,7 @@ def natural_gradient_args(
     """Validate ``natural_gradient`` arguments; returns ``(J, w, G, damping, vector, method)``.
 
     ``method`` comes back resolved to ``"dense"`` or ``"lowrank"`` (``"auto"`` by
-    :func:`choose_method`).
+    :func:`ngdfast._policy.choose_method`).
     """
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"{func}: method must be one of {METHODS}, got {method!r}")
@@ -726,7 +686,7 @@ def natural_gradient_args(
         J, g, damping, weights, check_finite, all_finite, cast, func, need_positive=method == "lowrank"
     )
     if method == "auto":
-        method = choose_method(J.shape[0], J.shape[1], J.dtype, damping)
+        method = _policy.choose_method(J.shape[0], J.shape[1], J.dtype, damping)
     return J, w, G, damping, vector, method
 
 
@@ -756,15 +716,16 @@ def kfac_args(
     A: Any,
     S: Any,
     damping: Any,
+    check_finite: bool,
     all_finite: AllFinite,
     cast: Cast = astype,
     func: str = "kfac_precondition",
 ) -> Tuple[Any, Any, Any, float]:
     """Validate ``kfac_precondition`` arguments; returns ``(grad, A, S, damping)``.
 
-    grad (out, in), A (in, in), S (out, out), one promoted dtype.  There is no
-    ``check_finite`` switch: all three are always checked (O(size) beside O(in^3 + out^3)).
-    Split the damping afterwards with :func:`kfac_damping`.
+    grad (out, in), A (in, in), S (out, out), one promoted dtype.  With ``check_finite``
+    all three are checked for NaN/Inf (O(size) beside O(in^3 + out^3)).
+    Split the damping afterwards with :func:`ngdfast._policy.kfac_damping`.
     """
     grad, tg = real_array(grad, func, "grad")
     A, ta = real_array(A, func, "A")
@@ -778,7 +739,8 @@ def kfac_args(
     grad = cast(grad, dtype)
     A = cast(A, dtype)
     S = cast(S, dtype)
-    require_finite(grad, func, "grad", all_finite)
-    require_finite(A, func, "A", all_finite)
-    require_finite(S, func, "S", all_finite)
+    if check_finite:
+        require_finite(grad, func, "grad", all_finite)
+        require_finite(A, func, "A", all_finite)
+        require_finite(S, func, "S", all_finite)
     return grad, A, S, damping

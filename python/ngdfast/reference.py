@@ -34,6 +34,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from . import _policy
 from . import _precision as _p
 from . import _validation as _v
 
@@ -376,7 +377,7 @@ def natural_gradient(
     method : {"auto", "dense", "lowrank"}
         ``"dense"``: form F (P×P) and factor F + λI, O(NP² + P³).
         ``"lowrank"``: Woodbury in sample space, O(N²P + N³), needs λ > 0.
-        ``"auto"``: the cheaper by flop count (see ``ngdfast._validation.choose_method``):
+        ``"auto"``: the cheaper by flop count (see ``ngdfast._policy.choose_method``):
         dense ≈ NP² + P³/3 against low-rank ≈ N²P + N³/3 + 4NP; low-rank only when λ > 0,
         and also when the P×P matrix would exceed 2 GiB while the N×N one is smaller.
     precision, return_info
@@ -463,10 +464,10 @@ def kl_step_size(g, nat_grad, epsilon, *, max_step=None):
     n64 = np.asarray(nat_grad, dtype=np.float64).ravel()
     with np.errstate(over="ignore", invalid="ignore"):  # an infinite or NaN q is rejected below
         q = float(g64 @ n64)
-    return _v.kl_step_from_quadratic(q, epsilon, max_step)
+    return _policy.kl_step_from_quadratic(q, epsilon, max_step)
 
 
-def kfac_precondition(grad, A, S, damping, *, factored_damping=True):
+def kfac_precondition(grad, A, S, damping, *, factored_damping=True, check_finite=True):
     r"""K-FAC preconditioned gradient of one linear layer.
 
     With F_layer ≈ S ⊗ A for the row-major flattening of W (out×in),
@@ -493,6 +494,10 @@ def kfac_precondition(grad, A, S, damping, *, factored_damping=True):
         λ >= 0.
     factored_damping : bool
         Split λ between the factors with π (True) or use π = 1.
+    check_finite : bool
+        Reject NaN/Inf in grad, A and S (``ValueError`` naming the array). Without it a
+        non-finite input still never comes back as an answer: the factorisation fails
+        (``NotPositiveDefiniteError``) or the result check names the input.
 
     Returns
     -------
@@ -503,7 +508,7 @@ def kfac_precondition(grad, A, S, damping, *, factored_damping=True):
     NotPositiveDefiniteError
         Ã (checked first) or S̃ is not positive definite; the message names the factor.
     ValueError
-        Bad shapes, negative damping, NaN/Inf (always checked).
+        Bad shapes, negative damping, NaN/Inf (with ``check_finite``).
     NumericOverflowError
         The preconditioned gradient overflows the dtype.
 
@@ -516,9 +521,9 @@ def kfac_precondition(grad, A, S, damping, *, factored_damping=True):
     array([[1.    , 0.5   , 0.25  ],
            [0.25  , 0.125 , 0.0625]])
     """
-    grad, A, S, damping = _v.kfac_args(grad, A, S, damping, _all_finite)
+    grad, A, S, damping = _v.kfac_args(grad, A, S, damping, check_finite, _all_finite)
     n_out, n_in = grad.shape
-    damping_a, damping_s = _v.kfac_damping(
+    damping_a, damping_s = _policy.kfac_damping(
         float(np.trace(A, dtype=np.float64)), n_in, float(np.trace(S, dtype=np.float64)), n_out,
         damping, factored_damping,
     )
@@ -532,4 +537,4 @@ def kfac_precondition(grad, A, S, damping, *, factored_damping=True):
         Y = _cholesky_solve(L_s, grad)  # S̃⁻¹ grad
         # (Ã⁻¹ Yᵀ)ᵀ = Y Ã⁻¹ since Ã is symmetric
         X = np.ascontiguousarray(_cholesky_solve(L_a, Y.T).T)
-    return _finite_solution(X, "kfac_precondition", [], _v.KFAC_RESULT)
+    return _finite_solution(X, "kfac_precondition", [(grad, "grad")], _v.KFAC_RESULT)

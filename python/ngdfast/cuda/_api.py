@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .. import _precision
+from .. import _policy, _precision
 from .. import _validation as V
 from . import _linalg as L
 from ._arrays import (
@@ -30,6 +30,8 @@ from ._arrays import (
     wrap,
     zeros_info,
 )
+
+__all__ = ["damped_solve", "fisher", "kfac_precondition", "kl_step_size", "lowrank_solve", "natural_gradient"]
 
 
 def _raise_if_failed(info, make_error) -> None:
@@ -290,7 +292,7 @@ def natural_gradient(
         ``"dense"``: form F (P x P, SYRK kernel) and solve by Cholesky, O(NP^2 + P^3/3);
         ``"lowrank"``: the sample-space solve of :func:`lowrank_solve`, O(N^2 P + N^3/3);
         ``"auto"``: the cheaper by the cost model shared with the CPU kernels
-        (:func:`ngdfast._validation.choose_method`).
+        (:func:`ngdfast._policy.choose_method`).
     check_finite : bool
         Raise ``ValueError`` on NaN/Inf in ``J`` or ``g``.
     precision, return_info
@@ -338,7 +340,7 @@ def kl_step_size(g: Any, nat_grad: Any, epsilon: float, *, max_step: Optional[fl
     """
     gv, nv, epsilon, max_step = V.kl_step_size_args(wrap(g), wrap(nat_grad), epsilon, max_step)
     q = L.dot(_flat(gv), _flat(nv))
-    return V.kl_step_from_quadratic(q, epsilon, max_step)
+    return _policy.kl_step_from_quadratic(q, epsilon, max_step)
 
 
 def _flat(a):
@@ -351,7 +353,9 @@ def _flat(a):
     return contiguous(d).reshape(a.size)
 
 
-def kfac_precondition(grad: Any, A: Any, S: Any, damping: float, *, factored_damping: bool = True):
+def kfac_precondition(
+    grad: Any, A: Any, S: Any, damping: float, *, factored_damping: bool = True, check_finite: bool = True
+):
     r"""K-FAC preconditioned gradient of one layer, ``X = S̃^{-1} grad Ã^{-1}``, on the GPU.
 
     .. math:: \pi = \sqrt{\frac{\operatorname{tr} A / \dim A}{\operatorname{tr} S / \dim S}},\qquad
@@ -372,18 +376,20 @@ def kfac_precondition(grad: Any, A: Any, S: Any, damping: float, *, factored_dam
     damping : float
         λ >= 0.
     factored_damping : bool
+    check_finite : bool
+        Reject NaN/Inf in grad, A and S.
 
     Returns
     -------
     X : array (out, in).
     """
     template = first_device(grad, A, S)
-    gv, Av, Sv, damping = V.kfac_args(wrap(grad), wrap(A), wrap(S), damping, all_finite, cast)
+    gv, Av, Sv, damping = V.kfac_args(wrap(grad), wrap(A), wrap(S), damping, check_finite, all_finite, cast)
     dtype = gv.dtype
     n_out, n_in = gv.shape
     Ad = device(Av)
     Sd = device(Sv)
-    damping_a, damping_s = V.kfac_damping(L.trace(Ad), n_in, L.trace(Sd), n_out, damping, bool(factored_damping))
+    damping_a, damping_s = _policy.kfac_damping(L.trace(Ad), n_in, L.trace(Sd), n_out, damping, bool(factored_damping))
     WA = empty((n_in, n_in), dtype)
     WS = empty((n_out, n_out), dtype)
     L.prepare(Ad, WA, damping_a)
@@ -401,5 +407,5 @@ def kfac_precondition(grad: Any, A: Any, S: Any, damping: float, *, factored_dam
                 "kfac_precondition", factor, k, size, damping, damping_a, damping_s
             ),
         )
-    _finite_solution(Y, "kfac_precondition", [], V.KFAC_RESULT)
+    _finite_solution(Y, "kfac_precondition", [(gv, "grad")], V.KFAC_RESULT)
     return result(Y, template)

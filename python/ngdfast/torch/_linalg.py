@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import _kernels, _validation
+from .. import _kernels, _policy, _validation
 from .._backend import not_borrowing
 from .._errors import NotPositiveDefiniteError
 
@@ -126,7 +126,7 @@ def _torch_natural_gradient(J, g, damping, weights):
     n, p = J.shape
     w = torch.full((n,), 1.0 / n, dtype=J.dtype, device=J.device) if weights is None else weights / weights.sum()
     Jw = J * w.sqrt()[:, None]
-    method = _validation.choose_method(n, p, np.float64 if J.dtype == torch.float64 else np.float32, damping)
+    method = _policy.choose_method(n, p, np.float64 if J.dtype == torch.float64 else np.float32, damping)
     if method == "dense":
         F = Jw.T @ Jw + damping * torch.eye(p, dtype=J.dtype, device=J.device)
         L, info = torch.linalg.cholesky_ex(F)
@@ -142,7 +142,7 @@ def _torch_natural_gradient(J, g, damping, weights):
 
 def kl_beta(q: float, kl_radius: float, max_step, func: str) -> float:
     """β = sqrt(2ε / q) capped at ``max_step``: ``ngdfast.kl_step_size``'s rule."""
-    return _validation.kl_step_from_quadratic(q, kl_radius, max_step, func)
+    return _policy.kl_step_from_quadratic(q, kl_radius, max_step, func)
 
 
 def finite(t: torch.Tensor) -> bool:
