@@ -28,9 +28,9 @@ from typing import Iterator
 import numpy as np
 
 from . import _core
+from . import _policy
 from . import _precision as _p
 from . import _validation as _v
-from .reference import kl_step_size
 
 __all__ = [
     "damped_solve",
@@ -339,7 +339,7 @@ def natural_gradient(
         λ >= 0 (> 0 for ``method="lowrank"``).
     method : {"auto", "dense", "lowrank"}
         "dense" forms F once and factors it in place; "lowrank" is :func:`lowrank_solve`;
-        "auto" picks the cheaper by flop count (``ngdfast._validation.choose_method``).
+        "auto" picks the cheaper by flop count (``ngdfast._policy.choose_method``).
     precision : {"auto", "double", "mixed"}
         As in :func:`damped_solve` (method "dense": F is formed in float64 and its
         factor refined) and :func:`lowrank_solve` (method "lowrank").
@@ -386,7 +386,59 @@ def natural_gradient(
     return _answer(_finite_solution(X, func, [(G, "g")]), vector, return_info, how)
 
 
-def kfac_precondition(grad, A, S, damping, *, factored_damping=True):
+def kl_step_size(g, nat_grad, epsilon, *, max_step=None):
+    r"""Step size that keeps the predicted KL divergence of one step at ε.
+
+    With q = gᵀñ, reduced in float64 (one BLAS dot, no copy of float64 inputs),
+
+    .. math::
+
+        \beta = \min\Big(\sqrt{2\varepsilon / q},\ \text{max\_step}\Big), \qquad \beta = 0 \text{ when } q = 0.
+
+    Parameters
+    ----------
+    g : array_like
+        Gradient, any shape (usually (P,)).
+    nat_grad : array_like
+        Natural gradient ñ, same shape as g.
+    epsilon : float
+        KL radius ε >= 0.
+    max_step : float, optional
+        Upper bound on β, > 0.
+
+    Returns
+    -------
+    float
+        β as a Python float.
+
+    Raises
+    ------
+    ValueError
+        q < 0 or not finite, shapes differ, ε < 0, max_step <= 0.
+    NumericOverflowError
+        β overflows (ε huge against q) and there is no ``max_step``.
+
+    See Also
+    --------
+    ngdfast.reference.kl_step_size : the specification.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import ngdfast
+    >>> g, nat = np.array([3.0, 4.0]), np.array([1.0, 2.0])          # g^T nat = 11
+    >>> round(ngdfast.kl_step_size(g, nat, epsilon=0.5), 6)           # sqrt(2 * 0.5 / 11)
+    0.301511
+    >>> ngdfast.kl_step_size(g, nat, epsilon=0.5, max_step=0.1)
+    0.1
+    """
+    g, nat_grad, epsilon, max_step = _v.kl_step_size_args(g, nat_grad, epsilon, max_step)
+    with np.errstate(over="ignore", invalid="ignore"):  # an infinite or NaN q is rejected by the policy
+        q = float(np.vdot(_cast(g, _v.FLOAT64), _cast(nat_grad, _v.FLOAT64)))
+    return _policy.kl_step_from_quadratic(q, epsilon, max_step)
+
+
+def kfac_precondition(grad, A, S, damping, *, factored_damping=True, check_finite=True):
     r"""K-FAC preconditioned gradient :math:`X = \tilde S^{-1}\, \text{grad}\, \tilde A^{-1}`.
 
     Ã = A + π√λ I, S̃ = S + (√λ/π) I with π = sqrt((tr A / in) / (tr S / out))
@@ -400,6 +452,8 @@ def kfac_precondition(grad, A, S, damping, *, factored_damping=True):
     damping : float
         λ >= 0.
     factored_damping : bool
+    check_finite : bool
+        Reject NaN/Inf in grad, A and S.
 
     Returns
     -------
@@ -423,9 +477,9 @@ def kfac_precondition(grad, A, S, damping, *, factored_damping=True):
     array([[1.    , 0.5   , 0.25  ],
            [0.25  , 0.125 , 0.0625]])
     """
-    grad, A, S, damping = _v.kfac_args(grad, A, S, damping, _all_finite, _cast)
+    grad, A, S, damping = _v.kfac_args(grad, A, S, damping, check_finite, _all_finite, _cast)
     n_out, n_in = grad.shape
-    damping_a, damping_s = _v.kfac_damping(
+    damping_a, damping_s = _policy.kfac_damping(
         float(np.trace(A, dtype=np.float64)), n_in, float(np.trace(S, dtype=np.float64)), n_out,
         damping, factored_damping,
     )
@@ -434,7 +488,7 @@ def kfac_precondition(grad, A, S, damping, *, factored_damping=True):
         size = n_in if factor == "A" else n_out
         raise _v.kfac_not_positive_definite("kfac_precondition", factor, info, size, damping, damping_a, damping_s)
     _check_info(info, "kfac_precondition", "", 0, damping)  # only a negative info is left
-    return _finite_solution(X, "kfac_precondition", [], _v.KFAC_RESULT)
+    return _finite_solution(X, "kfac_precondition", [(grad, "grad")], _v.KFAC_RESULT)
 
 
 def set_num_threads(n: int) -> None:

@@ -9,7 +9,7 @@ Same names, signatures, semantics, argument checks and error messages as
     natural_gradient(J, g, damping, weights=None, *, method="auto", check_finite=True,
                      precision="auto", return_info=False)
     kl_step_size(g, nat_grad, epsilon, *, max_step=None)
-    kfac_precondition(grad, A, S, damping, *, factored_damping=True)
+    kfac_precondition(grad, A, S, damping, *, factored_damping=True, check_finite=True)
 
 ``precision`` is validated and reported (``return_info``) but float64 data is
 always factored in float64 here: there is no mixed-precision path on the GPU.
@@ -31,25 +31,10 @@ Numba's CUDA simulator on the CPU (how the test suite checks them).
 """
 
 from ._platform import SIMULATOR  # first: raises ImportError without numba-cuda or a GPU
-from ._api import (
-    damped_solve,
-    fisher,
-    kfac_precondition,
-    kl_step_size,
-    lowrank_solve,
-    natural_gradient,
-)
+from . import _api
+from ._api import *  # noqa: F401,F403  the kernels: _api.__all__
 
-__all__ = [
-    "SIMULATOR",
-    "damped_solve",
-    "fisher",
-    "is_available",
-    "kfac_precondition",
-    "kl_step_size",
-    "lowrank_solve",
-    "natural_gradient",
-]
+__all__ = sorted([*_api.__all__, "SIMULATOR", "is_available"])
 
 
 def is_available() -> bool:
