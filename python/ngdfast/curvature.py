@@ -174,9 +174,7 @@ class _RunningFisher:
         func = type(self).__name__
         self.n_params = _v.integer(n_params, func, "n_params")
         self.decay = _v.decay_arg(decay, func, running=True)
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise TypeError(f"{func}: dtype must be float32 or float64, got {self.dtype}")
+        self.dtype = _v.storage_dtype(dtype, func)
         self.n_updates = 0
         self._version = 0
         self._cache_key = None
@@ -290,11 +288,8 @@ class DenseFisher(_RunningFisher):
         if max_reuse_iters is None:
             max_reuse_iters = 10 if self.n_params >= REUSE_MIN_PARAMS else 0
         max_reuse_iters = _v.integer(max_reuse_iters, "DenseFisher", "max_reuse_iters", minimum=0)
-        reuse_tol = _v.real_scalar(reuse_tol, "DenseFisher", "reuse_tol")
-        if not 0 < reuse_tol < 1:  # NaN fails too
-            raise ValueError(f"DenseFisher: reuse_tol must lie in (0, 1), got {reuse_tol!r}")
         self.max_reuse_iters = max_reuse_iters
-        self.reuse_tol = reuse_tol
+        self.reuse_tol = _v.open_unit(reuse_tol, "DenseFisher", "reuse_tol")
         # (float32 factor, damping) of the last factored F + λI: immutable, replaced on
         # refactoring, so snapshots hold it by reference and a restore brings it back.
         self._reuse = None
@@ -638,13 +633,7 @@ class KFACFisher(_RunningFisher):
     def __init__(self, layer_shapes: Sequence[tuple[int, int]], *, decay: float = 0.95, dtype=np.float64,
                  factored_damping: bool = True):
         func = "KFACFisher"
-        shapes = []
-        for l, shape in enumerate(layer_shapes):
-            if len(shape) != 2:
-                raise ValueError(f"{func}: layer_shapes[{l}] must be a pair (out, in), got {tuple(shape)!r}")
-            shapes.append(tuple(_v.integer(k, func, f"layer_shapes[{l}][{i}]") for i, k in enumerate(shape)))
-        if not shapes:
-            raise ValueError(f"{func}: layer_shapes must hold at least one (out, in) layer")
+        shapes = _v.layer_shapes_arg(layer_shapes, func)
         super().__init__(sum(o * i for o, i in shapes), decay, dtype)
         self.layer_shapes = shapes
         self.factored_damping = bool(factored_damping)
@@ -665,7 +654,7 @@ class KFACFisher(_RunningFisher):
         """Per-layer (out, in) views of a flat (P,) vector."""
         flat = np.asarray(flat)
         if flat.shape != (self.n_params,):
-            raise ValueError(f"expected a flat vector of shape ({self.n_params},), got {flat.shape}")
+            raise ValueError(f"KFACFisher.split: expected a flat vector of shape ({self.n_params},), got {flat.shape}")
         return [
             flat[a:b].reshape(shape)
             for a, b, shape in zip(self._offsets[:-1], self._offsets[1:], self.layer_shapes)

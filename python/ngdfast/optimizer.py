@@ -243,16 +243,8 @@ class NaturalGradient:
         self.max_step = _v.optional_positive(max_step, func, "max_step")
         self.max_retries = _v.integer(max_retries, func, "max_retries", minimum=0)
         self.adaptive_damping = bool(adaptive_damping)
-        self.min_damping = _v.positive(min_damping, func, "min_damping")
-        self.max_damping = _v.positive(max_damping, func, "max_damping")
-        if self.min_damping > self.max_damping:
-            raise ValueError(f"{func}: min_damping {min_damping} > max_damping {max_damping}")
-        decrease = _v.real_scalar(damping_decrease, func, "damping_decrease")
-        increase = _v.real_scalar(damping_increase, func, "damping_increase")
-        if not 0 < decrease < 1 < increase < math.inf:
-            raise ValueError(f"{func}: need 0 < damping_decrease < 1 < damping_increase < inf")
-        self.damping_decrease = decrease
-        self.damping_increase = increase
+        self.min_damping, self.max_damping = _v.damping_range(min_damping, max_damping, func)
+        self.damping_decrease, self.damping_increase = _v.damping_factors(damping_decrease, damping_increase, func)
         self.adaptive_kl_radius = bool(adaptive_kl_radius)
         self.max_kl_radius = (
             100.0 * self.kl_radius if max_kl_radius is None else _v.positive(max_kl_radius, func, "max_kl_radius")

@@ -45,7 +45,7 @@ from functools import partial
 
 import torch
 
-from . import _diagonal, _fisher, _linalg
+from . import _checks, _diagonal, _fisher, _linalg
 
 _LOCAL = threading.local()
 _QUIET = object()
@@ -200,7 +200,7 @@ class Capture:
             return
         if not isinstance(output, torch.Tensor):
             if self.enabled and self._recording():
-                _fisher.check_outputs(self.loss, output, "ngdfast.torch")  # raises: says what is expected
+                _checks.check_outputs(self.loss, output, "ngdfast.torch")  # raises: says what is expected
             return
         if not output.requires_grad:
             return
@@ -209,7 +209,7 @@ class Capture:
         output.register_hook(self._mark)  # also in eval mode: a step then says what is missing
 
     def _collect(self, output, pending) -> None:
-        outputs = _fisher.check_outputs(self.loss, output, "ngdfast.torch")
+        outputs = _checks.check_outputs(self.loss, output, "ngdfast.torch")
         self.batch.n += outputs.shape[0]
         live = []
         for key, args, out in pending:

@@ -26,7 +26,7 @@ import math
 import torch
 from torch.func import functional_call, grad, jacrev, vmap
 
-from . import _fisher
+from . import _checks, _fisher
 from ._capture import _backpropagate, quiet
 from ._layers import Layer, supported
 
@@ -44,7 +44,7 @@ def score_rows(model, names, inputs, targets, loss, kind, generator, dtype):
 
     with quiet():
         with torch.no_grad():
-            outputs = _fisher.check_outputs(loss, forward(params, inputs), "ngdfast.torch")
+            outputs = _checks.check_outputs(loss, forward(params, inputs), "ngdfast.torch")
         n = outputs.shape[0]
         if kind == "exact":
             jac = vmap(jacrev(lambda p, x: forward(p, x.unsqueeze(0)).squeeze(0)), in_dims=(None, 0))(params, inputs)
@@ -58,7 +58,7 @@ def score_rows(model, names, inputs, targets, loss, kind, generator, dtype):
         if kind == "sampled":
             targets = _fisher.sample_targets(loss, outputs, generator)
         else:
-            targets = _fisher.check_targets(loss, outputs, targets, "ngdfast.torch")
+            targets = _checks.check_targets(loss, outputs, targets, "ngdfast.torch")
 
         def log_p(p, x, y):
             return _fisher.log_likelihood(loss, forward(p, x.unsqueeze(0)), y.unsqueeze(0)).squeeze(0)
@@ -91,13 +91,13 @@ def _layer_rows(model, layers, names, inputs, targets, loss, kind, generator, dt
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     try:
         with quiet(), torch.enable_grad():
-            outputs = _fisher.check_outputs(loss, functional_call(model, buffers, (inputs,)), "ngdfast.torch")
+            outputs = _checks.check_outputs(loss, functional_call(model, buffers, (inputs,)), "ngdfast.torch")
     finally:
         for h in hooks:
             h.remove()
     n = outputs.shape[0]
     if kind == "empirical":
-        targets = _fisher.check_targets(loss, outputs, targets, "ngdfast.torch")
+        targets = _checks.check_targets(loss, outputs, targets, "ngdfast.torch")
     blocks = _fisher.output_rows(loss, kind, outputs, targets, generator)
     order = [i for i in range(len(layers)) if i in records]
     with quiet():

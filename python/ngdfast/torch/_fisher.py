@@ -40,55 +40,6 @@ def working(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def choice(value, allowed, name: str, func: str):
-    """``value`` if it is one of ``allowed``, else a ``ValueError`` naming the argument."""
-    if not any(value is a or (isinstance(value, str) and value == a) for a in allowed):
-        raise ValueError(f"{func}: {name} must be one of {allowed}, got {value!r}")
-    return value
-
-
-def check_outputs(loss: str, outputs, func: str) -> torch.Tensor:
-    """The model output: a floating (N, C) tensor."""
-    if not isinstance(outputs, torch.Tensor):
-        raise TypeError(f"{func}: the model must return a tensor (N, C), got {type(outputs).__name__}")
-    if outputs.ndim != 2 or outputs.shape[0] == 0:
-        raise ValueError(f"{func}: the model output must have shape (N, C) with N >= 1, got {tuple(outputs.shape)}")
-    if not outputs.is_floating_point():
-        raise TypeError(f"{func}: the model output must be floating point, got {outputs.dtype}")
-    if loss == "cross_entropy" and outputs.shape[1] < 2:
-        raise ValueError(f"{func}: loss='cross_entropy' needs at least 2 classes, got output shape {tuple(outputs.shape)}")
-    return outputs
-
-
-def check_targets(loss: str, outputs: torch.Tensor, targets, func: str) -> torch.Tensor:
-    """Targets matching ``outputs``: class indices (N,) for cross-entropy, (N, D) floats for mse."""
-    if not isinstance(targets, torch.Tensor):
-        raise TypeError(f"{func}: targets must be a tensor, got {type(targets).__name__}")
-    n, c = outputs.shape
-    if loss == "cross_entropy":
-        if targets.shape != (n,):
-            raise ValueError(
-                f"{func}: targets must be class indices of shape ({n},) to match the output {tuple(outputs.shape)}, "
-                f"got shape {tuple(targets.shape)}"
-            )
-        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-            raise TypeError(f"{func}: cross-entropy targets must be integer class indices, got {targets.dtype}")
-        if n and (int(targets.min()) < 0 or int(targets.max()) >= c):
-            raise ValueError(
-                f"{func}: targets must lie in [0, {c}), got [{int(targets.min())}, {int(targets.max())}]"
-            )
-        return targets.to(outputs.device)
-    if tuple(targets.shape) != (n, c):
-        raise ValueError(
-            f"{func}: mse targets must have the output's shape {tuple(outputs.shape)}, got {tuple(targets.shape)}"
-        )
-    if not targets.is_floating_point():
-        raise TypeError(f"{func}: mse targets must be floating point, got {targets.dtype}")
-    if not bool(torch.isfinite(targets).all()):
-        raise ValueError(f"{func}: targets contain NaN or Inf")
-    return targets.to(device=outputs.device, dtype=outputs.dtype)
-
-
 def log_likelihood(loss: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``log p(y_i | x_i)`` per sample (N,), up to the Gaussian's constant."""
     if loss == "cross_entropy":

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .. import _validation
+from .. import _policy, _validation
 from ..optimizer import NaturalGradient, _solve_with_retries
 from ..optimizer import StepInfo as _NumpyStepInfo
-from . import _distributed, _exact, _fisher, _linalg
+from . import _checks, _distributed, _exact, _fisher, _linalg
 from ._capture import Capture
 from ._layers import Layer, supported
 
@@ -208,12 +208,11 @@ class Preconditioner:
                  inverse_interval=1, adaptive_damping=False, fallback="diagonal", generator=None,
                  max_retries=3, min_damping=1e-8, max_damping=1e4, distributed=None, process_group=None,
                  distribute="inverses", bucket_mb=25.0):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"{_FUNC}: model must be a torch.nn.Module, got {type(model).__name__}")
-        self.curvature = _fisher.choice(curvature, _fisher.CURVATURES, "curvature", _FUNC)
-        self.loss = _fisher.choice(loss, _fisher.LOSSES, "loss", _FUNC)
-        self.fisher = _fisher.choice(fisher, _fisher.FISHERS, "fisher", _FUNC)
-        self.fallback = _fisher.choice(fallback, _fisher.FALLBACKS, "fallback", _FUNC)
+        _checks.module(model, _FUNC)
+        self.curvature = _checks.choice(curvature, _fisher.CURVATURES, "curvature", _FUNC)
+        self.loss = _checks.choice(loss, _fisher.LOSSES, "loss", _FUNC)
+        self.fisher = _checks.choice(fisher, _fisher.FISHERS, "fisher", _FUNC)
+        self.fallback = _checks.choice(fallback, _fisher.FALLBACKS, "fallback", _FUNC)
         # the same validators (and messages) as ngdfast.NaturalGradient and the curvature objects
         self.kl_radius = _validation.positive(kl_radius, _FUNC, "kl_radius")
         self.damping = _validation.nonnegative(damping, _FUNC, "damping")
@@ -222,12 +221,8 @@ class Preconditioner:
         self.factor_interval = _validation.integer(factor_interval, _FUNC, "factor_interval")
         self.inverse_interval = _validation.integer(inverse_interval, _FUNC, "inverse_interval")
         self.max_retries = _validation.integer(max_retries, _FUNC, "max_retries", minimum=0)
-        self.min_damping = _validation.positive(min_damping, _FUNC, "min_damping")
-        self.max_damping = _validation.positive(max_damping, _FUNC, "max_damping")
-        if self.min_damping > self.max_damping:
-            raise ValueError(f"{_FUNC}: min_damping {min_damping} > max_damping {max_damping}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"{_FUNC}: generator must be a torch.Generator, got {type(generator).__name__}")
+        self.min_damping, self.max_damping = _validation.damping_range(min_damping, max_damping, _FUNC)
+        _checks.generator(generator, _FUNC)
         # report_loss is NaturalGradient's (one Levenberg-Marquardt rule); these are its settings.
         self.adaptive_damping = bool(adaptive_damping)
         self.damping_decrease, self.damping_increase = 2.0 / 3.0, 1.5
@@ -235,17 +230,14 @@ class Preconditioner:
         self.max_kl_radius = self._min_kl_radius = self.kl_radius
         self._pending = None
 
-        self.distribute = _fisher.choice(distribute, _distributed.DISTRIBUTE, "distribute", _FUNC)
+        self.distribute = _checks.choice(distribute, _distributed.DISTRIBUTE, "distribute", _FUNC)
         self.bucket_mb = _validation.positive(bucket_mb, _FUNC, "bucket_mb")
         use_dist = _distributed.enabled(distributed, _FUNC)
         ddp = isinstance(model, nn.parallel.DistributedDataParallel)
         if ddp:
             model = model.module  # hooks and torch.func on the module; DDP averages the gradients
         self.model = model
-        self._names = [n for n, p in model.named_parameters() if p.requires_grad]
-        self._params = [p for p in model.parameters() if p.requires_grad]
-        if not self._params:
-            raise ValueError(f"{_FUNC}: the model has no trainable parameters")
+        self._names, self._params = _checks.trainable(model, _FUNC)
         self._layers, self._diagonal, self._gradient_only = _classify(model, self.curvature, self.fallback)
         self.kfac_layers = [layer.name for layer in self._layers]
         self.fallback_modules = (
@@ -352,8 +344,8 @@ class Preconditioner:
         if self._dist is not None:
             self._dist.average_gradients(grads)
         for name, g in zip(self._names, grads):
-            if g is not None and not _linalg.finite(g):
-                raise ValueError(f"{func}: the gradient of {name!r} contains NaN or Inf")
+            if g is not None:
+                _checks.finite(g, func, f"the gradient of {name!r}")
         A, S, D = self._A, self._S, self._D
         update = self.curvature != "exact" and self.n_steps % self.factor_interval == 0
         n_samples = 0
@@ -416,8 +408,7 @@ class Preconditioner:
         A, S, D = dict(self._A), dict(self._S), dict(self._D)
         for i in A_b:
             for name, new, old in (("A", A_b[i], self._A.get(i)), ("S", S_b[i], self._S.get(i))):
-                if not _linalg.finite(new):
-                    raise ValueError(f"{func}: factor {name} of layer {self._layers[i].name!r} contains NaN or Inf")
+                _checks.finite(new, func, f"factor {name} of layer {self._layers[i].name!r}")
             A[i] = A_b[i] if first or i not in self._A else self.decay * self._A[i] + (1 - self.decay) * A_b[i]
             S[i] = S_b[i] if first or i not in self._S else self.decay * self._S[i] + (1 - self.decay) * S_b[i]
         for j, ds in D_b.items():
@@ -605,7 +596,7 @@ def damped_inverses(layers, A, S, damping):
         if i not in A:
             continue
         n_out, n_in = layer.shape
-        da, ds = _validation.kfac_damping(_linalg.trace(A[i]), n_in, _linalg.trace(S[i]), n_out, damping, True)
+        da, ds = _policy.kfac_damping(_linalg.trace(A[i]), n_in, _linalg.trace(S[i]), n_out, damping, True)
         out[i] = (_linalg.damped_inverse(A[i], da, f"layer {layer.name!r}, factor A + damping_a*I"),
                   _linalg.damped_inverse(S[i], ds, f"layer {layer.name!r}, factor S + damping_s*I"))
     return out

@@ -8,7 +8,7 @@ from torch.func import functional_call
 
 from .. import _validation
 from ..optimizer import _solve_with_retries
-from . import _exact, _fisher, _linalg
+from . import _checks, _exact, _fisher, _linalg
 from ._capture import Capture, recording_only
 from ._preconditioner import _classify, damped_inverses, diagonal_solve, stats_dtype
 
@@ -66,20 +66,15 @@ def natural_gradient(model: nn.Module, inputs, targets, *, loss="cross_entropy",
     >>> model.weight.grad is None                           # nothing modified
     True
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{_FUNC}: model must be a torch.nn.Module, got {type(model).__name__}")
-    loss = _fisher.choice(loss, _fisher.LOSSES, "loss", _FUNC)
-    curvature = _fisher.choice(curvature, _fisher.CURVATURES, "curvature", _FUNC)
-    fisher = _fisher.choice(fisher, _fisher.FISHERS, "fisher", _FUNC)
+    _checks.module(model, _FUNC)
+    loss = _checks.choice(loss, _fisher.LOSSES, "loss", _FUNC)
+    curvature = _checks.choice(curvature, _fisher.CURVATURES, "curvature", _FUNC)
+    fisher = _checks.choice(fisher, _fisher.FISHERS, "fisher", _FUNC)
     damping = _validation.nonnegative(damping, _FUNC, "damping")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"{_FUNC}: generator must be a torch.Generator, got {type(generator).__name__}")
+    _checks.generator(generator, _FUNC)
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"{_FUNC}: inputs must be a tensor, got {type(inputs).__name__}")
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"{_FUNC}: the model has no trainable parameters")
+    names, params = _checks.trainable(model, _FUNC)
     buffers = {n: b.clone() for n, b in model.named_buffers()}  # running statistics stay as they are
 
     layers, diagonal, _ = _classify(model, curvature, "diagonal") if curvature != "exact" else ([], [], [])
@@ -87,13 +82,12 @@ def natural_gradient(model: nn.Module, inputs, targets, *, loss="cross_entropy",
     capture.enabled = curvature != "exact"
     try:
         with torch.enable_grad(), recording_only(capture):
-            outputs = _fisher.check_outputs(loss, functional_call(model, buffers, (inputs,)), _FUNC)
-            targets = _fisher.check_targets(loss, outputs, targets, _FUNC)
+            outputs = _checks.check_outputs(loss, functional_call(model, buffers, (inputs,)), _FUNC)
+            targets = _checks.check_targets(loss, outputs, targets, _FUNC)
             grads = torch.autograd.grad(_fisher.mean_loss(loss, outputs, targets), params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
         for name, g in zip(names, grads):
-            if not _linalg.finite(g):
-                raise ValueError(f"{_FUNC}: the gradient of {name!r} contains NaN or Inf")
+            _checks.finite(g, _FUNC, f"the gradient of {name!r}")
         if curvature == "exact":
             dtype = stats_dtype(params[0])
             J, w = _exact.score_rows(model, names, inputs, targets, loss, fisher, generator, dtype)
@@ -115,8 +109,7 @@ def _direction(params, grads, layers, diagonal, A, S, D, damping):
     nat = [None] * len(params)
     for what, stats in (("A", A), ("S", S)):
         for i, t in stats.items():
-            if not _linalg.finite(t):
-                raise ValueError(f"{_FUNC}: factor {what} of layer {layers[i].name!r} contains NaN or Inf")
+            _checks.finite(t, _FUNC, f"factor {what} of layer {layers[i].name!r}")
     inverses = damped_inverses(layers, A, S, damping)
     for i, layer in enumerate(layers):
         if i not in inverses:
