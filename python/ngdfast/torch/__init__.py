@@ -32,7 +32,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 from ._fisher import CURVATURES, FISHERS, LOSSES
-from ._preconditioner import NGD, Preconditioner, StepInfo
+from ._optim import NGD
+from ._preconditioner import Preconditioner, StepInfo
 from .functional import natural_gradient
 
 __all__ = ["CURVATURES", "FISHERS", "LOSSES", "NGD", "Preconditioner", "StepInfo", "natural_gradient"]

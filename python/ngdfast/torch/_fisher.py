@@ -40,6 +40,11 @@ def working(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+def stats_dtype(param: torch.Tensor) -> torch.dtype:
+    """Statistics precision: float64 for float64 parameters, float32 otherwise (also bfloat16)."""
+    return torch.float64 if param.dtype == torch.float64 else torch.float32
+
+
 def log_likelihood(loss: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``log p(y_i | x_i)`` per sample (N,), up to the Gaussian's constant."""
     if loss == "cross_entropy":

@@ -109,3 +109,30 @@ def _same_padding(m: nn.Conv2d) -> tuple[int, int, int, int]:
         total = d * (k - 1)
         pads += [total // 2, total - total // 2]
     return tuple(pads)
+
+
+def classify(model: nn.Module, curvature: str, fallback, func: str):
+    """K-FAC layers, diagonal modules and plain-gradient modules ``(name, module, param names)``."""
+    layers, diagonal, gradient_only, unsupported, seen = [], [], [], [], set()
+    if curvature == "exact":
+        return layers, diagonal, gradient_only  # torch.func differentiates every parameter
+    for name, module in model.named_modules():
+        own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad and id(p) not in seen]
+        if not own:
+            continue
+        seen.update(id(p) for _, p in own)
+        names = [n for n, _ in own]
+        label = name or "<model>"
+        if curvature == "kfac" and supported(module):
+            layers.append(Layer(label, module))
+        elif curvature == "diagonal" or (curvature == "kfac" and fallback == "diagonal"):
+            diagonal.append((label, module, names))
+        elif curvature == "kfac" and fallback == "gradient":
+            gradient_only.append((label, module, names))
+        else:
+            unsupported.append(f"{label} ({type(module).__name__}: {', '.join(names)})")
+    if unsupported:
+        raise ValueError(
+            f"{func}: K-FAC cannot factor these modules with trainable parameters: {'; '.join(unsupported)}. "
+            "Choose fallback='diagonal' or 'gradient', or freeze them (requires_grad=False)")
+    return layers, diagonal, gradient_only

@@ -153,4 +153,37 @@ def finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
-__all__ = ["damped_inverse", "finite", "fisher_into", "kl_beta", "numpy_view", "solve_scores", "trace"]
+def damped_inverses(layers, A, S, damping):
+    """``{i: (Ã⁻¹, S̃⁻¹)}`` with ngdfast's factored Tikhonov damping."""
+    out = {}
+    for i, layer in enumerate(layers):
+        if i not in A:
+            continue
+        n_out, n_in = layer.shape
+        da, ds = _policy.kfac_damping(trace(A[i]), n_in, trace(S[i]), n_out, damping, True)
+        out[i] = (damped_inverse(A[i], da, f"layer {layer.name!r}, factor A + damping_a*I"),
+                  damped_inverse(S[i], ds, f"layer {layer.name!r}, factor S + damping_s*I"))
+    return out
+
+
+def diagonal_solve(d: torch.Tensor, g: torch.Tensor, damping: float, name: str) -> torch.Tensor:
+    """``g / (d + λ)``; ``NotPositiveDefiniteError`` where ``d + λ`` is 0."""
+    shifted = d + damping
+    if not bool((shifted > 0).all()):
+        raise NotPositiveDefiniteError(
+            f"{name}: diag(F) + damping is not positive (damping {damping}); increase the damping",
+            pivot=int(torch.nonzero((shifted <= 0).reshape(-1))[0, 0]) + 1, damping=damping)
+    return g.to(d.dtype) / shifted
+
+
+__all__ = [
+    "damped_inverse",
+    "damped_inverses",
+    "diagonal_solve",
+    "finite",
+    "fisher_into",
+    "kl_beta",
+    "numpy_view",
+    "solve_scores",
+    "trace",
+]

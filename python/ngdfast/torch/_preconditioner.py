@@ -8,12 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .. import _policy, _validation
+from .. import _validation
 from ..optimizer import NaturalGradient, _solve_with_retries
 from ..optimizer import StepInfo as _NumpyStepInfo
-from . import _checks, _distributed, _exact, _fisher, _linalg
+from . import _checks, _distributed, _exact, _fisher, _layers, _linalg
 from ._capture import Capture
-from ._layers import Layer, supported
 
 _FUNC = "Preconditioner"
 
@@ -45,11 +44,6 @@ class StepInfo(_NumpyStepInfo):
     factors_updated: bool = False
     inverses_updated: bool = False
     n_samples: int = 0
-
-
-def stats_dtype(param: torch.Tensor) -> torch.dtype:
-    """Statistics precision: float64 for float64 parameters, float32 otherwise (also bfloat16)."""
-    return torch.float64 if param.dtype == torch.float64 else torch.float32
 
 
 def _default_generator(model: nn.Module) -> torch.Generator:
@@ -238,16 +232,16 @@ class Preconditioner:
             model = model.module  # hooks and torch.func on the module; DDP averages the gradients
         self.model = model
         self._names, self._params = _checks.trainable(model, _FUNC)
-        self._layers, self._diagonal, self._gradient_only = _classify(model, self.curvature, self.fallback)
+        self._layers, self._diagonal, self._gradient_only = _layers.classify(model, self.curvature, self.fallback, _FUNC)
         self.kfac_layers = [layer.name for layer in self._layers]
         self.fallback_modules = (
             [name for name, *_ in self._diagonal] + [name for name, *_ in self._gradient_only]
             if self.curvature == "kfac" else []
         )
-        self._stats_dtype = stats_dtype
+        self._stats_dtype = _fisher.stats_dtype
         self._generator = generator if generator is not None else _default_generator(model)
         tracked = (self._layers, self._diagonal) if self.curvature != "exact" else ([], [])
-        self._capture = Capture(model, *tracked, self.loss, self.fisher, stats_dtype, lambda: self._generator)
+        self._capture = Capture(model, *tracked, self.loss, self.fisher, _fisher.stats_dtype, lambda: self._generator)
         self.n_steps = 0
         self.n_factor_updates = 0
         self._A: dict[int, torch.Tensor] = {}
@@ -429,10 +423,10 @@ class Preconditioner:
                 if not refresh:
                     inverses = self._inverses
                 elif self._dist is None:
-                    inverses = damped_inverses(self._layers, A, S, lam)
+                    inverses = _linalg.damped_inverses(self._layers, A, S, lam)
                 else:
                     inverses = self._dist.inverses(
-                        self._layers, A, S, lam, lambda a, s, d: damped_inverses(self._layers, a, s, d))
+                        self._layers, A, S, lam, lambda a, s, d: _linalg.damped_inverses(self._layers, a, s, d))
                 split = self._dist is not None and self._dist.distribute == "gradients"
                 mine = {}
                 for i, layer in enumerate(self._layers):
@@ -463,7 +457,7 @@ class Preconditioner:
                     if j not in D:
                         raise RuntimeError(f"Preconditioner.step: no statistics for module {name!r} yet "
                                            "(was it used in a training-mode forward?)")
-                    nat[k] = diagonal_solve(D[j][names.index(pname)], grads[k], lam, f"{name}.{pname}")
+                    nat[k] = _linalg.diagonal_solve(D[j][names.index(pname)], grads[k], lam, f"{name}.{pname}")
             for _, module, names in self._gradient_only:
                 for pname in names:
                     k = by_param[id(getattr(module, pname))]
@@ -474,7 +468,7 @@ class Preconditioner:
         return nat, lam, retries, inverses
 
     def _exact_direction(self, inputs, targets, grads):
-        dtype = stats_dtype(self._params[0])
+        dtype = _fisher.stats_dtype(self._params[0])
         J, w = _exact.score_rows(self.model, self._names, inputs, targets, self.loss, self.fisher,
                                  self._generator, dtype)
         g = torch.cat([(torch.zeros_like(p) if t is None else t).reshape(-1).to(dtype)
@@ -559,126 +553,3 @@ class Preconditioner:
         self._pending = None
         self._capture.reset()
         self._arm()
-
-
-# ---------------------------------------------------------------------------- shared pieces
-def _classify(model: nn.Module, curvature: str, fallback):
-    """K-FAC layers, diagonal modules and plain-gradient modules ``(name, module, param names)``."""
-    layers, diagonal, gradient_only, unsupported, seen = [], [], [], [], set()
-    if curvature == "exact":
-        return layers, diagonal, gradient_only  # torch.func differentiates every parameter
-    for name, module in model.named_modules():
-        own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad and id(p) not in seen]
-        if not own:
-            continue
-        seen.update(id(p) for _, p in own)
-        names = [n for n, _ in own]
-        label = name or "<model>"
-        if curvature == "kfac" and supported(module):
-            layers.append(Layer(label, module))
-        elif curvature == "diagonal" or (curvature == "kfac" and fallback == "diagonal"):
-            diagonal.append((label, module, names))
-        elif curvature == "kfac" and fallback == "gradient":
-            gradient_only.append((label, module, names))
-        else:
-            unsupported.append(f"{label} ({type(module).__name__}: {', '.join(names)})")
-    if unsupported:
-        raise ValueError(
-            f"{_FUNC}: K-FAC cannot factor these modules with trainable parameters: {'; '.join(unsupported)}. "
-            "Choose fallback='diagonal' or 'gradient', or freeze them (requires_grad=False)")
-    return layers, diagonal, gradient_only
-
-
-def damped_inverses(layers, A, S, damping):
-    """``{i: (Ã⁻¹, S̃⁻¹)}`` with ngdfast's factored Tikhonov damping."""
-    out = {}
-    for i, layer in enumerate(layers):
-        if i not in A:
-            continue
-        n_out, n_in = layer.shape
-        da, ds = _policy.kfac_damping(_linalg.trace(A[i]), n_in, _linalg.trace(S[i]), n_out, damping, True)
-        out[i] = (_linalg.damped_inverse(A[i], da, f"layer {layer.name!r}, factor A + damping_a*I"),
-                  _linalg.damped_inverse(S[i], ds, f"layer {layer.name!r}, factor S + damping_s*I"))
-    return out
-
-
-def diagonal_solve(d: torch.Tensor, g: torch.Tensor, damping: float, name: str) -> torch.Tensor:
-    """``g / (d + λ)``; ``NotPositiveDefiniteError`` where ``d + λ`` is 0."""
-    from .._errors import NotPositiveDefiniteError
-
-    shifted = d + damping
-    if not bool((shifted > 0).all()):
-        raise NotPositiveDefiniteError(
-            f"{name}: diag(F) + damping is not positive (damping {damping}); increase the damping",
-            pivot=int(torch.nonzero((shifted <= 0).reshape(-1))[0, 0]) + 1, damping=damping)
-    return g.to(d.dtype) / shifted
-
-
-class NGD(torch.optim.Optimizer):
-    r"""All-in-one optimizer: :class:`Preconditioner` then ``θ ← θ − lr · β ñ``.
-
-    ``lr=1`` (the default) is the KL-sized natural-gradient step itself; the loop is the
-    usual one::
-
-        opt = ngdfast.torch.NGD(model, kl_radius=1e-3, damping=1e-3)
-        opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()
-
-    Parameters
-    ----------
-    model : nn.Module
-    lr : float
-        Multiplies the step (1: exactly ε of predicted KL).
-    **kwargs
-        :class:`Preconditioner` settings (curvature, loss, fisher, kl_radius, damping, ...).
-
-    Attributes
-    ----------
-    preconditioner : Preconditioner
-        ``preconditioner.last_step`` reports the last step.
-
-    Examples
-    --------
-    >>> import torch
-    >>> import ngdfast.torch as ngt
-    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-    <torch._C.Generator object at ...>
-    >>> model = torch.nn.Linear(4, 3)
-    >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
-    >>> opt = ngt.NGD(model, kl_radius=1e-2, damping=1e-2)
-    >>> before = torch.nn.functional.cross_entropy(model(x), y).item()
-    >>> for _ in range(5):
-    ...     opt.zero_grad()
-    ...     torch.nn.functional.cross_entropy(model(x), y).backward()
-    ...     info = opt.step()
-    >>> torch.nn.functional.cross_entropy(model(x), y).item() < before
-    True
-    """
-
-    def __init__(self, model: nn.Module, lr: float = 1.0, **kwargs):
-        lr = _validation.nonnegative(lr, "NGD", "lr")
-        self.preconditioner = Preconditioner(model, **kwargs)
-        super().__init__([p for p in model.parameters() if p.requires_grad], {"lr": lr})
-
-    @torch.no_grad()
-    def step(self, closure=None, *, inputs=None, targets=None):
-        """Precondition the gradients and move: ``θ ← θ − lr · β ñ``; returns ``closure()``'s loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self.preconditioner.step(inputs, targets)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.add_(p.grad, alpha=-group["lr"])
-        return loss
-
-    def state_dict(self) -> dict:
-        state = super().state_dict()
-        state["preconditioner"] = self.preconditioner.state_dict()
-        return state
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        self.preconditioner.load_state_dict(state_dict.pop("preconditioner"))
-        super().load_state_dict(state_dict)

@@ -8,9 +8,8 @@ from torch.func import functional_call
 
 from .. import _validation
 from ..optimizer import _solve_with_retries
-from . import _checks, _exact, _fisher, _linalg
+from . import _checks, _exact, _fisher, _layers, _linalg
 from ._capture import Capture, recording_only
-from ._preconditioner import _classify, damped_inverses, diagonal_solve, stats_dtype
 
 _FUNC = "ngdfast.torch.natural_gradient"
 
@@ -77,8 +76,8 @@ def natural_gradient(model: nn.Module, inputs, targets, *, loss="cross_entropy",
     names, params = _checks.trainable(model, _FUNC)
     buffers = {n: b.clone() for n, b in model.named_buffers()}  # running statistics stay as they are
 
-    layers, diagonal, _ = _classify(model, curvature, "diagonal") if curvature != "exact" else ([], [], [])
-    capture = Capture(model, layers, diagonal, loss, fisher, stats_dtype, lambda: generator, force=True)
+    layers, diagonal, _ = _layers.classify(model, curvature, "diagonal", _FUNC) if curvature != "exact" else ([], [], [])
+    capture = Capture(model, layers, diagonal, loss, fisher, _fisher.stats_dtype, lambda: generator, force=True)
     capture.enabled = curvature != "exact"
     try:
         with torch.enable_grad(), recording_only(capture):
@@ -89,7 +88,7 @@ def natural_gradient(model: nn.Module, inputs, targets, *, loss="cross_entropy",
         for name, g in zip(names, grads):
             _checks.finite(g, _FUNC, f"the gradient of {name!r}")
         if curvature == "exact":
-            dtype = stats_dtype(params[0])
+            dtype = _fisher.stats_dtype(params[0])
             J, w = _exact.score_rows(model, names, inputs, targets, loss, fisher, generator, dtype)
             g = torch.cat([t.reshape(-1).to(dtype) for t in grads])
             flat, _, _ = _solve_with_retries(lambda lam: _linalg.solve_scores(J, g, lam, w), damping, 0, 1e-8)
@@ -110,7 +109,7 @@ def _direction(params, grads, layers, diagonal, A, S, D, damping):
     for what, stats in (("A", A), ("S", S)):
         for i, t in stats.items():
             _checks.finite(t, _FUNC, f"factor {what} of layer {layers[i].name!r}")
-    inverses = damped_inverses(layers, A, S, damping)
+    inverses = _linalg.damped_inverses(layers, A, S, damping)
     for i, layer in enumerate(layers):
         if i not in inverses:
             continue  # not used by this forward: its gradient is 0, and so is ñ
@@ -121,5 +120,5 @@ def _direction(params, grads, layers, diagonal, A, S, D, damping):
     for j, (name, module, pnames) in enumerate(diagonal):
         for pname, d in zip(pnames, D.get(j, [])):
             k = by_param[id(getattr(module, pname))]
-            nat[k] = diagonal_solve(d, grads[k], damping, f"{name}.{pname}")
+            nat[k] = _linalg.diagonal_solve(d, grads[k], damping, f"{name}.{pname}")
     return [v.to(p.dtype) if v is not None else torch.zeros_like(p) for p, v in zip(params, nat)]
