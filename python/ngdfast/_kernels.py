@@ -387,50 +387,24 @@ def natural_gradient(
 
 
 def kl_step_size(g, nat_grad, epsilon, *, max_step=None):
-    r"""Step size that keeps the predicted KL divergence of one step at ε.
+    r"""KL trust-region step size :math:`\beta = \min(\sqrt{2\varepsilon / g^T\tilde n},\ \text{max\_step})`.
 
-    With q = gᵀñ, reduced in float64 (one BLAS dot, no copy of float64 inputs),
-
-    .. math::
-
-        \beta = \min\Big(\sqrt{2\varepsilon / q},\ \text{max\_step}\Big), \qquad \beta = 0 \text{ when } q = 0.
-
-    Parameters
-    ----------
-    g : array_like
-        Gradient, any shape (usually (P,)).
-    nat_grad : array_like
-        Natural gradient ñ, same shape as g.
-    epsilon : float
-        KL radius ε >= 0.
-    max_step : float, optional
-        Upper bound on β, > 0.
-
-    Returns
-    -------
-    float
-        β as a Python float.
-
-    Raises
-    ------
-    ValueError
-        q < 0 or not finite, shapes differ, ε < 0, max_step <= 0.
-    NumericOverflowError
-        β overflows (ε huge against q) and there is no ``max_step``.
+    ``q = gᵀñ`` is one float64 BLAS dot (float64 inputs are not copied); β = 0 when q = 0.
+    ``g`` and ``nat_grad`` share any non-empty shape, ``epsilon`` >= 0, ``max_step`` is None
+    or > 0. Returns β as a Python float; ``ValueError`` when q < 0 or q is not finite,
+    ``NumericOverflowError`` when β overflows without a ``max_step``.
 
     See Also
     --------
-    ngdfast.reference.kl_step_size : the specification.
+    ngdfast.reference.kl_step_size : the specification, with the derivation.
 
     Examples
     --------
     >>> import numpy as np
     >>> import ngdfast
     >>> g, nat = np.array([3.0, 4.0]), np.array([1.0, 2.0])          # g^T nat = 11
-    >>> round(ngdfast.kl_step_size(g, nat, epsilon=0.5), 6)           # sqrt(2 * 0.5 / 11)
-    0.301511
-    >>> ngdfast.kl_step_size(g, nat, epsilon=0.5, max_step=0.1)
-    0.1
+    >>> round(ngdfast.kl_step_size(g, nat, epsilon=22.0), 12)         # sqrt(2 * 22 / 11)
+    2.0
     """
     g, nat_grad, epsilon, max_step = _v.kl_step_size_args(g, nat_grad, epsilon, max_step)
     with np.errstate(over="ignore", invalid="ignore"):  # an infinite or NaN q is rejected by the policy
