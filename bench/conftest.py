@@ -3,14 +3,15 @@
 Run with::
 
     python -m pytest bench/ --benchmark-only                      # small sweep, a few minutes
-    python -m pytest bench/ --benchmark-only --bench-size medium  # adds issue 3's target sizes
+    python -m pytest bench/ --benchmark-only --bench-size medium  # adds the speed targets' sizes
     NGDFAST_BENCH_SIZE=large python -m pytest bench/ --benchmark-only  # up to P=8192, N=4096
     python -m pytest bench/ --benchmark-disable                   # answers only, one call each
 
 Every benchmark checks its own answer against a float64 NumPy result computed
-outside the timed region, so a fast wrong kernel fails here. Each kernel, size
-and dtype is one benchmark group: ngdfast and its peers (NumPy, SciPy
-BLAS/LAPACK, ``ngdfast.reference``) appear side by side in it.
+outside the timed region, so a fast wrong kernel fails here; the tolerances
+are those of ``python -m ngdfast bench`` (``ngdfast.bench.peers.TOLERANCE``).
+Each kernel, size and dtype is one benchmark group: ngdfast and its peers
+(NumPy, SciPy BLAS/LAPACK, ``ngdfast.reference``) appear side by side in it.
 
 The size sweep lives here (``SWEEP``) so all files grow together; an entry is
 included at its level and every larger one.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import os
 import time
 
-import numpy as np
 import pytest
 
 LEVELS = ("small", "medium", "large")
@@ -55,22 +55,14 @@ SWEEP = {
     "dtype": [("small", "float64"), ("small", "float32")],
 }
 
-# Relative Frobenius-norm error allowed against the float64 NumPy answer.
-# Solves multiply rounding by the damped matrix's condition number (below ~2e3
-# for the problems built in these files).
-TOLERANCE = {
-    "product": {"float64": 1e-10, "float32": 1e-4},
-    "solve": {"float64": 1e-8, "float32": 3e-3},
-}
-
 
 def pytest_addoption(parser):
     parser.addoption(
         "--bench-size",
         choices=LEVELS,
         default=None,
-        help="size sweep for bench/: small (default, a few minutes on 2 cores), medium (issue-3 target "
-        "sizes), large (up to P=8192, N=4096). Also from NGDFAST_BENCH_SIZE.",
+        help="size sweep for bench/: small (default, a few minutes on 2 cores), medium (the speed "
+        "targets' sizes), large (up to P=8192, N=4096). Also from NGDFAST_BENCH_SIZE.",
     )
 
 
@@ -99,20 +91,16 @@ def pytest_report_header(config):
     return f"ngdfast bench size: {bench_level(config)} (--bench-size / NGDFAST_BENCH_SIZE)"
 
 
-def relative_error(actual, expected) -> float:
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    return float(np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), np.finfo(np.float64).tiny))
-
-
 @pytest.fixture
 def assert_close():
     """``assert_close(actual, expected, dtype, kind)``: relative Frobenius error
-    within the per-dtype tolerance of ``kind`` ("product" or "solve")."""
+    within the per-dtype tolerance of ``kind`` ("product" or "solve"), the one
+    ``python -m ngdfast bench`` uses (``ngdfast.bench.peers.TOLERANCE``)."""
+    peers = _import_or_skip("ngdfast.bench.peers", "ngdfast (with its compiled _core) is not importable")
 
     def check(actual, expected, dtype, kind):
-        err = relative_error(actual, expected)
-        tol = TOLERANCE[kind][np.dtype(dtype).name]
+        err = peers.relative_error(actual, expected)
+        tol = peers.tolerance(kind, dtype)
         assert err <= tol, f"relative error {err:.3e} > {tol:.0e} ({dtype}, {kind})"
 
     return check

@@ -13,68 +13,50 @@ import functools
 import numpy as np
 import pytest
 
-# The hand-written peers live beside `python -m ngdfast bench`, which times the same ones.
-benchmark_module = pytest.importorskip("ngdfast.benchmark", exc_type=ImportError)
-woodbury = benchmark_module.numpy_woodbury
-kfac_by_hand = benchmark_module.numpy_kfac_precondition
-cho_solve_in_place = benchmark_module.scipy_cho_solve
+# The problems and the hand-written peers are those of `python -m ngdfast bench`
+# (ngdfast.bench.cases, ngdfast.bench.peers): a kernel's benchmark problem is written once.
+cases = pytest.importorskip("ngdfast.bench.cases", exc_type=ImportError)
+peers = pytest.importorskip("ngdfast.bench.peers", exc_type=ImportError)
+woodbury = peers.numpy_woodbury
+kfac_by_hand = peers.numpy_kfac_precondition
+cho_solve_in_place = peers.scipy_cho_solve
 
-DAMPING = 1e-2  # keeps every damped matrix here well conditioned (see conftest TOLERANCE)
-DECAY = 0.9
+DAMPING = cases.DAMPING  # keeps every damped matrix here well conditioned (see peers.TOLERANCE)
+DECAY = cases.DECAY
 
 
-def _gram64(J: np.ndarray) -> np.ndarray:
-    """Exactly symmetric float64 ``J.T @ J / N``."""
-    J = J.astype(np.float64)
-    F = J.T @ J
-    return (0.5 * (F + F.T)) / J.shape[0]
+def _float64(*arrays):
+    return (a.astype(np.float64) for a in arrays)
 
 
 # --------------------------------------------------------------------------
-# problems, cached so the peers of one group share inputs (never mutated)
+# the bench's problems with their float64 answers, cached so the peers of one
+# group share inputs (never mutated)
 
 
 @functools.lru_cache(maxsize=2)
 def fisher_problem(shape, dtype):
-    n, p = shape
-    J = np.random.default_rng(0).standard_normal((n, p)).astype(dtype)
-    return J, _gram64(J)
+    J = cases.fisher_problem(*shape, dtype)
+    return J, cases.gram(J.astype(np.float64))
 
 
 @functools.lru_cache(maxsize=2)
 def solve_problem(p, dtype):
-    # P/2 score rows: rank-deficient like a real Fisher; the damping makes it
-    # positive definite with condition number below ~6/DAMPING.
-    rows = np.random.default_rng(1).standard_normal((max(p // 2, 1), p))
-    F = _gram64(rows).astype(dtype)
-    g = np.random.default_rng(2).standard_normal(p).astype(dtype)
-    F64 = F.astype(np.float64)
-    expected = np.linalg.solve(F64 + DAMPING * np.eye(p), g.astype(np.float64))
-    return F, g, expected
+    F, g = cases.damped_solve_problem(p, dtype)
+    F64, g64 = _float64(F, g)
+    return F, g, np.linalg.solve(F64 + DAMPING * np.eye(p), g64)
 
 
 @functools.lru_cache(maxsize=2)
 def lowrank_problem(shape, dtype):
-    n, p = shape
-    J = np.random.default_rng(3).standard_normal((n, p)).astype(dtype)
-    g = np.random.default_rng(4).standard_normal(p).astype(dtype)
-    expected = woodbury(J.astype(np.float64), g.astype(np.float64), DAMPING)
-    return J, g, expected
+    J, g = cases.lowrank_problem(*shape, dtype)
+    return J, g, woodbury(*_float64(J, g), DAMPING)
 
 
 @functools.lru_cache(maxsize=2)
 def kfac_problem(shape, dtype):
-    n_out, n_in = shape
-    a = n_in + 1
-    rng = np.random.default_rng(5)
-    acts = rng.standard_normal((2 * a, a))
-    acts[:, -1] = 1.0  # the bias column
-    A = _gram64(acts).astype(dtype)
-    S = _gram64(rng.standard_normal((2 * n_out, n_out))).astype(dtype)
-    grad = rng.standard_normal((n_out, a)).astype(dtype)
-    g64, A64, S64 = (x.astype(np.float64) for x in (grad, A, S))
-    expected = kfac_by_hand(g64, A64, S64, DAMPING)
-    return grad, A, S, expected
+    grad, A, S = cases.kfac_problem(*shape, dtype)
+    return grad, A, S, kfac_by_hand(*_float64(grad, A, S), DAMPING)
 
 
 def _syrk(request, dtype):

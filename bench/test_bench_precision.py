@@ -1,4 +1,4 @@
-"""Mixed precision and factor reuse (issue 15), beside their float64 peers.
+"""Mixed precision and factor reuse, beside their float64 peers (speed targets: docs/performance.md).
 
 - ``damped_solve`` float64: ``precision="mixed"`` (float32 factor, float64
   refinement) vs ``"double"`` vs SciPy ``cho_factor + cho_solve``; target >= 2x
@@ -21,7 +21,8 @@ import time
 import numpy as np
 import pytest
 
-benchmark_module = pytest.importorskip("ngdfast.benchmark", exc_type=ImportError)
+cases = pytest.importorskip("ngdfast.bench.cases", exc_type=ImportError)
+peers = pytest.importorskip("ngdfast.bench.peers", exc_type=ImportError)
 
 EXACT = 1e-10  # relative agreement with the float64 peer
 
@@ -32,24 +33,20 @@ def _sizes(bench_size):
     return {"solve": 4096, "lowrank": (256, 16384), "reuse": 4096, "reuse_rows": 1024}
 
 
-def _rel(a, b):
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
 @pytest.mark.parametrize("impl", ["ngdfast-mixed", "ngdfast-double", "scipy-cho"])
 def test_damped_solve_mixed(impl, bench_size, request, run_benchmark):
     request.getfixturevalue("scipy_linalg")
     import ngdfast
 
     p = _sizes(bench_size)["solve"]
-    F = benchmark_module._spd(p, "float64")
+    F = cases.spd(p, "float64")
     g = np.random.default_rng(2).standard_normal(p)
-    damping = benchmark_module.DAMPING
+    damping = cases.DAMPING
     eye = np.eye(p)
-    expected = benchmark_module.scipy_cho_solve(F + damping * eye, g)
+    expected = peers.scipy_cho_solve(F + damping * eye, g)
     if impl == "scipy-cho":
         def fn():
-            return benchmark_module.scipy_cho_solve(F + damping * eye, g)
+            return peers.scipy_cho_solve(F + damping * eye, g)
     else:
         precision = impl.split("-")[1]
 
@@ -57,7 +54,7 @@ def test_damped_solve_mixed(impl, bench_size, request, run_benchmark):
             return ngdfast.damped_solve(F, g, damping, precision=precision)
 
     x = run_benchmark(f"damped_solve float64 P={p} (mixed precision)", fn)
-    assert _rel(x, expected) <= EXACT
+    assert peers.relative_error(x, expected) <= EXACT
     if impl == "ngdfast-mixed":
         assert ngdfast.damped_solve(F, g, damping, precision="mixed", return_info=True)[1].precision == "mixed"
 
@@ -68,15 +65,15 @@ def test_natural_gradient_mixed(impl, alternating, bench_size, run_benchmark):
     import ngdfast
 
     n, p = _sizes(bench_size)["lowrank"]
-    J = benchmark_module._scores(n, p, "float64")
+    J = cases.scores(n, p, "float64")
     g = np.random.default_rng(3).standard_normal(p)
-    damping = benchmark_module.DAMPING
-    expected = benchmark_module.numpy_woodbury(J, g, damping)
+    damping = cases.DAMPING
+    expected = peers.numpy_woodbury(J, g, damping)
     rng = np.random.default_rng(6)
     A, B = rng.standard_normal((512, 512)), rng.standard_normal((512, 512))
     if impl == "numpy-woodbury":
         def solve():
-            return benchmark_module.numpy_woodbury(J, g, damping)
+            return peers.numpy_woodbury(J, g, damping)
     else:
         precision = impl.split("-")[1]
 
@@ -90,7 +87,7 @@ def test_natural_gradient_mixed(impl, alternating, bench_size, run_benchmark):
 
     mode = "alternating with a 512x512 matmul" if alternating else "alone"
     x = run_benchmark(f"natural_gradient float64 N={n} P={p} (mixed precision, {mode})", fn)
-    assert _rel(x, expected) <= EXACT
+    assert peers.relative_error(x, expected) <= EXACT
 
 
 @pytest.mark.parametrize("impl", ["DenseFisher-reuse", "DenseFisher-no-reuse", "scipy-cho-one-solve"])
@@ -101,13 +98,13 @@ def test_dense_fisher_reuse(impl, bench_size, request, benchmark):
 
     sizes = _sizes(bench_size)
     p, n = sizes["reuse"], sizes["reuse_rows"]
-    damping = benchmark_module.DAMPING
+    damping = cases.DAMPING
     benchmark.group = f"DenseFisher(P={p}, decay=0.95) solve per step, 50 slowly changing steps"
     if impl == "scipy-cho-one-solve":
-        F = benchmark_module._spd(p, "float64")
+        F = cases.spd(p, "float64")
         g = np.random.default_rng(2).standard_normal(p)
         eye = np.eye(p)
-        benchmark.pedantic(lambda: benchmark_module.scipy_cho_solve(F + damping * eye, g), rounds=5, iterations=1)
+        benchmark.pedantic(lambda: peers.scipy_cho_solve(F + damping * eye, g), rounds=5, iterations=1)
         return
     max_reuse = 10 if impl == "DenseFisher-reuse" else 0
     steps = 50
@@ -125,7 +122,7 @@ def test_dense_fisher_reuse(impl, bench_size, request, benchmark):
             seconds += time.perf_counter() - t0
             reused += not fish.last_solve.refactored
             exact = ngdfast.damped_solve(fish.to_dense(), g, damping, precision="double")
-            worst = max(worst, _rel(x, exact))
+            worst = max(worst, peers.relative_error(x, exact))
         return seconds / steps, worst, reused
 
     results = []

@@ -49,9 +49,9 @@ def api(request):
                if not hasattr(ngdfast, name)]
     if missing:
         pytest.skip(f"ngdfast has no {', '.join(missing)} yet (models/curvature/optimizer not written)")
-    from ngdfast import benchmark
+    from ngdfast.bench import peers
 
-    return ngdfast, benchmark
+    return ngdfast, peers
 
 
 @functools.lru_cache(maxsize=1)
@@ -71,7 +71,7 @@ def kl_update(theta, g, nat):
     return theta
 
 
-def numpy_kfac_step(model, X, y, benchmark_module, solve):
+def numpy_kfac_step(model, X, y, peers, solve):
     """K-FAC by hand: EMA factors per layer (the first batch replaces them)."""
     factors = {}
 
@@ -85,13 +85,13 @@ def numpy_kfac_step(model, X, y, benchmark_module, solve):
                 A0, S0 = factors[l]
                 A, S = DECAY * A0 + (1.0 - DECAY) * A, DECAY * S0 + (1.0 - DECAY) * S
             factors[l] = (A, S)
-            parts.append(benchmark_module.numpy_kfac_precondition(G, A, S, DAMPING, solve).ravel())
+            parts.append(peers.numpy_kfac_precondition(G, A, S, DAMPING, solve).ravel())
         return kl_update(theta, g, np.concatenate(parts))
 
     return step
 
 
-def make_step(variant, ngdfast, benchmark_module, model, X, y):
+def make_step(variant, ngdfast, peers, model, X, y):
     """One training step as ``step(theta) -> theta`` (θ updated in place)."""
     P = model.n_params
     if variant == "ngdfast-auto":
@@ -126,7 +126,7 @@ def make_step(variant, ngdfast, benchmark_module, model, X, y):
         def step(theta):
             _, g = model.loss_and_grad(theta, X, y)
             J, _ = model.scores(theta, X, y, "empirical")
-            return kl_update(theta, g, benchmark_module.numpy_woodbury(J, g, DAMPING))
+            return kl_update(theta, g, peers.numpy_woodbury(J, g, DAMPING))
     elif variant == "scipy-dense-cholesky":
         eye = np.eye(P)
 
@@ -136,34 +136,34 @@ def make_step(variant, ngdfast, benchmark_module, model, X, y):
             F = J.T @ J
             F /= J.shape[0]
             F += DAMPING * eye
-            return kl_update(theta, g, benchmark_module.scipy_cho_solve(F, g))
+            return kl_update(theta, g, peers.scipy_cho_solve(F, g))
     elif variant == "numpy-kfac":
-        step = numpy_kfac_step(model, X, y, benchmark_module, benchmark_module.scipy_cho_solve)
+        step = numpy_kfac_step(model, X, y, peers, peers.scipy_cho_solve)
     else:
         raise ValueError(variant)
     return step
 
 
 @functools.lru_cache(maxsize=2)
-def expected_step(ngdfast, benchmark_module, kind):
+def expected_step(ngdfast, peers, kind):
     """θ0 − θ1 of the float64 NumPy step: batch Fisher by Woodbury, or K-FAC."""
     model, theta0, X, y = problem(ngdfast)
     if kind == "batch":
-        step = make_step("numpy-woodbury", ngdfast, benchmark_module, model, X, y)
+        step = make_step("numpy-woodbury", ngdfast, peers, model, X, y)
     else:
-        step = numpy_kfac_step(model, X, y, benchmark_module, np.linalg.solve)
+        step = numpy_kfac_step(model, X, y, peers, np.linalg.solve)
     return theta0 - step(theta0.copy())
 
 
 @pytest.mark.parametrize("variant", BATCH_VARIANTS + KFAC_VARIANTS)
 def test_ngd_step(variant, api, benchmark, request, bench_size):
-    ngdfast, benchmark_module = api
+    ngdfast, peers = api
     if variant in DENSE_VARIANTS and bench_size == "small":
         pytest.skip("the dense step at P=9610 forms a 740 MB Fisher and takes seconds: --bench-size medium")
     if variant in ("scipy-dense-cholesky", "numpy-kfac"):
         request.getfixturevalue("scipy_linalg")
     model, theta0, X, y = problem(ngdfast)
-    step = make_step(variant, ngdfast, benchmark_module, model, X, y)
+    step = make_step(variant, ngdfast, peers, model, X, y)
 
     benchmark.group = f"ngd-step MLP{SIZES} N={N} P={model.n_params} float64"
     benchmark.extra_info["n_params"] = model.n_params
@@ -174,6 +174,6 @@ def test_ngd_step(variant, api, benchmark, request, bench_size):
     )
 
     delta = theta0 - theta1
-    expected = expected_step(ngdfast, benchmark_module, "kfac" if variant in KFAC_VARIANTS else "batch")
+    expected = expected_step(ngdfast, peers, "kfac" if variant in KFAC_VARIANTS else "batch")
     err = np.linalg.norm(delta - expected) / np.linalg.norm(expected)
     assert err <= TOLERANCE, f"{variant}: step differs from the NumPy step by {err:.2e} (relative)"

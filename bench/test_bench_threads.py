@@ -23,7 +23,7 @@ import functools
 import numpy as np
 import pytest
 
-benchmark_module = pytest.importorskip("ngdfast.benchmark", exc_type=ImportError)
+peers = pytest.importorskip("ngdfast.bench.peers", exc_type=ImportError)
 
 DAMPING = 1e-2
 DECAY = 0.9
@@ -55,7 +55,7 @@ def workload_problem(name):
         # The EMA starts at the batch Fisher, its fixed point: the answer stays known.
         expected = np.linalg.solve(F + DAMPING * np.eye(p), g)
         return J, g, F, expected
-    return J, g, None, benchmark_module.numpy_woodbury(J, g, DAMPING)
+    return J, g, None, peers.numpy_woodbury(J, g, DAMPING)
 
 
 def curvature_step(name, impl, ngdfast):
@@ -70,7 +70,7 @@ def curvature_step(name, impl, ngdfast):
                 return ngdfast.damped_solve(F, g, DAMPING)
         else:
             eye = np.eye(p)
-            solve = benchmark_module.scipy_cho_solve
+            solve = peers.scipy_cho_solve
 
             def step():
                 F[...] *= DECAY
@@ -79,7 +79,7 @@ def curvature_step(name, impl, ngdfast):
         return step
     if impl == "ngdfast":
         return lambda: ngdfast.natural_gradient(J, g, DAMPING)
-    return lambda: benchmark_module.numpy_woodbury(J, g, DAMPING)
+    return lambda: peers.numpy_woodbury(J, g, DAMPING)
 
 
 @contextlib.contextmanager

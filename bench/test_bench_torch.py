@@ -1,8 +1,8 @@
-"""``ngdfast.torch`` beside the torch natural-gradient libraries (issue 11).
+"""``ngdfast.torch`` beside the torch natural-gradient libraries.
 
 One group per case, the variants side by side; the cases, peers and their
 settings are those of ``python -m ngdfast bench --kernels torch``
-(:mod:`ngdfast.bench_torch`, which documents them):
+(:mod:`ngdfast.bench.torch`, which documents them):
 
 - ``torch exact``: exact empirical-Fisher natural gradient, MLP 64-128-10,
   N = 256, float64: ngdfast against the hand ``torch.func`` + ``torch.linalg``
@@ -24,7 +24,7 @@ import copy
 import pytest
 
 torch = pytest.importorskip("torch", reason="the torch benchmarks need torch: pip install '.[torch]'")
-bt = pytest.importorskip("ngdfast.bench_torch", reason="ngdfast.torch is not importable")
+bt = pytest.importorskip("ngdfast.bench.torch", reason="ngdfast.torch is not importable")
 
 import ngdfast  # noqa: E402
 from torch import nn  # noqa: E402

@@ -6,15 +6,15 @@ pytest.importorskip("torch", reason="the torch bench needs torch: pip install '.
 
 import torch  # noqa: E402
 
-from ngdfast import bench_torch as bt  # noqa: E402
-from ngdfast import benchmark  # noqa: E402
+from ngdfast.bench import cli, targets  # noqa: E402
+from ngdfast.bench import torch as bt  # noqa: E402
 
 
 def test_kernels_option_accepts_the_torch_section_only_by_name():
-    assert "torch" not in benchmark._parse_args([]).kernels
-    assert benchmark._parse_args(["--kernels", "fisher,torch"]).kernels == ["fisher", "torch"]
+    assert "torch" not in cli.parse_args([]).kernels
+    assert cli.parse_args(["--kernels", "fisher,torch"]).kernels == ["fisher", "torch"]
     with pytest.raises(SystemExit):
-        benchmark._parse_args(["--kernels", "pytorch"])
+        cli.parse_args(["--kernels", "pytorch"])
 
 
 @pytest.mark.parametrize("n", [1, 7, 40])
@@ -47,7 +47,7 @@ def test_targets_are_judged_in_their_direction():
     rows = [bt._row("exact", "ngdfast", 1.0, 1.0), bt._row("exact", "hand", 2.0, 1.0),
             bt._row("overhead", "ngdfast K-FAC", 3.0, 3.0),
             {**bt._row("overhead", "Adam", 1.0, 3.0), "ratio": 3.0}]
-    by_case = {t["case"]: t for t in bt._check_targets(rows)}
+    by_case = {t["case"]: t for t in targets.check_torch_targets(rows)}
     assert by_case["exact"]["met"] and by_case["exact"]["value"] == 2.0
     assert not by_case["overhead"]["met"] and by_case["overhead"]["op"] == "<="
     assert by_case["kfac-mlp"]["value"] is None and not by_case["kfac-mlp"]["met"]  # nothing measured

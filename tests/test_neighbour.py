@@ -47,35 +47,14 @@ def snapshot():
             "signals": {s: repr(signal.getsignal(getattr(signal, s))) for s in SIGNALS},
             "pools": pools, "torch": torch_threads}
 
-def cpu_times():
-    # {tid: utime + stime in clock ticks} for every thread of this process.
-    out = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[int(tid)] = int(fields[11]) + int(fields[12])
-    return out
-
-def helper_share(work, repeats=3):
-    # Share of the CPU time of `work` spent on threads other than the caller.
-    time.sleep(0.3)  # earlier calls' spinning workers go idle
-    import threading
-    me = threading.get_native_id()
-    work()  # warm-up: threads start, buffers allocated
-    time.sleep(0.3)
-    before = cpu_times()
+def helper_share(work):
+    # Share of the CPU time of `work` spent on threads other than the caller: the bench's own
+    # measurement (its peer check), imported after every library of the order. The pauses let
+    # earlier calls' spinning workers go idle.
+    from ngdfast.bench.timing import peer_thread_share
     wall = time.perf_counter()
-    for _ in range(repeats):
-        work()
-    wall = time.perf_counter() - wall
-    after = cpu_times()
-    delta = {t: after[t] - before.get(t, 0) for t in after}
-    total = sum(delta.values())
-    caller = delta.get(me, 0)
-    return {"share": (total - caller) / total if total else 0.0, "cpu_ticks": total, "wall": wall}
+    share = peer_thread_share(work, repeats=3, settle=0.3)
+    return {"share": share, "wall": time.perf_counter() - wall}
 
 for name in order:
     if name == "ngdfast":
@@ -159,6 +138,6 @@ def test_neighbour_unchanged(order):
         return  # one CPU: no helper threads to check
     measured = out[peer]
     # Two threads splitting a product evenly give ~0.5; a product run on one thread, ~0.
-    assert measured["share"] > 0.2, (
+    assert measured["share"] is not None and measured["share"] > 0.2, (
         f"{peer}'s product ran on the calling thread alone with ngdfast imported ({order}): {measured}"
     )

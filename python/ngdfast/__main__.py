@@ -14,7 +14,7 @@ def main(argv=None) -> int:
     if args.command == "demo":
         from .demo import main as run
     elif args.command == "bench":
-        from .benchmark import main as run
+        from .bench.cli import main as run
     else:
         from .info import main as run
     return run(rest)
