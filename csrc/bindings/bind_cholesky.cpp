@@ -3,6 +3,7 @@
 
 #include "bindings.hpp"
 #include "ngdfast/cholesky.hpp"
+#include "ngdfast/finite.hpp"
 #include "ngdfast/fisher.hpp"
 
 namespace ngdfast::bindings {

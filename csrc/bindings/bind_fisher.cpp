@@ -1,6 +1,7 @@
 #include <cmath>
 
 #include "bindings.hpp"
+#include "ngdfast/finite.hpp"
 #include "ngdfast/fisher.hpp"
 
 namespace ngdfast::bindings {

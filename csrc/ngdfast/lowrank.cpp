@@ -4,7 +4,8 @@
 #include <cmath>
 
 #include "ngdfast/cholesky.hpp"
-#include "ngdfast/fisher.hpp"
+#include "ngdfast/finite.hpp"
+#include "ngdfast/gram.hpp"
 #include "ngdfast/host_blas.hpp"
 #include "ngdfast/parallel.hpp"
 

@@ -5,7 +5,9 @@
 #include <limits>
 
 #include "ngdfast/cholesky.hpp"
+#include "ngdfast/finite.hpp"
 #include "ngdfast/fisher.hpp"
+#include "ngdfast/gram.hpp"
 #include "ngdfast/host_blas.hpp"
 #include "ngdfast/lowrank.hpp"
 #include "ngdfast/parallel.hpp"
