@@ -1,10 +1,8 @@
-#include <algorithm>
 #include <type_traits>
 
 #include "bindings.hpp"
 #include "ngdfast/cholesky.hpp"
-#include "ngdfast/finite.hpp"
-#include "ngdfast/fisher.hpp"
+#include "ngdfast/natural_gradient.hpp"
 
 namespace ngdfast::bindings {
 
@@ -42,15 +40,12 @@ void bind_cholesky(py::module_& m) {
                 using T = decltype(tag);
                 const Strided<T> f = view<T>(F, "F");
                 if (f.rows != f.cols) throw std::invalid_argument("cholesky_factor: F must be square");
-                const index_t n = f.rows;
-                auto l = new_matrix<T>(n, n);
+                auto l = new_matrix<T>(f.rows, f.rows);
                 T* lp = l.mutable_data();
                 index_t info;
                 {
                     Released release;
-                    copy_lower_shifted(f, static_cast<T>(damping), lp, n, double(n) * double(n) >= 1.0e6);
-                    info = cholesky(lp, n, n);
-                    for (index_t j = 1; j < n; ++j) std::fill(lp + j * n, lp + j * n + j, T(0));
+                    info = cholesky_factor<T>(f, static_cast<T>(damping), lp);
                 }
                 return py::make_tuple(std::move(l), info);
             });
@@ -69,8 +64,7 @@ void bind_cholesky(py::module_& m) {
                 T* xp = x.mutable_data();
                 {
                     Released release;
-                    copy_to(g, xp, g.rows);
-                    cholesky_solve(l.data, l.rows, l.rows, xp, g.cols, g.rows);
+                    cholesky_solve<T>(l.data, l.rows, l.rows, g, xp);
                 }
                 return std::move(x);
             });
@@ -82,11 +76,8 @@ void bind_cholesky(py::module_& m) {
             return solve_from_scores("natural_gradient_dense", J, w, G,
                                      [&](const auto& j, const auto* wp, const auto& g, auto* x) {
                                          using T = std::remove_pointer_t<decltype(x)>;
-                                         const index_t P = j.cols;
-                                         Matrix<T> f(P, P);  // the only P x P buffer: F, then its factor
-                                         fisher<T>(j, wp, f.data(), P, T(1), T(0), false);
-                                         if (check_scores && !all_finite(diagonal(f.data(), P, P))) return kNonFiniteScores;
-                                         return damped_solve_in_place<T>(f.data(), P, P, g, static_cast<T>(damping), x);
+                                         return natural_gradient_dense<T>(j, wp, g, static_cast<T>(damping), x,
+                                                                          check_scores);
                                      });
         },
         py::arg("J"), py::arg("w"), py::arg("G"), py::arg("damping"), py::arg("check_scores") = false);
