@@ -9,7 +9,7 @@ namespace ngdfast::bindings {
 void bind_cholesky(py::module_& m) {
     m.def(
         "damped_solve",
-        [](const py::array& F, const py::array& G, double damping, bool overwrite_f) {
+        [](const py::array& F, const py::array& G, double damping) {
             return dispatch(F, [&](auto tag) -> py::tuple {
                 using T = decltype(tag);
                 const Strided<T> f = view<T>(F, "F");
@@ -19,20 +19,14 @@ void bind_cholesky(py::module_& m) {
                 auto x = new_matrix<T>(g.rows, g.cols);
                 T* xp = x.mutable_data();
                 index_t info;
-                if (overwrite_f) {
-                    if (!(F.flags() & (py::array::c_style | py::array::f_style)) || !F.writeable())
-                        throw std::invalid_argument("damped_solve: overwrite_f needs a writeable contiguous F");
-                    T* fp = static_cast<T*>(const_cast<void*>(F.data()));
-                    Released release;
-                    info = damped_solve_in_place<T>(fp, f.rows, f.rows, g, static_cast<T>(damping), xp);
-                } else {
+                {
                     Released release;
                     info = damped_solve<T>(f, g, static_cast<T>(damping), xp);
                 }
                 return py::make_tuple(std::move(x), info);
             });
         },
-        py::arg("F"), py::arg("G"), py::arg("damping"), py::arg("overwrite_f") = false);
+        py::arg("F"), py::arg("G"), py::arg("damping"));
     m.def(
         "cholesky_factor",
         [](const py::array& F, double damping) {

@@ -94,7 +94,7 @@ const T* weights(const py::object& w, index_t n) {
     return static_cast<const T*>(arr.data());
 }
 
-// Fresh Fortran-ordered (rows, cols) array, or (rows,) when `vector`.
+// Fresh Fortran-ordered (rows, cols) array.
 template <class T>
 py::array_t<T, py::array::f_style> new_matrix(index_t rows, index_t cols) {
     return py::array_t<T, py::array::f_style>({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});

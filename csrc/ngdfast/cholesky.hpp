@@ -29,8 +29,7 @@ template <class T>
 index_t cholesky_factor(const Strided<T>& F, T damping, T* l);
 
 // X = (F + damping I)^-1 G reading only F's lower triangle (F(i, j), i >= j).
-// X is n x m column-major with leading dimension n. With `in_place` F must be
-// a contiguous square matrix of this process (it is overwritten).
+// X is n x m column-major with leading dimension n.
 template <class T>
 index_t damped_solve(const Strided<T>& F, const Strided<T>& G, T damping, T* x);
 

@@ -120,7 +120,6 @@ bool load_host_blas(const std::string& path, const std::string& prefix, const st
     return true;
 }
 
-bool host_blas_loaded() { return g_loaded.load(); }
 std::string host_blas_path() { return g_loaded ? g_path : std::string(); }
 int host_blas_threads() { return g_loaded && g_threads ? g_threads() : 0; }
 

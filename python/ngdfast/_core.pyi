@@ -32,11 +32,9 @@ def fisher(J: _Float, w: Optional[_Float], out: _Float, alpha: float, beta: floa
     Both triangles are written.
     """
 
-def damped_solve(F: _Float, G: _Float, damping: float, overwrite_f: bool) -> Tuple[_Float, int]:
+def damped_solve(F: _Float, G: _Float, damping: float) -> Tuple[_Float, int]:
     """Solve ``(F + damping I) X = G`` by Cholesky; G is (P, K). Only the lower
-    triangle ``F[i, j], i >= j`` is read. With ``overwrite_f`` (internal use, F
-    contiguous and exactly symmetric) F is factored in place.
-    Returns ``(X, info)`` with X of shape (P, K)."""
+    triangle ``F[i, j], i >= j`` is read. Returns ``(X, info)`` with X of shape (P, K)."""
 
 def cholesky_factor(F: _Float, damping: float) -> Tuple[_Float, int]:
     """``(L, info)``: the lower Cholesky factor of ``F + damping I`` (lower

@@ -258,7 +258,7 @@ def damped_solve(F, g, damping, *, check_finite=True, precision="auto", return_i
         X, info, status, iterations = _core.damped_solve_mixed(F, G, damping)
         how = _p.mixed(status, iterations)
     else:
-        X, info = _core.damped_solve(F, G, damping, False)
+        X, info = _core.damped_solve(F, G, damping)
         how = _p.plain(F.dtype)
     _check_info(info, "damped_solve", _v.DENSE_MATRIX, F.shape[0], damping)
     if not _all_finite(X):  # the lower triangle (what is read) is copied on this error path only
