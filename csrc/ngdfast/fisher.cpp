@@ -44,8 +44,8 @@ void fisher(const Strided<T>& J, const T* w, T* out, index_t ldo, T alpha, T bet
         scale = alpha / T(N);
     }
     // F = J^T J = X X^T with X = J^T (P x N): memory holds X itself when the
-    // panel stores J^T column-major.
-    GramOperand<T> x{panel.data, panel.ld, !panel.transposed, P, N};
+    // panel is row-major (J^T column-major).
+    GramOperand<T> x{panel.data, panel.ld, !panel.row_major, P, N};
     gram(x, scale, out, ldo, beta, write_upper, 0, nullptr, host);
 }
 
