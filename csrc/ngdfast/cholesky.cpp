@@ -75,7 +75,7 @@ namespace {
 template <class T>
 index_t factor_damped(const Strided<T>& F, T damping, T* l) {
     const index_t n = F.rows;
-    copy_lower_shifted(F, damping, l, n, double(n) * double(n) >= 1.0e6);
+    copy_lower_shifted(F, damping, l, n, double(n) * double(n) >= kParallelElements);
     return cholesky(l, n, n);
 }
 

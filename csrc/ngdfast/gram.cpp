@@ -139,7 +139,7 @@ bool parallel_gram(index_t n, index_t k) { return double(n) * double(n) * double
 template <class F>
 void for_each_strict_lower(index_t n, const F& f) {
     constexpr index_t strip = 64, kb = 32;
-    Team team(double(n) * double(n) >= 1.0e6);
+    Team team(double(n) * double(n) >= kParallelElements);
     team.run((n + strip - 1) / strip, [&](std::ptrdiff_t s, int) {
         const index_t j0 = s * strip, j1 = std::min(n, j0 + strip);
         for (index_t ib = j0; ib < n; ib += kb)

@@ -166,7 +166,7 @@ MixedFactor mixed_factor(const Strided<double>& F, double damping) {
     const std::vector<index_t> bounds = lower_partition(n, 1);
     const index_t tasks = index_t(bounds.size()) - 1;
     std::vector<double> rows(static_cast<std::size_t>(tasks * n), 0.0);
-    Team team(double(n) * double(n) >= 1.0e6);
+    Team team(double(n) * double(n) >= kParallelElements);
     team.run(tasks, [&](std::ptrdiff_t t, int) {
         double* rs = rows.data() + t * n;
         for_lower(p, n, bounds[static_cast<std::size_t>(t)], bounds[static_cast<std::size_t>(t) + 1],
@@ -433,7 +433,7 @@ double damped_norm_inf(const Strided<double>& F, double damping) {
     const std::vector<index_t> bounds = lower_partition(n, 1);
     const index_t tasks = index_t(bounds.size()) - 1;
     std::vector<double> rows(static_cast<std::size_t>(tasks * n), 0.0);
-    Team team(double(n) * double(n) >= 1.0e6);
+    Team team(double(n) * double(n) >= kParallelElements);
     team.run(tasks, [&](std::ptrdiff_t t, int) {
         double* rs = rows.data() + t * n;
         for_lower(p, n, bounds[static_cast<std::size_t>(t)], bounds[static_cast<std::size_t>(t) + 1],
