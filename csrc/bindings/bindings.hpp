@@ -49,14 +49,13 @@ private:
     py::gil_scoped_release release_;
 };
 
-// NumPy type number, read from the descriptor without Python attribute
-// lookups (those cost microseconds, and small calls must stay cheap).
-inline int type_num(const py::array& a) {
-    return py::detail::array_descriptor_proxy(py::detail::array_proxy(a.ptr())->descr)->type_num;
-}
+// NumPy type numbers through pybind11's public dtype API (a read of the
+// descriptor, no Python attribute lookup: small calls must stay cheap).
+inline int type_num(const py::array& a) { return a.dtype().num(); }
 template <class T>
 int type_num_of() {
-    return py::detail::npy_format_descriptor<T>::value;
+    static const int num = py::dtype::of<T>().num();
+    return num;
 }
 
 // Element-stride view of a 1-D or 2-D array (1-D counts as a column). The
