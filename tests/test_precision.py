@@ -180,7 +180,7 @@ def test_float32_data_unchanged(solve, precision):
     else:
         J = rng.standard_normal((20, 50)).astype(np.float32)
         g = rng.standard_normal(50).astype(np.float32)
-        old, _ = _core.lowrank_solve(J, None, g[:, None], 0.1, False)
+        old, _ = _core.lowrank_solve(J, None, g[:, None], 0.1)
         kw = {"method": "lowrank"} if solve == "natural_gradient" else {}
         x, info = getattr(ngdfast, solve)(J, g, 0.1, precision=precision, return_info=True, **kw)
     assert x.dtype == np.float32 and info == SolveInfo("single", 0, None)

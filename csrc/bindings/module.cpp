@@ -1,4 +1,5 @@
 #include "bindings.hpp"
+#include "ngdfast/finite.hpp"
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "ngdfast compiled kernels (low level; use the ngdfast package functions)";
@@ -14,6 +15,9 @@ PYBIND11_MODULE(_core, m) {
             if (!PyErr_Occurred()) PyErr_SetNone(PyExc_KeyboardInterrupt);
         }
     });
+    // The solves from score rows found J non-finite (finite.hpp); internal:
+    // ngdfast._kernels turns it into the public error.
+    py::register_exception<ngdfast::NonFiniteScores>(m, "NonFiniteScores", PyExc_ValueError);
     bind_runtime(m);
     bind_fisher(m);
     bind_cholesky(m);

@@ -39,9 +39,15 @@ bool all_finite(const Strided<T>& a) {
     return true;
 }
 
-#define NGDFAST_INSTANTIATE(T)                           \
-    template bool all_finite<T>(const T*, index_t);      \
-    template bool all_finite<T>(const Strided<T>&);
+template <class T>
+void require_finite_diagonal(const T* gram, index_t n, index_t ld) {
+    if (!all_finite(diagonal(gram, n, ld))) throw NonFiniteScores();
+}
+
+#define NGDFAST_INSTANTIATE(T)                                      \
+    template bool all_finite<T>(const T*, index_t);                 \
+    template bool all_finite<T>(const Strided<T>&);                 \
+    template void require_finite_diagonal<T>(const T*, index_t, index_t);
 NGDFAST_INSTANTIATE(float)
 NGDFAST_INSTANTIATE(double)
 #undef NGDFAST_INSTANTIATE

@@ -11,7 +11,7 @@
 
 namespace ngdfast {
 template <class T>
-index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T damping, T* x, bool check_scores) {
+index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T damping, T* x) {
     const index_t N = J.rows, P = J.cols, m = G.cols;
     const Panel<T> panel = make_panel(J);
     auto jblock = [&](index_t p0) {  // pointer to J(0, p0) in the panel's layout
@@ -50,7 +50,7 @@ index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T da
     Matrix<T> K(N, N);
     const GramOperand<T> op{panel.data, panel.ld, panel.row_major, N, P};
     const bool fused = gram(op, T(1), K.data(), N, T(0), false, 640, &along, host);
-    if (check_scores && !all_finite(diagonal(K.data(), N, N))) return kNonFiniteScores;
+    require_finite_diagonal(K.data(), N, N);
     std::vector<T> d(static_cast<std::size_t>(N));
     for (index_t i = 0; i < N; ++i) d[static_cast<std::size_t>(i)] = w ? std::sqrt(w[i]) : T(1) / std::sqrt(T(N));
     for (index_t j = 0; j < N; ++j) {
@@ -103,9 +103,8 @@ index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T da
     return 0;
 }
 
-template index_t lowrank_solve<float>(const Strided<float>&, const float*, const Strided<float>&, float, float*,
-                                      bool);
+template index_t lowrank_solve<float>(const Strided<float>&, const float*, const Strided<float>&, float, float*);
 template index_t lowrank_solve<double>(const Strided<double>&, const double*, const Strided<double>&, double,
-                                       double*, bool);
+                                       double*);
 
 }  // namespace ngdfast

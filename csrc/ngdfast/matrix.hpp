@@ -14,10 +14,6 @@
 
 namespace ngdfast {
 
-// Returned instead of a pivot index by the solves that check their score
-// rows' finiteness themselves (lowrank_solve, the dense natural gradient).
-constexpr index_t kNonFiniteScores = -1;
-
 // rows x cols matrix, element (i, j) at data[i * rs + j * cs]. Strides may be
 // negative or zero for length-1 dimensions.
 template <class T>

@@ -265,21 +265,21 @@ MixedResult damped_solve_mixed(const Strided<double>& F, const Strided<double>& 
 }
 
 MixedResult natural_gradient_dense_mixed(const Strided<double>& J, const double* w, const Strided<double>& G,
-                                         double damping, double* x, bool check_scores) {
+                                         double damping, double* x) {
     const index_t P = J.cols;
     Matrix<double> f(P, P);  // F, kept for the residuals; the fallback factors it in place
     fisher<double>(J, w, f.data(), P, 1.0, 0.0, false);
-    if (check_scores && !all_finite(diagonal(f.data(), P, P))) return {kNonFiniteScores, 0, MixedStatus::not_tried};
+    require_finite_diagonal(f.data(), P, P);
     const Strided<double> F{f.data(), P, P, 1, P};
     return dense_mixed(F, G, damping, x, [&] { return damped_solve_in_place<double>(f.data(), P, P, G, damping, x); });
 }
 
 MixedResult lowrank_solve_mixed(const Strided<double>& J, const double* w, const Strided<double>& G, double damping,
-                                double* x, bool check_scores) {
+                                double* x) {
     const index_t N = J.rows, P = J.cols, m = G.cols;
     auto fallback = [&](MixedStatus why, int iterations) {
         MixedResult res{0, iterations, why};
-        res.info = lowrank_solve<double>(J, w, G, damping, x, check_scores);
+        res.info = lowrank_solve<double>(J, w, G, damping, x);
         return res;
     };
     const Panel<double> panel = make_panel(J);

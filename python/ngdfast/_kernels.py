@@ -70,8 +70,8 @@ def _mixed_core(core, report: list):
     """``core`` (a ``*_mixed`` routine) called as the float64 ones are, ``(X, info)``;
     the last call's (status, iterations) left in ``report``."""
 
-    def call(J, w, G, damping, check):
-        X, info, status, iterations = core(J, w, G, damping, check)
+    def call(J, w, G, damping):
+        X, info, status, iterations = core(J, w, G, damping)
         report[:] = [status, iterations]
         return X, info
 
@@ -79,16 +79,18 @@ def _mixed_core(core, report: list):
 
 
 def _solve_from_scores(core, func: str, gram: str, J, w, G, damping: float, check_finite: bool):
-    """``core(J, w, G, damping, check_scores=True)``; g is scanned first when ``check_finite``
-    (small). J's finiteness is read off the kernel's Gram diagonal either way (free); errors
-    name J before g, as the reference does."""
+    """``core(J, w, G, damping)``; g is scanned first when ``check_finite`` (small). The core
+    reads J's finiteness off its Gram diagonal either way (free) and raises
+    ``_core.NonFiniteScores``, turned here into the reference's error; errors name J before g,
+    as the reference does."""
     if check_finite and not _all_finite(G):
         _v.require_finite(J, func, "J", _all_finite)
         _v.require_finite(G, func, "g", _all_finite)
-    X, info = core(J, w, G, damping, True)
-    if info == _core.NON_FINITE_SCORES:
-        raise _v.scores_not_finite(J, func, gram, _all_finite)
-    return X, info
+    try:
+        return core(J, w, G, damping)
+    except _core.NonFiniteScores:
+        pass  # J is scanned outside the handler: the public error carries no internal context
+    raise _v.scores_not_finite(J, func, gram, _all_finite)
 
 
 def _finite_solution(X: np.ndarray, func: str, inputs, what: str = _v.SOLUTION) -> np.ndarray:
@@ -180,10 +182,8 @@ def _fisher(
     checked once before the update of out.
     """
     J, w, out, decay = _v.fisher_args(J, weights, out, decay, False, _all_finite, _cast, func, name)
-    p = J.shape[1]
     if out is None:
-        out = np.empty((p, p), dtype=J.dtype)
-        _core.fisher(J, w, out, 1.0, 0.0, True)
+        out = _core.fisher(J, w)
         if check_finite and not _all_finite(out.diagonal()):
             raise _v.scores_not_finite(J, func, _v.FISHER_GRAM, _all_finite, name)
         return out
@@ -194,8 +194,7 @@ def _fisher(
         if decay > 0.0 and not trusted_out:
             _v.require_finite(out, func, "out", _all_finite)
         if not fits:  # rare: large scores; form F once to see whether it overflows
-            F = np.empty((p, p), dtype=J.dtype)
-            _core.fisher(J, w, F, 1.0, 0.0, True)
+            F = _core.fisher(J, w)
             if not _all_finite(F.diagonal()):
                 raise _v.gram_overflow(func, _v.FISHER_GRAM, name, J.dtype)
     if decay == 1.0:
