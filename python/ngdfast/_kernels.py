@@ -108,6 +108,36 @@ def _check_info(info: int, func: str, matrix: str, size: int, damping: float) ->
         raise RuntimeError(f"{func}: internal error, the compiled core returned info={info}")
 
 
+# Factor reuse for ngdfast.curvature (arguments validated there; F is float32/float64, (P, P)).
+
+
+def _dense_factor(F: np.ndarray, damping: float, func: str) -> np.ndarray:
+    """The lower Cholesky factor of ``F + damping I`` (F's lower triangle read), Fortran-ordered
+    with a zero strict upper part; ``NotPositiveDefiniteError`` naming ``func`` when it fails."""
+    L, info = _core.cholesky_factor(F, damping)
+    _check_info(info, func, _v.DENSE_MATRIX, F.shape[0], damping)
+    return L
+
+
+def _factor_solve(L: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """``(L Lᵀ)⁻¹ G`` for a factor from :func:`_dense_factor`; G (P, K)."""
+    return _core.cholesky_solve(L, G)
+
+
+def _reuse_factor(F: np.ndarray, damping: float):
+    """A float32 factor of ``F + damping I`` (float64 F) to precondition :func:`_pcg_solve`
+    with, or None when float32 cannot factor it."""
+    factor, info = _core.mixed_factor(F, damping)
+    return factor if info == 0 else None
+
+
+def _pcg_solve(F: np.ndarray, damping: float, factor, G: np.ndarray, tol: float, max_iter: int):
+    """``(X, iterations)``: CG on ``(F + damping I) X = G`` (float64) preconditioned by
+    ``factor`` to a normwise backward error of ``tol``; iterations is -1 when ``max_iter``
+    did not suffice."""
+    return _core.pcg_solve(F, damping, factor, G, tol, max_iter)
+
+
 def fisher(J, weights=None, *, out=None, decay=0.0, check_finite=True):
     r"""Empirical Fisher matrix :math:`F = \sum_i w_i j_i j_i^T / \sum_i w_i`, or its EMA update.
 
