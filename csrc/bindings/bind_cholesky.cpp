@@ -1,12 +1,9 @@
-#include <type_traits>
-
 #include "bindings.hpp"
 #include "ngdfast/cholesky.hpp"
-#include "ngdfast/natural_gradient.hpp"
 
 namespace ngdfast::bindings {
 
-void bind_cholesky(py::module_& m) {
+NGDFAST_BIND(cholesky) {
     m.def(
         "damped_solve",
         [](const py::array& F, const py::array& G, double damping) {
@@ -64,16 +61,6 @@ void bind_cholesky(py::module_& m) {
             });
         },
         py::arg("L"), py::arg("G"));
-    m.def(
-        "natural_gradient_dense",
-        [](const py::array& J, const py::object& w, const py::array& G, double damping) {
-            return solve_from_scores("natural_gradient_dense", J, w, G,
-                                     [&](const auto& j, const auto* wp, const auto& g, auto* x) {
-                                         using T = std::remove_pointer_t<decltype(x)>;
-                                         return natural_gradient_dense<T>(j, wp, g, static_cast<T>(damping), x);
-                                     });
-        },
-        py::arg("J"), py::arg("w"), py::arg("G"), py::arg("damping"));
 }
 
 }  // namespace ngdfast::bindings

@@ -6,7 +6,7 @@
 
 namespace ngdfast::bindings {
 
-void bind_fisher(py::module_& m) {
+NGDFAST_BIND(fisher) {
     m.def(
         "all_finite",
         [](const py::array& a) {

@@ -5,7 +5,7 @@
 
 namespace ngdfast::bindings {
 
-void bind_lowrank(py::module_& m) {
+NGDFAST_BIND(lowrank) {
     m.def(
         "lowrank_solve",
         [](const py::array& J, const py::object& w, const py::array& G, double damping) {

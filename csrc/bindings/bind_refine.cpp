@@ -37,7 +37,7 @@ py::tuple mixed_from_scores(const char* func, const py::array& J, const py::obje
 
 }  // namespace
 
-void bind_refine(py::module_& m) {
+NGDFAST_BIND(refine) {
     m.def(
         "damped_solve_mixed",
         [](const py::array& F, const py::array& G, double damping) {

@@ -9,6 +9,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "ngdfast/matrix.hpp"
 #include "ngdfast/parallel.hpp"
@@ -131,11 +132,33 @@ py::tuple solve_from_scores(const char* name, const py::array& J, const py::obje
     });
 }
 
-void bind_fisher(py::module_& m);
-void bind_cholesky(py::module_& m);
-void bind_lowrank(py::module_& m);
-void bind_kfac(py::module_& m);
-void bind_refine(py::module_& m);
-void bind_runtime(py::module_& m);
+// Registration. Each bind_<area>.cpp defines its bindings as
+//
+//     NGDFAST_BIND(area) {
+//         m.def(...);
+//     }
+//
+// which adds them to binders() while the module's shared library loads
+// (static initialisation, in an order nobody controls); PYBIND11_MODULE in
+// module.cpp then runs them sorted by area name, so the module comes out the
+// same whatever the link order. A new area is one new file here (and its line
+// in CMakeLists.txt); nothing else to edit.
+using Binder = void (*)(py::module_&);
+struct BinderEntry {
+    const char* area;
+    Binder bind;
+};
+inline std::vector<BinderEntry>& binders() {
+    static std::vector<BinderEntry> all;  // built on first use: safe from other files' static initialisers
+    return all;
+}
+struct RegisterBinder {
+    RegisterBinder(const char* area, Binder bind) { binders().push_back({area, bind}); }
+};
+
+#define NGDFAST_BIND(area)                                                                                \
+    static void ngdfast_bind_##area(::pybind11::module_& m);                                              \
+    static const ::ngdfast::bindings::RegisterBinder ngdfast_register_##area(#area, &ngdfast_bind_##area); \
+    static void ngdfast_bind_##area(::pybind11::module_& m)
 
 }  // namespace ngdfast::bindings
