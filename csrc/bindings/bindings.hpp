@@ -1,6 +1,8 @@
-// Shared pieces of the pybind11 layer: array -> view conversion and dtype
-// dispatch. Arguments arrive validated by ngdfast._kernels; checks here guard
-// the C++ from misuse of the private module, not users.
+// Shared pieces of the pybind11 layer: array -> view conversion, dtype
+// dispatch, GIL release with Ctrl-C polling, and the registration of each
+// area's bindings (NGDFAST_BIND). Arguments arrive validated by
+// ngdfast._kernels; checks here guard the C++ from misuse of the private
+// module, not users. No algorithm lives here or in the bind_*.cpp files.
 #pragma once
 
 #include <pybind11/numpy.h>

@@ -157,8 +157,6 @@ void mirror_lower(T* out, index_t n, index_t ldo) {
 
 }  // namespace
 
-// Whether out(i, j) == out(j, i) bitwise for all i, j (NaNs compare unequal,
-// so a NaN anywhere off the diagonal answers false).
 template <class T>
 bool exactly_symmetric(const T* out, index_t n, index_t ldo) {
     std::atomic<bool> symmetric{true};
