@@ -175,12 +175,12 @@ def test_float32_data_unchanged(solve, precision):
     if solve == "damped_solve":
         F = random_spd(rng, 40, np.float32, cond=10.0)
         g = rng.standard_normal(40).astype(np.float32)
-        old, _ = _core.damped_solve(F, g[:, None], 0.1, False)
+        old, _ = _core.damped_solve(F, g[:, None], 0.1)
         x, info = ngdfast.damped_solve(F, g, 0.1, precision=precision, return_info=True)
     else:
         J = rng.standard_normal((20, 50)).astype(np.float32)
         g = rng.standard_normal(50).astype(np.float32)
-        old, _ = _core.lowrank_solve(J, None, g[:, None], 0.1, False)
+        old, _ = _core.lowrank_solve(J, None, g[:, None], 0.1)
         kw = {"method": "lowrank"} if solve == "natural_gradient" else {}
         x, info = getattr(ngdfast, solve)(J, g, 0.1, precision=precision, return_info=True, **kw)
     assert x.dtype == np.float32 and info == SolveInfo("single", 0, None)

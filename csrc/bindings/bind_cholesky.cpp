@@ -1,16 +1,12 @@
-#include <algorithm>
-#include <type_traits>
-
 #include "bindings.hpp"
 #include "ngdfast/cholesky.hpp"
-#include "ngdfast/fisher.hpp"
 
 namespace ngdfast::bindings {
 
-void bind_cholesky(py::module_& m) {
+NGDFAST_BIND(cholesky) {
     m.def(
         "damped_solve",
-        [](const py::array& F, const py::array& G, double damping, bool overwrite_f) {
+        [](const py::array& F, const py::array& G, double damping) {
             return dispatch(F, [&](auto tag) -> py::tuple {
                 using T = decltype(tag);
                 const Strided<T> f = view<T>(F, "F");
@@ -20,20 +16,14 @@ void bind_cholesky(py::module_& m) {
                 auto x = new_matrix<T>(g.rows, g.cols);
                 T* xp = x.mutable_data();
                 index_t info;
-                if (overwrite_f) {
-                    if (!(F.flags() & (py::array::c_style | py::array::f_style)) || !F.writeable())
-                        throw std::invalid_argument("damped_solve: overwrite_f needs a writeable contiguous F");
-                    T* fp = static_cast<T*>(const_cast<void*>(F.data()));
-                    Released release;
-                    info = damped_solve_in_place<T>(fp, f.rows, f.rows, g, static_cast<T>(damping), xp);
-                } else {
+                {
                     Released release;
                     info = damped_solve<T>(f, g, static_cast<T>(damping), xp);
                 }
                 return py::make_tuple(std::move(x), info);
             });
         },
-        py::arg("F"), py::arg("G"), py::arg("damping"), py::arg("overwrite_f") = false);
+        py::arg("F"), py::arg("G"), py::arg("damping"));
     m.def(
         "cholesky_factor",
         [](const py::array& F, double damping) {
@@ -41,15 +31,12 @@ void bind_cholesky(py::module_& m) {
                 using T = decltype(tag);
                 const Strided<T> f = view<T>(F, "F");
                 if (f.rows != f.cols) throw std::invalid_argument("cholesky_factor: F must be square");
-                const index_t n = f.rows;
-                auto l = new_matrix<T>(n, n);
+                auto l = new_matrix<T>(f.rows, f.rows);
                 T* lp = l.mutable_data();
                 index_t info;
                 {
                     Released release;
-                    copy_lower_shifted(f, static_cast<T>(damping), lp, n, double(n) * double(n) >= 1.0e6);
-                    info = cholesky(lp, n, n);
-                    for (index_t j = 1; j < n; ++j) std::fill(lp + j * n, lp + j * n + j, T(0));
+                    info = cholesky_factor<T>(f, static_cast<T>(damping), lp);
                 }
                 return py::make_tuple(std::move(l), info);
             });
@@ -68,27 +55,12 @@ void bind_cholesky(py::module_& m) {
                 T* xp = x.mutable_data();
                 {
                     Released release;
-                    copy_to(g, xp, g.rows);
-                    cholesky_solve(l.data, l.rows, l.rows, xp, g.cols, g.rows);
+                    cholesky_solve<T>(l.data, l.rows, l.rows, g, xp);
                 }
                 return std::move(x);
             });
         },
         py::arg("L"), py::arg("G"));
-    m.def(
-        "natural_gradient_dense",
-        [](const py::array& J, const py::object& w, const py::array& G, double damping, bool check_scores) {
-            return solve_from_scores("natural_gradient_dense", J, w, G,
-                                     [&](const auto& j, const auto* wp, const auto& g, auto* x) {
-                                         using T = std::remove_pointer_t<decltype(x)>;
-                                         const index_t P = j.cols;
-                                         Matrix<T> f(P, P);  // the only P x P buffer: F, then its factor
-                                         fisher<T>(j, wp, f.data(), P, T(1), T(0), false);
-                                         if (check_scores && !all_finite(diagonal(f.data(), P, P))) return kNonFiniteScores;
-                                         return damped_solve_in_place<T>(f.data(), P, P, g, static_cast<T>(damping), x);
-                                     });
-        },
-        py::arg("J"), py::arg("w"), py::arg("G"), py::arg("damping"), py::arg("check_scores") = false);
 }
 
 }  // namespace ngdfast::bindings

@@ -1,11 +1,12 @@
 #include <cmath>
 
 #include "bindings.hpp"
+#include "ngdfast/finite.hpp"
 #include "ngdfast/fisher.hpp"
 
 namespace ngdfast::bindings {
 
-void bind_fisher(py::module_& m) {
+NGDFAST_BIND(fisher) {
     m.def(
         "all_finite",
         [](const py::array& a) {
@@ -29,21 +30,31 @@ void bind_fisher(py::module_& m) {
         py::arg("a"));
     m.def(
         "fisher",
-        [](const py::array& J, const py::object& w, const py::array& out, double alpha, double beta, bool fresh_out) {
-            dispatch(J, [&](auto tag) {
+        [](const py::array& J, const py::object& w, const py::object& out, double alpha, double beta) {
+            return dispatch(J, [&](auto tag) -> py::array {
                 using T = decltype(tag);
                 const Strided<T> j = view<T>(J, "J");
                 const T* wp = weights<T>(w, j.rows);
-                if (!py::isinstance<py::array_t<T>>(out) || out.ndim() != 2 || out.shape(0) != j.cols ||
-                    out.shape(1) != j.cols || !(out.flags() & (py::array::c_style | py::array::f_style)) ||
-                    !out.writeable())
-                    throw std::invalid_argument("out: must be a writeable contiguous (P, P) array of J's dtype");
-                T* o = static_cast<T*>(const_cast<void*>(out.data()));
-                Released release;
-                fisher<T>(j, wp, o, j.cols, static_cast<T>(alpha), static_cast<T>(beta), true, fresh_out);
+                const bool fresh = out.is_none();
+                py::array o;
+                if (fresh) {
+                    o = py::array_t<T>({static_cast<py::ssize_t>(j.cols), static_cast<py::ssize_t>(j.cols)});
+                } else {
+                    if (!py::isinstance<py::array_t<T>>(out)) throw std::invalid_argument("out: must be an array of J's dtype");
+                    o = py::reinterpret_borrow<py::array>(out);
+                    if (o.ndim() != 2 || o.shape(0) != j.cols || o.shape(1) != j.cols ||
+                        !(o.flags() & (py::array::c_style | py::array::f_style)) || !o.writeable())
+                        throw std::invalid_argument("out: must be a writeable contiguous (P, P) array of J's dtype");
+                }
+                T* op = static_cast<T*>(const_cast<void*>(o.data()));
+                {
+                    Released release;
+                    fisher<T>(j, wp, op, j.cols, static_cast<T>(alpha), static_cast<T>(beta), true, fresh);
+                }
+                return o;
             });
         },
-        py::arg("J"), py::arg("w"), py::arg("out"), py::arg("alpha"), py::arg("beta"), py::arg("fresh_out") = false);
+        py::arg("J"), py::arg("w"), py::arg("out") = py::none(), py::arg("alpha") = 1.0, py::arg("beta") = 0.0);
 }
 
 }  // namespace ngdfast::bindings

@@ -3,7 +3,7 @@
 
 namespace ngdfast::bindings {
 
-void bind_kfac(py::module_& m) {
+NGDFAST_BIND(kfac) {
     m.def(
         "kfac_precondition",
         [](const py::array& grad, const py::array& A, const py::array& S, double damping_a, double damping_s) {

@@ -37,7 +37,7 @@ py::tuple mixed_from_scores(const char* func, const py::array& J, const py::obje
 
 }  // namespace
 
-void bind_refine(py::module_& m) {
+NGDFAST_BIND(refine) {
     m.def(
         "damped_solve_mixed",
         [](const py::array& F, const py::array& G, double damping) {
@@ -58,23 +58,23 @@ void bind_refine(py::module_& m) {
         py::arg("F"), py::arg("G"), py::arg("damping"));
     m.def(
         "natural_gradient_dense_mixed",
-        [](const py::array& J, const py::object& w, const py::array& G, double damping, bool check_scores) {
+        [](const py::array& J, const py::object& w, const py::array& G, double damping) {
             return mixed_from_scores("natural_gradient_dense_mixed", J, w, G,
                                      [&](const auto& j, const double* wp, const auto& g, double* x) {
-                                         return natural_gradient_dense_mixed(j, wp, g, damping, x, check_scores);
+                                         return natural_gradient_dense_mixed(j, wp, g, damping, x);
                                      });
         },
-        py::arg("J"), py::arg("w"), py::arg("G"), py::arg("damping"), py::arg("check_scores") = false);
+        py::arg("J"), py::arg("w"), py::arg("G"), py::arg("damping"));
     m.def(
         "lowrank_solve_mixed",
-        [](const py::array& J, const py::object& w, const py::array& G, double damping, bool check_scores) {
+        [](const py::array& J, const py::object& w, const py::array& G, double damping) {
             if (!(damping > 0)) throw std::invalid_argument("lowrank_solve_mixed: damping must be > 0");
             return mixed_from_scores("lowrank_solve_mixed", J, w, G,
                                      [&](const auto& j, const double* wp, const auto& g, double* x) {
-                                         return lowrank_solve_mixed(j, wp, g, damping, x, check_scores);
+                                         return lowrank_solve_mixed(j, wp, g, damping, x);
                                      });
         },
-        py::arg("J"), py::arg("w"), py::arg("G"), py::arg("damping"), py::arg("check_scores") = false);
+        py::arg("J"), py::arg("w"), py::arg("G"), py::arg("damping"));
 
     py::class_<MixedFactor, std::shared_ptr<MixedFactor>>(
         m, "MixedFactor", "Float32 Cholesky factor of D (F + damping I) D (opaque; see ngdfast.curvature)")

@@ -57,7 +57,7 @@ py::list cpu_features() {
 
 }  // namespace
 
-void bind_runtime(py::module_& m) {
+NGDFAST_BIND(runtime) {
     m.def("set_num_threads", &set_num_threads, py::arg("n"));
     m.def("get_num_threads", &num_threads);
     m.def("set_default_num_threads", &set_default_num_threads, py::arg("n"));

@@ -1,6 +1,8 @@
-// Shared pieces of the pybind11 layer: array -> view conversion and dtype
-// dispatch. Arguments arrive validated by ngdfast._kernels; checks here guard
-// the C++ from misuse of the private module, not users.
+// Shared pieces of the pybind11 layer: array -> view conversion, dtype
+// dispatch, GIL release with Ctrl-C polling, and the registration of each
+// area's bindings (NGDFAST_BIND). Arguments arrive validated by
+// ngdfast._kernels; checks here guard the C++ from misuse of the private
+// module, not users. No algorithm lives here or in the bind_*.cpp files.
 #pragma once
 
 #include <pybind11/numpy.h>
@@ -9,6 +11,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "ngdfast/matrix.hpp"
 #include "ngdfast/parallel.hpp"
@@ -49,14 +52,13 @@ private:
     py::gil_scoped_release release_;
 };
 
-// NumPy type number, read from the descriptor without Python attribute
-// lookups (those cost microseconds, and small calls must stay cheap).
-inline int type_num(const py::array& a) {
-    return py::detail::array_descriptor_proxy(py::detail::array_proxy(a.ptr())->descr)->type_num;
-}
+// NumPy type numbers through pybind11's public dtype API (a read of the
+// descriptor, no Python attribute lookup: small calls must stay cheap).
+inline int type_num(const py::array& a) { return a.dtype().num(); }
 template <class T>
 int type_num_of() {
-    return py::detail::npy_format_descriptor<T>::value;
+    static const int num = py::dtype::of<T>().num();
+    return num;
 }
 
 // Element-stride view of a 1-D or 2-D array (1-D counts as a column). The
@@ -94,7 +96,7 @@ const T* weights(const py::object& w, index_t n) {
     return static_cast<const T*>(arr.data());
 }
 
-// Fresh Fortran-ordered (rows, cols) array, or (rows,) when `vector`.
+// Fresh Fortran-ordered (rows, cols) array.
 template <class T>
 py::array_t<T, py::array::f_style> new_matrix(index_t rows, index_t cols) {
     return py::array_t<T, py::array::f_style>({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
@@ -132,11 +134,33 @@ py::tuple solve_from_scores(const char* name, const py::array& J, const py::obje
     });
 }
 
-void bind_fisher(py::module_& m);
-void bind_cholesky(py::module_& m);
-void bind_lowrank(py::module_& m);
-void bind_kfac(py::module_& m);
-void bind_refine(py::module_& m);
-void bind_runtime(py::module_& m);
+// Registration. Each bind_<area>.cpp defines its bindings as
+//
+//     NGDFAST_BIND(area) {
+//         m.def(...);
+//     }
+//
+// which adds them to binders() while the module's shared library loads
+// (static initialisation, in an order nobody controls); PYBIND11_MODULE in
+// module.cpp then runs them sorted by area name, so the module comes out the
+// same whatever the link order. A new area is one new file here (and its line
+// in CMakeLists.txt); nothing else to edit.
+using Binder = void (*)(py::module_&);
+struct BinderEntry {
+    const char* area;
+    Binder bind;
+};
+inline std::vector<BinderEntry>& binders() {
+    static std::vector<BinderEntry> all;  // built on first use: safe from other files' static initialisers
+    return all;
+}
+struct RegisterBinder {
+    RegisterBinder(const char* area, Binder bind) { binders().push_back({area, bind}); }
+};
+
+#define NGDFAST_BIND(area)                                                                                \
+    static void ngdfast_bind_##area(::pybind11::module_& m);                                              \
+    static const ::ngdfast::bindings::RegisterBinder ngdfast_register_##area(#area, &ngdfast_bind_##area); \
+    static void ngdfast_bind_##area(::pybind11::module_& m)
 
 }  // namespace ngdfast::bindings

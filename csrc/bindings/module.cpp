@@ -1,4 +1,11 @@
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
 #include "bindings.hpp"
+#include "ngdfast/finite.hpp"
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "ngdfast compiled kernels (low level; use the ngdfast package functions)";
@@ -14,10 +21,15 @@ PYBIND11_MODULE(_core, m) {
             if (!PyErr_Occurred()) PyErr_SetNone(PyExc_KeyboardInterrupt);
         }
     });
-    bind_runtime(m);
-    bind_fisher(m);
-    bind_cholesky(m);
-    bind_lowrank(m);
-    bind_kfac(m);
-    bind_refine(m);
+    // The solves from score rows found J non-finite (finite.hpp); internal:
+    // ngdfast._kernels turns it into the public error.
+    py::register_exception<ngdfast::NonFiniteScores>(m, "NonFiniteScores", PyExc_ValueError);
+    // The areas' bindings (bindings.hpp, NGDFAST_BIND), in a fixed order.
+    std::vector<BinderEntry> areas = binders();
+    std::sort(areas.begin(), areas.end(),
+              [](const BinderEntry& a, const BinderEntry& b) { return std::strcmp(a.area, b.area) < 0; });
+    for (std::size_t i = 1; i < areas.size(); ++i)
+        if (std::strcmp(areas[i - 1].area, areas[i].area) == 0)
+            throw std::logic_error(std::string("ngdfast._core: two NGDFAST_BIND(") + areas[i].area + ")");
+    for (const BinderEntry& area : areas) area.bind(m);
 }

@@ -1,5 +1,6 @@
 #include "ngdfast/blas.hpp"
 #include "ngdfast/checked.hpp"
+#include "ngdfast/fortran_blas.hpp"
 
 #include <dlfcn.h>
 
@@ -13,32 +14,9 @@
 namespace ngdfast {
 namespace {
 
-// Fortran BLAS ABI with 32-bit integers (scipy-openblas32). Hidden string
-// lengths are passed for compilers that expect them.
+// scipy-openblas32: the Fortran ABI with 32-bit integers.
 using fint = int;
-template <class T>
-using gemm_fn = void (*)(const char*, const char*, const fint*, const fint*, const fint*, const T*, const T*,
-                         const fint*, const T*, const fint*, const T*, T*, const fint*, std::size_t, std::size_t);
-template <class T>
-using syrk_fn = void (*)(const char*, const char*, const fint*, const fint*, const T*, const T*, const fint*,
-                         const T*, T*, const fint*, std::size_t, std::size_t);
-template <class T>
-using trsm_fn = void (*)(const char*, const char*, const char*, const char*, const fint*, const fint*, const T*,
-                         const T*, const fint*, T*, const fint*, std::size_t, std::size_t, std::size_t,
-                         std::size_t);
-template <class T>
-using potrf_fn = void (*)(const char*, const fint*, T*, const fint*, fint*, std::size_t);
-
-template <class T>
-struct Table {
-    gemm_fn<T> gemm = nullptr;
-    syrk_fn<T> syrk = nullptr;
-    trsm_fn<T> trsm = nullptr;
-    potrf_fn<T> potrf = nullptr;
-};
-
-Table<double> g_d;
-Table<float> g_s;
+fortran::Routines<fint> g_lib;
 std::atomic<bool> g_loaded{false};
 std::atomic<bool> g_enabled{false};
 std::string g_path;
@@ -47,11 +25,9 @@ std::string g_corename;  // the kernels the library chose for this CPU at run ti
 std::mutex g_load_mutex;
 
 template <class T>
-const Table<T>& table();
-template <>
-const Table<double>& table<double>() { return g_d; }
-template <>
-const Table<float>& table<float>() { return g_s; }
+const fortran::Table<T, fint>& table() {
+    return g_lib.of<T>();
+}
 
 // Small products stay on Eigen: an external call's fixed cost (argument
 // checks, buffer allocation) exceeds the work below ~64^3 multiply-adds.
@@ -104,11 +80,9 @@ bool load_blas(const std::string& path, const std::string& prefix) {
         return false;
     }
     auto sym = [&](const char* name) { return dlsym(h, (prefix + name).c_str()); };
-    Table<double> d{reinterpret_cast<gemm_fn<double>>(sym("dgemm_")), reinterpret_cast<syrk_fn<double>>(sym("dsyrk_")),
-                    reinterpret_cast<trsm_fn<double>>(sym("dtrsm_")),
-                    reinterpret_cast<potrf_fn<double>>(sym("dpotrf_"))};
-    Table<float> s{reinterpret_cast<gemm_fn<float>>(sym("sgemm_")), reinterpret_cast<syrk_fn<float>>(sym("ssyrk_")),
-                   reinterpret_cast<trsm_fn<float>>(sym("strsm_")), reinterpret_cast<potrf_fn<float>>(sym("spotrf_"))};
+    const fortran::Routines<fint> lib = fortran::resolve<fint>(h, prefix, "_");
+    const auto& d = lib.d;
+    const auto& s = lib.s;
     if (!d.gemm || !d.syrk || !d.trsm || !d.potrf || !s.gemm || !s.syrk || !s.trsm || !s.potrf) {
         dlclose(h);
         g_note = "not used: " + path + " lacks a {" + prefix + "}gemm_/syrk_/trsm_/potrf_ symbol";
@@ -125,8 +99,7 @@ bool load_blas(const std::string& path, const std::string& prefix) {
     g_get_threads = reinterpret_cast<get_threads_fn>(sym("openblas_get_num_threads"));
     using name_fn = const char* (*)();
     if (auto f = reinterpret_cast<name_fn>(sym("openblas_get_corename"))) g_corename = f() ? f() : "";
-    g_d = d;
-    g_s = s;
+    g_lib = lib;
     g_path = path;
     g_loaded = true;
     g_enabled = true;

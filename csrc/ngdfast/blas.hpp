@@ -1,5 +1,5 @@
 // Tile kernels: column-major BLAS-style GEMM/SYRK/TRSM/POTRF on one thread.
-// The blocked, threaded algorithms in fisher/cholesky/lowrank/kfac are built
+// The blocked, threaded algorithms in gram/cholesky/lowrank/kfac are built
 // from these. Two engines: Eigen's own (always present) and, when the Python
 // layer loads one, an external BLAS/LAPACK (scipy-openblas32 from PyPI, a
 // private copy loaded RTLD_LOCAL and kept single-threaded: all threading is

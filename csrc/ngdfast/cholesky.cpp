@@ -64,12 +64,37 @@ void cholesky_solve(const T* l, index_t n, index_t ldl, T* b, index_t m, index_t
 }
 
 template <class T>
+void cholesky_solve(const T* l, index_t n, index_t ldl, const Strided<T>& G, T* x) {
+    copy_to(G, x, n);
+    cholesky_solve(l, n, ldl, x, G.cols, n);
+}
+
+namespace {
+
+// F + damping I (lower triangle) into l, factored in place.
+template <class T>
+index_t factor_damped(const Strided<T>& F, T damping, T* l) {
+    const index_t n = F.rows;
+    copy_lower_shifted(F, damping, l, n, double(n) * double(n) >= kParallelElements);
+    return cholesky(l, n, n);
+}
+
+}  // namespace
+
+template <class T>
+index_t cholesky_factor(const Strided<T>& F, T damping, T* l) {
+    const index_t n = F.rows;
+    const index_t info = factor_damped(F, damping, l);
+    for (index_t j = 1; j < n; ++j) std::fill(l + j * n, l + j * n + j, T(0));
+    return info;
+}
+
+template <class T>
 index_t damped_solve_in_place(T* f, index_t n, index_t ldf, const Strided<T>& G, T damping, T* x) {
     for (index_t j = 0; j < n; ++j) f[j + j * ldf] += damping;
     const index_t info = cholesky(f, n, ldf);
     if (info != 0) return info;
-    copy_to(G, x, n);
-    cholesky_solve(f, n, ldf, x, G.cols, n);
+    cholesky_solve(f, n, ldf, G, x);
     return 0;
 }
 
@@ -77,17 +102,17 @@ template <class T>
 index_t damped_solve(const Strided<T>& F, const Strided<T>& G, T damping, T* x) {
     const index_t n = F.rows;
     Matrix<T> work(n, n);
-    copy_lower_shifted(F, damping, work.data(), n, double(n) * double(n) >= 1.0e6);
-    const index_t info = cholesky(work.data(), n, n);
+    const index_t info = factor_damped(F, damping, work.data());
     if (info != 0) return info;
-    copy_to(G, x, n);
-    cholesky_solve(work.data(), n, n, x, G.cols, n);
+    cholesky_solve(work.data(), n, n, G, x);
     return 0;
 }
 
 #define NGDFAST_INSTANTIATE(T)                                                                       \
     template index_t cholesky<T>(T*, index_t, index_t);                                              \
     template void cholesky_solve<T>(const T*, index_t, index_t, T*, index_t, index_t);               \
+    template void cholesky_solve<T>(const T*, index_t, index_t, const Strided<T>&, T*);              \
+    template index_t cholesky_factor<T>(const Strided<T>&, T, T*);                                   \
     template index_t damped_solve<T>(const Strided<T>&, const Strided<T>&, T, T*);                   \
     template index_t damped_solve_in_place<T>(T*, index_t, index_t, const Strided<T>&, T, T*);
 NGDFAST_INSTANTIATE(float)

@@ -17,9 +17,19 @@ index_t cholesky(T* a, index_t n, index_t lda);
 template <class T>
 void cholesky_solve(const T* l, index_t n, index_t ldl, T* b, index_t m, index_t ldb);
 
+// X = (L L^T)^-1 G for G n x m (any strides) into x (column-major, leading
+// dimension n).
+template <class T>
+void cholesky_solve(const T* l, index_t n, index_t ldl, const Strided<T>& G, T* x);
+
+// The lower Cholesky factor L of F + damping I (F's lower triangle read) into
+// l (n x n column-major, leading dimension n), strict upper triangle zero.
+// Returns 0 or the 1-based failing pivot (l then holds a partial factor).
+template <class T>
+index_t cholesky_factor(const Strided<T>& F, T damping, T* l);
+
 // X = (F + damping I)^-1 G reading only F's lower triangle (F(i, j), i >= j).
-// X is n x m column-major with leading dimension n. With `in_place` F must be
-// a contiguous square matrix of this process (it is overwritten).
+// X is n x m column-major with leading dimension n.
 template <class T>
 index_t damped_solve(const Strided<T>& F, const Strided<T>& G, T damping, T* x);
 

@@ -1,49 +1,9 @@
-// Fisher accumulation F = J^T diag(w) J as a blocked, threaded SYRK.
+// Fisher accumulation F = J^T diag(w) J on the Gram engine (gram.hpp).
 #pragma once
-
-#include <functional>
 
 #include "ngdfast/matrix.hpp"
 
 namespace ngdfast {
-
-// G = X X^T for an n x k operand X held column-major either as X itself
-// (xt == false, X(i, j) = data[i + j * ld]) or as X^T (xt == true,
-// X(i, j) = data[j + i * ld]).
-template <class T>
-struct GramOperand {
-    const T* data;
-    index_t ld;
-    bool xt;
-    index_t n, k;
-    const T* at(index_t i, index_t j) const { return xt ? data + i * ld + j : data + i + j * ld; }
-};
-
-// out = beta * out + alpha * X X^T for the n x n column-major `out` (leading
-// dimension ldo). Every written element follows that formula exactly, so an
-// out that is not symmetric still gets the elementwise EMA; beta == 0 means
-// out is not read. With write_upper == false only the lower triangle (i >= j)
-// is written. Tiles of the lower triangle run on the thread team; when the
-// output is a single tile, or when k >= 4n and n <= split_max_n, the
-// contraction dimension k is split instead (one n x n buffer per thread), so
-// that a wide operand is streamed once rather than once per tile row.
-//
-// `along`, when given, is called on the split path only: once with the number
-// of contraction chunks before any runs (`chunk` < 0, k0 = chunks), then once
-// per chunk right after its product, on the thread that computed it, with the
-// chunk index and its column range [k0, k0 + bk) of X (bk may be 0). Work on
-// the same columns of X done there finds them in cache. Returns whether the
-// split path ran (and so whether `along` was called).
-//
-// `on_host`: the product runs as one SYRK on NumPy's BLAS (the caller decided
-// with borrow_host_blas, see host_blas.hpp) and, with write_upper, the upper
-// triangle is mirrored from the lower: the elementwise formula holds when
-// beta == 0 or out is exactly symmetric, which the caller ensures.
-using GramAlong = std::function<void(std::ptrdiff_t chunk, index_t k0, index_t bk)>;
-
-template <class T>
-bool gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool write_upper, index_t split_max_n = 0,
-          const GramAlong* along = nullptr, bool on_host = false);
 
 // out = beta * out + alpha * J^T diag(w) J, J an N x P strided matrix, w the
 // weights (N,) or nullptr for w_i = 1/N. out is P x P with leading dimension
@@ -54,11 +14,5 @@ bool gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
 template <class T>
 void fisher(const Strided<T>& J, const T* w, T* out, index_t ldo, T alpha, T beta, bool write_upper = true,
             bool fresh_out = false);
-
-// True when no element is NaN or Inf.
-template <class T>
-bool all_finite(const T* data, index_t size);
-template <class T>
-bool all_finite(const Strided<T>& a);
 
 }  // namespace ngdfast

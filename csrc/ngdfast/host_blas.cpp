@@ -8,41 +8,27 @@
 #include <cstdint>
 #include <mutex>
 
+#include "ngdfast/fortran_blas.hpp"
 #include "ngdfast/parallel.hpp"
 
 namespace ngdfast {
 namespace {
 
 using lint = std::int64_t;  // NumPy's OpenBLAS is built with 64-bit integers
-template <class T>
-using gemm_fn = void (*)(const char*, const char*, const lint*, const lint*, const lint*, const T*, const T*,
-                         const lint*, const T*, const lint*, const T*, T*, const lint*, std::size_t, std::size_t);
-template <class T>
-using syrk_fn = void (*)(const char*, const char*, const lint*, const lint*, const T*, const T*, const lint*,
-                         const T*, T*, const lint*, std::size_t, std::size_t);
 
 using threads_fn = int (*)();
 threads_fn g_threads = nullptr;  // the host library's thread count, when it tells
 
-template <class T>
-struct HostTable {
-    gemm_fn<T> gemm = nullptr;
-    syrk_fn<T> syrk = nullptr;
-};
-
-HostTable<double> g_d;
-HostTable<float> g_s;
+fortran::Routines<lint> g_lib;  // gemm and syrk used
 std::atomic<bool> g_loaded{false};
 std::atomic<int> g_mode{static_cast<int>(BorrowMode::automatic)};
 std::string g_path;
 std::mutex g_mutex;
 
 template <class T>
-const HostTable<T>& host_table();
-template <>
-const HostTable<double>& host_table<double>() { return g_d; }
-template <>
-const HostTable<float>& host_table<float>() { return g_s; }
+const fortran::Table<T, lint>& host_table() {
+    return g_lib.of<T>();
+}
 
 // Below this the check's ~30 us would be a visible share of the call.
 constexpr double kBorrowMinFlops = 2.0e7;
@@ -103,24 +89,20 @@ bool load_host_blas(const std::string& path, const std::string& prefix, const st
     // settings); never a second copy.
     void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
     if (!h) return false;
-    auto sym = [&](const char* name) { return dlsym(h, (prefix + name + suffix).c_str()); };
-    HostTable<double> d{reinterpret_cast<gemm_fn<double>>(sym("dgemm")), reinterpret_cast<syrk_fn<double>>(sym("dsyrk"))};
-    HostTable<float> s{reinterpret_cast<gemm_fn<float>>(sym("sgemm")), reinterpret_cast<syrk_fn<float>>(sym("ssyrk"))};
-    if (!d.gemm || !d.syrk || !s.gemm || !s.syrk) {
+    const fortran::Routines<lint> lib = fortran::resolve<lint>(h, prefix, suffix);
+    if (!lib.d.gemm || !lib.d.syrk || !lib.s.gemm || !lib.s.syrk) {
         dlclose(h);
         return false;
     }
     for (const char* name : {"openblas_get_num_threads64_", "openblas_get_num_threads_64_", "openblas_get_num_threads"})
         if (!g_threads) g_threads = reinterpret_cast<threads_fn>(dlsym(h, (prefix + name).c_str()));
-    g_d = d;
-    g_s = s;
+    g_lib = lib;
     g_path = path;
     pthread_atfork(fork_prepare, fork_parent, fork_child);  // after the library's own: see fork_prepare
     g_loaded = true;  // the handle stays open for the life of the process
     return true;
 }
 
-bool host_blas_loaded() { return g_loaded.load(); }
 std::string host_blas_path() { return g_loaded ? g_path : std::string(); }
 int host_blas_threads() { return g_loaded && g_threads ? g_threads() : 0; }
 

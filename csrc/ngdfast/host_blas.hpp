@@ -18,11 +18,10 @@ namespace ngdfast {
 
 enum class BorrowMode { never = 0, automatic = 1, always = 2 };
 
-// Resolves {prefix}dsyrk{suffix} etc. (Fortran ABI, 64-bit integers) in the
+// Resolves {prefix}dsyrk{suffix} etc. (fortran_blas.hpp, 64-bit integers) in the
 // already loaded library at `path`. Returns false, leaving nothing loaded,
 // when a symbol is missing.
 bool load_host_blas(const std::string& path, const std::string& prefix, const std::string& suffix);
-bool host_blas_loaded();
 std::string host_blas_path();
 // The host library's current thread count, or 0 when unknown.
 int host_blas_threads();

@@ -4,17 +4,18 @@
 #include <cmath>
 
 #include "ngdfast/cholesky.hpp"
-#include "ngdfast/fisher.hpp"
+#include "ngdfast/finite.hpp"
+#include "ngdfast/gram.hpp"
 #include "ngdfast/host_blas.hpp"
 #include "ngdfast/parallel.hpp"
 
 namespace ngdfast {
 template <class T>
-index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T damping, T* x, bool check_scores) {
+index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T damping, T* x) {
     const index_t N = J.rows, P = J.cols, m = G.cols;
     const Panel<T> panel = make_panel(J);
     auto jblock = [&](index_t p0) {  // pointer to J(0, p0) in the panel's layout
-        return panel.transposed ? panel.data + p0 : panel.data + p0 * panel.ld;
+        return panel.row_major ? panel.data + p0 : panel.data + p0 * panel.ld;
     };
     // B = J X (N x m) over column chunks of J, each into its own partial
     // buffer, summed in chunk order (reproducible for a given thread count).
@@ -25,8 +26,8 @@ index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T da
         T* out = parts.data() + c * N * m;
         if (bp == 0)
             std::fill(out, out + N * m, T(0));
-        else  // panel.transposed: memory holds J^T (P x N) column-major.
-            gemm<T>(panel.transposed ? 'T' : 'N', 'N', N, m, bp, T(1), jblock(p0), panel.ld, x + p0, P, T(0), out, N);
+        else  // panel.row_major: memory holds J^T (P x N) column-major.
+            gemm<T>(panel.row_major ? 'T' : 'N', 'N', N, m, bp, T(1), jblock(p0), panel.ld, x + p0, P, T(0), out, N);
     };
     // Gram K = J J^T (lower), then K <- D K D + lam I with D = diag(sqrt(w)).
     // Up to N = 640 (and P >= 4N) the contraction over P is split into chunks,
@@ -47,9 +48,9 @@ index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T da
     // (see host_blas.hpp).
     const bool host = borrow_host_blas(double(N) * double(N) * double(P));
     Matrix<T> K(N, N);
-    const GramOperand<T> op{panel.data, panel.ld, panel.transposed, N, P};
+    const GramOperand<T> op{panel.data, panel.ld, panel.row_major, N, P};
     const bool fused = gram(op, T(1), K.data(), N, T(0), false, 640, &along, host);
-    if (check_scores && !all_finite(diagonal(K.data(), N, N))) return kNonFiniteScores;
+    require_finite_diagonal(K.data(), N, N);
     std::vector<T> d(static_cast<std::size_t>(N));
     for (index_t i = 0; i < N; ++i) d[static_cast<std::size_t>(i)] = w ? std::sqrt(w[i]) : T(1) / std::sqrt(T(N));
     for (index_t j = 0; j < N; ++j) {
@@ -69,7 +70,7 @@ index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T da
     if (host) {
         chunks = 1;
         parts.resize(static_cast<std::size_t>(checked_mul(N, m, sizeof(T))));
-        host_gemm<T>(panel.transposed ? 'T' : 'N', 'N', N, m, P, T(1), jblock(0), panel.ld, x, P, T(0), parts.data(),
+        host_gemm<T>(panel.row_major ? 'T' : 'N', 'N', N, m, P, T(1), jblock(0), panel.ld, x, P, T(0), parts.data(),
                      N);
     } else if (!fused) {
         chunks = pchunks;
@@ -91,20 +92,19 @@ index_t lowrank_solve(const Strided<T>& J, const T* w, const Strided<T>& G, T da
     // X = (X - J^T U) / lam, rows of X independent.
     const T inv = T(1) / damping;
     if (host) {
-        host_gemm<T>(panel.transposed ? 'N' : 'T', 'N', P, m, N, -inv, jblock(0), panel.ld, B, N, inv, x, P);
+        host_gemm<T>(panel.row_major ? 'N' : 'T', 'N', P, m, N, -inv, jblock(0), panel.ld, B, N, inv, x, P);
         return 0;
     }
     team.run(pchunks, [&](std::ptrdiff_t c, int) {
         const index_t p0 = c * step, bp = std::max<index_t>(0, std::min(P, p0 + step) - p0);
         if (bp == 0) return;
-        gemm<T>(panel.transposed ? 'N' : 'T', 'N', bp, m, N, -inv, jblock(p0), panel.ld, B, N, inv, x + p0, P);
+        gemm<T>(panel.row_major ? 'N' : 'T', 'N', bp, m, N, -inv, jblock(p0), panel.ld, B, N, inv, x + p0, P);
     });
     return 0;
 }
 
-template index_t lowrank_solve<float>(const Strided<float>&, const float*, const Strided<float>&, float, float*,
-                                      bool);
+template index_t lowrank_solve<float>(const Strided<float>&, const float*, const Strided<float>&, float, float*);
 template index_t lowrank_solve<double>(const Strided<double>&, const double*, const Strided<double>&, double,
-                                       double*, bool);
+                                       double*);
 
 }  // namespace ngdfast

@@ -16,23 +16,23 @@ Panel<T> make_panel(const Strided<T>& a, const T* row_scale) {
         if (unit_cs && (a.rows == 1 || a.rs >= a.cols)) {
             p.data = a.data;
             p.ld = a.rows == 1 ? std::max<index_t>(a.cols, 1) : a.rs;
-            p.transposed = true;
+            p.row_major = true;
             return p;
         }
         if (unit_rs && (a.cols == 1 || a.cs >= a.rows)) {
             p.data = a.data;
             p.ld = a.cols == 1 ? std::max<index_t>(a.rows, 1) : a.cs;
-            p.transposed = false;
+            p.row_major = false;
             return p;
         }
     }
     // One copy: keep the memory order the source favours so the copy streams.
-    const bool as_transposed = unit_cs || (!unit_rs && std::abs(a.cs) < std::abs(a.rs));
+    const bool as_row_major = unit_cs || (!unit_rs && std::abs(a.cs) < std::abs(a.rs));
     p.store.resize(static_cast<std::size_t>(checked_mul(a.rows, a.cols, sizeof(T))));
     T* dst = p.store.data();
-    if (as_transposed) {
+    if (as_row_major) {
         p.ld = std::max<index_t>(a.cols, 1);
-        p.transposed = true;
+        p.row_major = true;
         for (index_t i = 0; i < a.rows; ++i) {
             const T s = row_scale ? row_scale[i] : T(1);
             const T* src = a.data + i * a.rs;
@@ -41,7 +41,7 @@ Panel<T> make_panel(const Strided<T>& a, const T* row_scale) {
         }
     } else {
         p.ld = std::max<index_t>(a.rows, 1);
-        p.transposed = false;
+        p.row_major = false;
         for (index_t j = 0; j < a.cols; ++j) {
             const T* src = a.data + j * a.cs;
             T* d = dst + j * a.rows;

@@ -14,10 +14,6 @@
 
 namespace ngdfast {
 
-// Returned instead of a pivot index by the solves that check their score
-// rows' finiteness themselves (lowrank_solve, the dense natural gradient).
-constexpr index_t kNonFiniteScores = -1;
-
 // rows x cols matrix, element (i, j) at data[i * rs + j * cs]. Strides may be
 // negative or zero for length-1 dimensions.
 template <class T>
@@ -34,19 +30,21 @@ Strided<T> diagonal(const T* a, index_t n, index_t lda) {
     return {a, n, 1, lda + 1, 1};
 }
 
-// A column-major panel: either the matrix itself ("T" mode for Gram products,
-// element (i, j) at data[i + j * ld]) or its transpose ("N" mode, element
-// (i, j) at data[j + i * ld]). `store` owns the memory when a copy was needed.
+// A matrix A in BLAS form: either A column-major (row_major == false,
+// element (i, j) at data[i + j * ld]) or A row-major, that is A^T column-major
+// (row_major == true, element (i, j) at data[j + i * ld]). `store` owns the
+// memory when a copy was needed.
 template <class T>
 struct Panel {
     const T* data = nullptr;
     index_t ld = 1;
-    bool transposed = false;  // true: memory holds A^T column-major (A is C-ordered)
+    bool row_major = false;  // memory holds A^T column-major (A row-major, as a C-ordered array)
     std::vector<T> store;
 };
 
-// Column-major panel for `a`, copying only when neither stride is 1.
-// `scale`, when given, multiplies row i by scale[i] and always copies.
+// Panel of `a`, row- or column-major as its strides give, copying only when
+// neither stride is 1. `row_scale`, when given, multiplies row i by
+// row_scale[i] and always copies.
 template <class T>
 Panel<T> make_panel(const Strided<T>& a, const T* row_scale = nullptr);
 

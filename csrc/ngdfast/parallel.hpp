@@ -21,6 +21,10 @@ namespace ngdfast {
 // costs tens of microseconds.
 constexpr double kParallelFlops = 4.0e6;
 
+// Below this many elements a pass over a matrix that does O(1) work per
+// element (copies, scans, norms) stays on the calling thread.
+constexpr double kParallelElements = 1.0e6;
+
 // Cancellation of long calls, with no Python in the core. The thread making
 // a kernel call may install an InterruptScope with a poll function; between
 // tasks (blocks, panels, chunks) ThreadPool::run and Team::run call

@@ -5,7 +5,9 @@
 #include <limits>
 
 #include "ngdfast/cholesky.hpp"
+#include "ngdfast/finite.hpp"
 #include "ngdfast/fisher.hpp"
+#include "ngdfast/gram.hpp"
 #include "ngdfast/host_blas.hpp"
 #include "ngdfast/lowrank.hpp"
 #include "ngdfast/parallel.hpp"
@@ -38,7 +40,7 @@ std::vector<index_t> lower_partition(index_t n, index_t m) {
 // Element (i, j) of a panel.
 template <class T>
 inline T at(const Panel<T>& p, index_t i, index_t j) {
-    return p.transposed ? p.data[j + i * p.ld] : p.data[i + j * p.ld];
+    return p.row_major ? p.data[j + i * p.ld] : p.data[i + j * p.ld];
 }
 
 // Calls f(i, j, F(i, j)) for every i >= j of the columns [j0, j1), in tiles
@@ -49,7 +51,7 @@ void for_lower(const Panel<double>& p, index_t n, index_t j0, index_t j1, Fn&& f
         const index_t je = std::min(j1, jt + kTile);
         for (index_t it = jt; it < n; it += kTile) {
             const index_t ie = std::min(n, it + kTile);
-            if (p.transposed) {
+            if (p.row_major) {
                 for (index_t i = it; i < ie; ++i) {
                     const double* row = p.data + i * p.ld;
                     for (index_t j = jt, je2 = std::min(je, i + 1); j < je2; ++j) f(i, j, row[j]);
@@ -164,7 +166,7 @@ MixedFactor mixed_factor(const Strided<double>& F, double damping) {
     const std::vector<index_t> bounds = lower_partition(n, 1);
     const index_t tasks = index_t(bounds.size()) - 1;
     std::vector<double> rows(static_cast<std::size_t>(tasks * n), 0.0);
-    Team team(double(n) * double(n) >= 1.0e6);
+    Team team(double(n) * double(n) >= kParallelElements);
     team.run(tasks, [&](std::ptrdiff_t t, int) {
         double* rs = rows.data() + t * n;
         for_lower(p, n, bounds[static_cast<std::size_t>(t)], bounds[static_cast<std::size_t>(t) + 1],
@@ -238,7 +240,7 @@ void damped_residual(const Strided<double>& F, double damping, const Strided<dou
             // Below it, each tile A used twice while in cache: y_i += A x_j, y_j += A^T x_i.
             for (index_t i0 = je; i0 < n; i0 += kRowChunk) {
                 const index_t bi = std::min(n, i0 + kRowChunk) - i0;
-                if (p.transposed) {  // memory holds A^T (bj x bi) column-major
+                if (p.row_major) {  // memory holds A^T (bj x bi) column-major
                     const double* a = p.data + jt + i0 * p.ld;
                     gemm<double>('T', 'N', bi, m, bj, 1.0, a, p.ld, x + jt, n, 1.0, y + i0, n);
                     gemm<double>('N', 'N', bj, m, bi, 1.0, a, p.ld, x + i0, n, 1.0, y + jt, n);
@@ -263,26 +265,26 @@ MixedResult damped_solve_mixed(const Strided<double>& F, const Strided<double>& 
 }
 
 MixedResult natural_gradient_dense_mixed(const Strided<double>& J, const double* w, const Strided<double>& G,
-                                         double damping, double* x, bool check_scores) {
+                                         double damping, double* x) {
     const index_t P = J.cols;
     Matrix<double> f(P, P);  // F, kept for the residuals; the fallback factors it in place
     fisher<double>(J, w, f.data(), P, 1.0, 0.0, false);
-    if (check_scores && !all_finite(diagonal(f.data(), P, P))) return {kNonFiniteScores, 0, MixedStatus::not_tried};
+    require_finite_diagonal(f.data(), P, P);
     const Strided<double> F{f.data(), P, P, 1, P};
     return dense_mixed(F, G, damping, x, [&] { return damped_solve_in_place<double>(f.data(), P, P, G, damping, x); });
 }
 
 MixedResult lowrank_solve_mixed(const Strided<double>& J, const double* w, const Strided<double>& G, double damping,
-                                double* x, bool check_scores) {
+                                double* x) {
     const index_t N = J.rows, P = J.cols, m = G.cols;
     auto fallback = [&](MixedStatus why, int iterations) {
         MixedResult res{0, iterations, why};
-        res.info = lowrank_solve<double>(J, w, G, damping, x, check_scores);
+        res.info = lowrank_solve<double>(J, w, G, damping, x);
         return res;
     };
     const Panel<double> panel = make_panel(J);
-    auto jblock = [&](index_t p0) { return panel.transposed ? panel.data + p0 : panel.data + p0 * panel.ld; };
-    const char tn = panel.transposed ? 'T' : 'N', nt = panel.transposed ? 'N' : 'T';
+    auto jblock = [&](index_t p0) { return panel.row_major ? panel.data + p0 : panel.data + p0 * panel.ld; };
+    const char tn = panel.row_major ? 'T' : 'N', nt = panel.row_major ? 'N' : 'T';
     std::vector<double> d(static_cast<std::size_t>(N));
     for (index_t i = 0; i < N; ++i) d[static_cast<std::size_t>(i)] = w ? std::sqrt(w[i]) : 1.0 / std::sqrt(double(N));
 
@@ -312,12 +314,12 @@ MixedResult lowrank_solve_mixed(const Strided<double>& J, const double* w, const
 
     // One pass over J: Jd in float32 (the Gram's operand) and b = J g.
     copy_to(G, x, P);
-    const index_t ld32 = panel.transposed ? P : N;
+    const index_t ld32 = panel.row_major ? P : N;
     Matrix<float> j32(N, P);
     float* js = j32.data();
     team.run(chunks, [&](std::ptrdiff_t c, int) {
         const auto [p0, bp] = range(c);
-        if (panel.transposed) {
+        if (panel.row_major) {
             for (index_t i = 0; i < N; ++i) {
                 const double* src = panel.data + i * panel.ld + p0;
                 float* dst = js + i * ld32 + p0;
@@ -351,7 +353,7 @@ MixedResult lowrank_solve_mixed(const Strided<double>& J, const double* w, const
     fac.n = N;
     fac.l = Matrix<float>(N, N);
     float* k = fac.l.data();
-    const GramOperand<float> op{js, ld32, panel.transposed, N, P};
+    const GramOperand<float> op{js, ld32, panel.row_major, N, P};
     gram<float>(op, 1.0f, k, N, 0.0f, false, 640, nullptr, host);
     j32 = Matrix<float>();
     fac.scale.resize(static_cast<std::size_t>(N));
@@ -431,7 +433,7 @@ double damped_norm_inf(const Strided<double>& F, double damping) {
     const std::vector<index_t> bounds = lower_partition(n, 1);
     const index_t tasks = index_t(bounds.size()) - 1;
     std::vector<double> rows(static_cast<std::size_t>(tasks * n), 0.0);
-    Team team(double(n) * double(n) >= 1.0e6);
+    Team team(double(n) * double(n) >= kParallelElements);
     team.run(tasks, [&](std::ptrdiff_t t, int) {
         double* rs = rows.data() + t * n;
         for_lower(p, n, bounds[static_cast<std::size_t>(t)], bounds[static_cast<std::size_t>(t) + 1],

@@ -31,7 +31,7 @@ enum class MixedStatus : int {
 };
 
 struct MixedResult {
-    index_t info = 0;  // the float64 solve's: 0, a failing pivot, or kNonFiniteScores
+    index_t info = 0;  // the float64 solve's: 0 or a failing pivot
     int iterations = 0;  // refinement steps (corrections after the first solve)
     MixedStatus status = MixedStatus::converged;
 };
@@ -43,17 +43,18 @@ constexpr int kMaxRefinements = 30;
 MixedResult damped_solve_mixed(const Strided<double>& F, const Strided<double>& G, double damping, double* x);
 
 // The dense natural gradient: F = J^T diag(w) J formed in float64 (the residuals
-// read it), then as damped_solve_mixed. With check_scores, info is
-// kNonFiniteScores when F's diagonal is not finite.
+// read it), then as damped_solve_mixed. Throws NonFiniteScores (finite.hpp)
+// when F's diagonal is not finite.
 MixedResult natural_gradient_dense_mixed(const Strided<double>& J, const double* w, const Strided<double>& G,
-                                         double damping, double* x, bool check_scores);
+                                         double damping, double* x);
 
 // The Woodbury solve with the N x N Gram K = Jd Jd^T + lam I formed and factored
 // in float32 from a float32 copy of Jd = diag(sqrt(w)) J; the sample-space
 // system K u = Jd g is refined with float64 residuals, each one pass over J
-// (K u = Jd (Jd^T u) + lam u), then x = (g - Jd^T u) / lam in float64.
+// (K u = Jd (Jd^T u) + lam u), then x = (g - Jd^T u) / lam in float64. A
+// non-finite J takes the float64 path, which throws NonFiniteScores.
 MixedResult lowrank_solve_mixed(const Strided<double>& J, const double* w, const Strided<double>& G, double damping,
-                                double* x, bool check_scores);
+                                double* x);
 
 // Float32 Cholesky factor of D (F + damping I) D, D = diag(scale), with
 // ||F + damping I||_inf. `info` != 0: the factorisation failed (or a diagonal

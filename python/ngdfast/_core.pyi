@@ -21,22 +21,22 @@ _Float = Union[npt.NDArray[np.float32], npt.NDArray[np.float64]]
 def all_finite(a: _Float) -> bool:
     """True when no element of ``a`` (any shape, any strides) is NaN or Inf."""
 
-def fisher(J: _Float, w: Optional[_Float], out: _Float, alpha: float, beta: float, fresh_out: bool = False) -> None:
-    """``out = beta * out + alpha * J.T @ diag(w) @ J`` elementwise, in place.
+def fisher(
+    J: _Float, w: Optional[_Float], out: Optional[_Float] = None, alpha: float = 1.0, beta: float = 0.0
+) -> _Float:
+    """``out = beta * out + alpha * J.T @ diag(w) @ J`` elementwise, in place; returns ``out``.
 
-    ``fresh_out``: out was just allocated and never written; its pages are
-    faulted in by all threads first (page faults inside the tile stores are slow).
+    Without ``out`` a new C-ordered (P, P) array is allocated and returned
+    (``alpha * J.T @ diag(w) @ J``; ``beta`` is then not used).
 
     ``w`` is None (meaning ``w_i = 1/N``) or non-negative weights of shape (N,).
     ``out`` is (P, P), C- or Fortran-contiguous; with ``beta == 0`` it is not read.
     Both triangles are written.
     """
 
-def damped_solve(F: _Float, G: _Float, damping: float, overwrite_f: bool) -> Tuple[_Float, int]:
+def damped_solve(F: _Float, G: _Float, damping: float) -> Tuple[_Float, int]:
     """Solve ``(F + damping I) X = G`` by Cholesky; G is (P, K). Only the lower
-    triangle ``F[i, j], i >= j`` is read. With ``overwrite_f`` (internal use, F
-    contiguous and exactly symmetric) F is factored in place.
-    Returns ``(X, info)`` with X of shape (P, K)."""
+    triangle ``F[i, j], i >= j`` is read. Returns ``(X, info)`` with X of shape (P, K)."""
 
 def cholesky_factor(F: _Float, damping: float) -> Tuple[_Float, int]:
     """``(L, info)``: the lower Cholesky factor of ``F + damping I`` (lower
@@ -45,19 +45,16 @@ def cholesky_factor(F: _Float, damping: float) -> Tuple[_Float, int]:
 def cholesky_solve(L: _Float, G: _Float) -> _Float:
     """``X = (L L^T)^-1 G`` for a factor from :func:`cholesky_factor`; G (P, K)."""
 
-NON_FINITE_SCORES: int
-"""``info`` of the two solves from score rows when ``check_scores`` found NaN/Inf on
-the diagonal of their Gram product (J holds NaN/Inf, or its squares overflow)."""
+class NonFiniteScores(ValueError):
+    """Raised by the solves from score rows (``lowrank_solve``, ``natural_gradient_dense``
+    and their ``_mixed`` forms) when the diagonal of their Gram product is not finite: J holds
+    NaN/Inf, or its squares overflow. Internal: ``ngdfast._kernels`` raises the public error."""
 
-def lowrank_solve(
-    J: _Float, w: Optional[_Float], G: _Float, damping: float, check_scores: bool = False
-) -> Tuple[_Float, int]:
+def lowrank_solve(J: _Float, w: Optional[_Float], G: _Float, damping: float) -> Tuple[_Float, int]:
     """Solve ``(J.T diag(w) J + damping I) X = G`` by Woodbury in sample space
     (N x N Cholesky), never forming P x P. ``damping > 0``. Returns ``(X, info)``."""
 
-def natural_gradient_dense(
-    J: _Float, w: Optional[_Float], G: _Float, damping: float, check_scores: bool = False
-) -> Tuple[_Float, int]:
+def natural_gradient_dense(J: _Float, w: Optional[_Float], G: _Float, damping: float) -> Tuple[_Float, int]:
     """Form ``F = J.T diag(w) J`` in one P x P buffer, factor ``F + damping I`` in
     place and solve for G (P, K). Returns ``(X, info)``."""
 
@@ -118,11 +115,11 @@ def damped_solve_mixed(F: np.ndarray, G: np.ndarray, damping: float) -> tuple[np
     """``(X, info, status, iterations)`` for (F + damping I) X = G."""
 
 def natural_gradient_dense_mixed(
-    J: np.ndarray, w: Optional[np.ndarray], G: np.ndarray, damping: float, check_scores: bool = False
+    J: np.ndarray, w: Optional[np.ndarray], G: np.ndarray, damping: float
 ) -> tuple[np.ndarray, int, int, int]: ...
 
 def lowrank_solve_mixed(
-    J: np.ndarray, w: Optional[np.ndarray], G: np.ndarray, damping: float, check_scores: bool = False
+    J: np.ndarray, w: Optional[np.ndarray], G: np.ndarray, damping: float
 ) -> tuple[np.ndarray, int, int, int]: ...
 
 class MixedFactor:

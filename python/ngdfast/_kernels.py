@@ -70,8 +70,8 @@ def _mixed_core(core, report: list):
     """``core`` (a ``*_mixed`` routine) called as the float64 ones are, ``(X, info)``;
     the last call's (status, iterations) left in ``report``."""
 
-    def call(J, w, G, damping, check):
-        X, info, status, iterations = core(J, w, G, damping, check)
+    def call(J, w, G, damping):
+        X, info, status, iterations = core(J, w, G, damping)
         report[:] = [status, iterations]
         return X, info
 
@@ -79,16 +79,18 @@ def _mixed_core(core, report: list):
 
 
 def _solve_from_scores(core, func: str, gram: str, J, w, G, damping: float, check_finite: bool):
-    """``core(J, w, G, damping, check_scores=True)``; g is scanned first when ``check_finite``
-    (small). J's finiteness is read off the kernel's Gram diagonal either way (free); errors
-    name J before g, as the reference does."""
+    """``core(J, w, G, damping)``; g is scanned first when ``check_finite`` (small). The core
+    reads J's finiteness off its Gram diagonal either way (free) and raises
+    ``_core.NonFiniteScores``, turned here into the reference's error; errors name J before g,
+    as the reference does."""
     if check_finite and not _all_finite(G):
         _v.require_finite(J, func, "J", _all_finite)
         _v.require_finite(G, func, "g", _all_finite)
-    X, info = core(J, w, G, damping, True)
-    if info == _core.NON_FINITE_SCORES:
-        raise _v.scores_not_finite(J, func, gram, _all_finite)
-    return X, info
+    try:
+        return core(J, w, G, damping)
+    except _core.NonFiniteScores:
+        pass  # J is scanned outside the handler: the public error carries no internal context
+    raise _v.scores_not_finite(J, func, gram, _all_finite)
 
 
 def _finite_solution(X: np.ndarray, func: str, inputs, what: str = _v.SOLUTION) -> np.ndarray:
@@ -104,6 +106,36 @@ def _check_info(info: int, func: str, matrix: str, size: int, damping: float) ->
         raise _v.not_positive_definite(func, matrix, info, size, damping)
     if info < 0:  # an argument the wrappers should have caught: a bug, not bad input
         raise RuntimeError(f"{func}: internal error, the compiled core returned info={info}")
+
+
+# Factor reuse for ngdfast.curvature (arguments validated there; F is float32/float64, (P, P)).
+
+
+def _dense_factor(F: np.ndarray, damping: float, func: str) -> np.ndarray:
+    """The lower Cholesky factor of ``F + damping I`` (F's lower triangle read), Fortran-ordered
+    with a zero strict upper part; ``NotPositiveDefiniteError`` naming ``func`` when it fails."""
+    L, info = _core.cholesky_factor(F, damping)
+    _check_info(info, func, _v.DENSE_MATRIX, F.shape[0], damping)
+    return L
+
+
+def _factor_solve(L: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """``(L Lᵀ)⁻¹ G`` for a factor from :func:`_dense_factor`; G (P, K)."""
+    return _core.cholesky_solve(L, G)
+
+
+def _reuse_factor(F: np.ndarray, damping: float):
+    """A float32 factor of ``F + damping I`` (float64 F) to precondition :func:`_pcg_solve`
+    with, or None when float32 cannot factor it."""
+    factor, info = _core.mixed_factor(F, damping)
+    return factor if info == 0 else None
+
+
+def _pcg_solve(F: np.ndarray, damping: float, factor, G: np.ndarray, tol: float, max_iter: int):
+    """``(X, iterations)``: CG on ``(F + damping I) X = G`` (float64) preconditioned by
+    ``factor`` to a normwise backward error of ``tol``; iterations is -1 when ``max_iter``
+    did not suffice."""
+    return _core.pcg_solve(F, damping, factor, G, tol, max_iter)
 
 
 def fisher(J, weights=None, *, out=None, decay=0.0, check_finite=True):
@@ -180,10 +212,8 @@ def _fisher(
     checked once before the update of out.
     """
     J, w, out, decay = _v.fisher_args(J, weights, out, decay, False, _all_finite, _cast, func, name)
-    p = J.shape[1]
     if out is None:
-        out = np.empty((p, p), dtype=J.dtype)
-        _core.fisher(J, w, out, 1.0, 0.0, True)
+        out = _core.fisher(J, w)
         if check_finite and not _all_finite(out.diagonal()):
             raise _v.scores_not_finite(J, func, _v.FISHER_GRAM, _all_finite, name)
         return out
@@ -194,8 +224,7 @@ def _fisher(
         if decay > 0.0 and not trusted_out:
             _v.require_finite(out, func, "out", _all_finite)
         if not fits:  # rare: large scores; form F once to see whether it overflows
-            F = np.empty((p, p), dtype=J.dtype)
-            _core.fisher(J, w, F, 1.0, 0.0, True)
+            F = _core.fisher(J, w)
             if not _all_finite(F.diagonal()):
                 raise _v.gram_overflow(func, _v.FISHER_GRAM, name, J.dtype)
     if decay == 1.0:
@@ -258,7 +287,7 @@ def damped_solve(F, g, damping, *, check_finite=True, precision="auto", return_i
         X, info, status, iterations = _core.damped_solve_mixed(F, G, damping)
         how = _p.mixed(status, iterations)
     else:
-        X, info = _core.damped_solve(F, G, damping, False)
+        X, info = _core.damped_solve(F, G, damping)
         how = _p.plain(F.dtype)
     _check_info(info, "damped_solve", _v.DENSE_MATRIX, F.shape[0], damping)
     if not _all_finite(X):  # the lower triangle (what is read) is copied on this error path only

@@ -58,8 +58,9 @@ from typing import NamedTuple, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from . import _validation as _v
-from ._core import all_finite, cholesky_factor, cholesky_solve, mixed_factor, pcg_solve
 from ._errors import NotPositiveDefiniteError
+from ._kernels import _all_finite as all_finite
+from ._kernels import _dense_factor, _factor_solve, _pcg_solve, _reuse_factor
 from ._kernels import _fisher, damped_solve, fisher, kfac_precondition, lowrank_solve
 
 __all__ = ["Curvature", "DenseFisher", "DiagonalFisher", "KFACFisher", "LowRankFisher", "SolveReport"]
@@ -323,25 +324,21 @@ class DenseFisher(_RunningFisher):
                 self._cache_key, self._cache = key, None
             return x
         if self._cache is None:
-            L, info = cholesky_factor(self._F, damping)
-            if info:
-                raise _v.not_positive_definite(
-                    "DenseFisher.solve", _v.DENSE_MATRIX, info, self.n_params, damping)
-            self._cache = L
-        x = cholesky_solve(self._cache, g.reshape(self.n_params, -1))
+            self._cache = _dense_factor(self._F, damping, "DenseFisher.solve")
+        x = _factor_solve(self._cache, g.reshape(self.n_params, -1))
         return self._finite(x.reshape(g.shape))
 
     def _solve_reusing(self, g: np.ndarray, damping: float) -> np.ndarray:
         G = g.reshape(self.n_params, -1)
         if self._reuse is not None and self._reuse[1] == damping:
-            X, iterations = pcg_solve(self._F, damping, self._reuse[0], G, self.reuse_tol, self.max_reuse_iters)
+            X, iterations = _pcg_solve(self._F, damping, self._reuse[0], G, self.reuse_tol, self.max_reuse_iters)
             if iterations >= 0:
                 self.last_solve = SolveReport(False, iterations)
                 return X.reshape(g.shape)
         self._reuse = None
-        factor, info = mixed_factor(self._F, damping)
-        if info == 0:  # CG on its own matrix: mixed-precision refinement
-            X, iterations = pcg_solve(self._F, damping, factor, G, self.reuse_tol, 30)
+        factor = _reuse_factor(self._F, damping)
+        if factor is not None:  # CG on its own matrix: mixed-precision refinement
+            X, iterations = _pcg_solve(self._F, damping, factor, G, self.reuse_tol, 30)
             if iterations >= 0:
                 self._reuse = (factor, damping)
                 self.last_solve = SolveReport(True, iterations)
