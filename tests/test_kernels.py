@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 
 import ngdfast
 from conftest import LAYOUTS, assert_close, damped_condition, layout, random_spd
-from ngdfast import _policy, _validation
+from ngdfast import _policy
 from ngdfast import reference as ref
 
 # N = 1, N < P, N > P, N = P, P = 1
@@ -258,7 +258,7 @@ def test_auto_picks_by_cost_model(rng, monkeypatch, n, p, damping, expected):
 
 
 def test_cost_model():
-    choose = _validation.choose_method
+    choose = _policy.choose_method
     assert choose(1, 20, np.float64, 1.0) == "lowrank"
     assert choose(2, 2, np.float64, 1.0) == "dense"  # the 4NP products dominate tiny problems
     assert choose(20, 1, np.float64, 1.0) == "dense"

@@ -166,6 +166,15 @@ def get_borrow_blas() -> str:
     return _core.get_borrow_mode()
 
 
+def borrowing_now() -> bool:
+    """Whether a large compiled call made now would run its products on NumPy's BLAS
+    (the process-wide mode and, in ``"auto"``, whether another thread is running)."""
+    if not HOST_BLAS:
+        return False
+    mode = _core.get_borrow_mode()
+    return mode == "always" or (mode == "auto" and _core.other_thread_running())
+
+
 @contextlib.contextmanager
 def not_borrowing():
     """Within this block, the calling thread's kernels never borrow NumPy's BLAS.

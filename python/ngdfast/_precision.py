@@ -76,17 +76,9 @@ def use_mixed(precision: str, dtype, kind: str, n: int, p: int = 0) -> bool:
     # Beside running NumPy threads the Woodbury products go to NumPy's BLAS (see
     # host_blas.hpp), where the refinement's fused passes over J become two
     # products each: the float64 solve is then the faster.
-    return n >= MIXED_MIN_SAMPLES and p >= MIXED_MIN_PARAMS and not _borrowing()
+    from . import _backend  # here: the reference imports this module without the compiled core
 
-
-def _borrowing() -> bool:
-    """Whether a large compiled call made now would run its products on NumPy's BLAS."""
-    from . import _backend, _core
-
-    if not _backend.HOST_BLAS:
-        return False
-    mode = _core.get_borrow_mode()
-    return mode == "always" or (mode == "auto" and _core.other_thread_running())
+    return n >= MIXED_MIN_SAMPLES and p >= MIXED_MIN_PARAMS and not _backend.borrowing_now()
 
 
 def plain(dtype, precision: str = "auto", where: str = "") -> SolveInfo:
