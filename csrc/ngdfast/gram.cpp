@@ -57,8 +57,8 @@ template <class T>
 void tile_product(const GramOperand<T>& x, index_t i0, index_t bi, index_t j0, index_t bj, index_t k0, index_t bk,
                   T alpha, T* t) {
     if (i0 == j0)
-        syrk_lower<T>(x.xt ? 'T' : 'N', bi, bk, alpha, x.at(i0, k0), x.ld, T(0), t, bi);
-    else if (x.xt)
+        syrk_lower<T>(x.row_major ? 'T' : 'N', bi, bk, alpha, x.at(i0, k0), x.ld, T(0), t, bi);
+    else if (x.row_major)
         gemm<T>('T', 'N', bi, bj, bk, alpha, x.at(i0, k0), x.ld, x.at(j0, k0), x.ld, T(0), t, bi);
     else
         gemm<T>('N', 'T', bi, bj, bk, alpha, x.at(i0, k0), x.ld, x.at(j0, k0), x.ld, T(0), t, bi);
@@ -182,7 +182,7 @@ bool gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
         // such limit. So: column panels of at most kHostSyrkMax, the diagonal
         // block by SYRK (ranges <= 2048 columns: <= 6 MiB of packing on x86-64
         // against a buffer of 32 MiB or more), the rows below it by one GEMM.
-        const char tr = x.xt ? 'T' : 'N', tr2 = x.xt ? 'N' : 'T';
+        const char tr = x.row_major ? 'T' : 'N', tr2 = x.row_major ? 'N' : 'T';
         for (index_t j0 = 0; j0 < n; j0 += kHostSyrkMax) {
             const index_t bj = std::min(kHostSyrkMax, n - j0), below = n - j0 - bj;
             host_syrk_lower<T>(tr, bj, k, alpha, x.at(j0, 0), x.ld, beta, out + j0 + j0 * ldo, ldo);
@@ -215,7 +215,7 @@ bool gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
             if (bk == 0)
                 for (index_t j = 0; j < n; ++j) std::fill(part + j * n + j, part + (j + 1) * n, T(0));
             else
-                syrk_lower<T>(x.xt ? 'T' : 'N', n, bk, alpha, x.at(0, k0), x.ld, T(0), part, n);
+                syrk_lower<T>(x.row_major ? 'T' : 'N', n, bk, alpha, x.at(0, k0), x.ld, T(0), part, n);
             if (along) (*along)(c, std::min(k0, k), bk);
         });
         T* sum = parts.data();

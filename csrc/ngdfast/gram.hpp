@@ -8,16 +8,16 @@
 
 namespace ngdfast {
 
-// G = X X^T for an n x k operand X held column-major either as X itself
-// (xt == false, X(i, j) = data[i + j * ld]) or as X^T (xt == true,
-// X(i, j) = data[j + i * ld]).
+// G = X X^T for an n x k operand X, stored column-major (row_major == false,
+// X(i, j) = data[i + j * ld]) or row-major, i.e. memory holding X^T column-major
+// (row_major == true, X(i, j) = data[j + i * ld]), as Panel::row_major.
 template <class T>
 struct GramOperand {
     const T* data;
     index_t ld;
-    bool xt;
+    bool row_major;
     index_t n, k;
-    const T* at(index_t i, index_t j) const { return xt ? data + i * ld + j : data + i + j * ld; }
+    const T* at(index_t i, index_t j) const { return row_major ? data + i * ld + j : data + i + j * ld; }
 };
 
 // out = beta * out + alpha * X X^T for the n x n column-major `out` (leading
