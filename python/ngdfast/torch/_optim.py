@@ -34,12 +34,12 @@ class NGD(torch.optim.Optimizer):
     Examples
     --------
     >>> import torch
-    >>> import ngdfast.torch as ngt
-    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-    <torch._C.Generator object at ...>
-    >>> model = torch.nn.Linear(4, 3)
-    >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
-    >>> opt = ngt.NGD(model, kl_radius=1e-2, damping=1e-2)
+    >>> from ngdfast.torch import NGD
+    >>> _ = torch.manual_seed(0)                              # the layers' initial weights
+    >>> gen = torch.Generator().manual_seed(0)               # the data and the sampled labels
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    >>> x, y = torch.randn(64, 4, generator=gen), torch.randint(0, 3, (64,), generator=gen)
+    >>> opt = NGD(model, kl_radius=1e-2, damping=1e-2, generator=gen)
     >>> before = torch.nn.functional.cross_entropy(model(x), y).item()
     >>> for _ in range(5):
     ...     opt.zero_grad()
