@@ -12,7 +12,7 @@ simulator).  Run it where there is an NVIDIA GPU::
                                             # (checks the device code the simulator cannot;
                                             # needs NVVM, e.g. pip install nvidia-nvvm nvidia-cuda-nvrtc)
 
-Targets (the ngdfast.cuda issue):
+Speed targets of ngdfast.cuda (not yet measured on a GPU: see docs/cuda.md):
 
 * ``fisher`` float32 at N=4096, P=8192 reaches at least 50% of cuBLAS SYRK
   throughput (``cupy.cublas.syrk``), counting N·P·(P+1) flops for both;
