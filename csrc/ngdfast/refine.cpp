@@ -144,25 +144,14 @@ MixedResult dense_mixed(const Strided<double>& F, const Strided<double>& G, doub
     return res;
 }
 
-}  // namespace
-
-MixedFactor mixed_factor(const Strided<double>& F, double damping) {
-    MixedFactor f;
+// ||F + damping I||_inf from F's lower triangle, in one pass that also calls
+// visit(i, j, v) with v = (F + damping I)(i, j) for every i >= j. Row sums are
+// kept per task and added in task order: the result does not depend on the
+// thread count.
+template <class Visit>
+double damped_norm_pass(const Strided<double>& F, double damping, Visit&& visit) {
     const index_t n = F.rows;
-    f.n = n;
-    f.scale.resize(static_cast<std::size_t>(n));
-    for (index_t i = 0; i < n; ++i) {
-        const double a = F(i, i) + damping;
-        if (!(a > 0) || !std::isfinite(a)) {
-            f.info = i + 1;
-            return f;
-        }
-        f.scale[static_cast<std::size_t>(i)] = 1.0 / std::sqrt(a);
-    }
     const Panel<double> p = make_panel(F);
-    f.l = Matrix<float>(n, n);
-    float* l = f.l.data();
-    const double* s = f.scale.data();
     const std::vector<index_t> bounds = lower_partition(n, 1);
     const index_t tasks = index_t(bounds.size()) - 1;
     std::vector<double> rows(static_cast<std::size_t>(tasks * n), 0.0);
@@ -178,14 +167,40 @@ MixedFactor mixed_factor(const Strided<double>& F, double damping) {
                           rs[i] += std::abs(v);
                           rs[j] += std::abs(v);
                       }
-                      l[i + j * n] = static_cast<float>(v * s[i] * s[j]);
+                      visit(i, j, v);
                   });
     });
+    double norm = 0;
     for (index_t i = 0; i < n; ++i) {
         double sum = 0;
         for (index_t t = 0; t < tasks; ++t) sum += rows[static_cast<std::size_t>(t * n + i)];
-        f.norm_inf = std::max(f.norm_inf, sum);
+        norm = std::max(norm, sum);
     }
+    return norm;
+}
+
+}  // namespace
+
+MixedFactor mixed_factor(const Strided<double>& F, double damping) {
+    MixedFactor f;
+    const index_t n = F.rows;
+    f.n = n;
+    f.scale.resize(static_cast<std::size_t>(n));
+    for (index_t i = 0; i < n; ++i) {
+        const double a = F(i, i) + damping;
+        if (!(a > 0) || !std::isfinite(a)) {
+            f.info = i + 1;
+            return f;
+        }
+        f.scale[static_cast<std::size_t>(i)] = 1.0 / std::sqrt(a);
+    }
+    f.l = Matrix<float>(n, n);
+    float* l = f.l.data();
+    const double* s = f.scale.data();
+    // One pass over F: the norm and the scaled float32 copy together.
+    f.norm_inf = damped_norm_pass(F, damping, [&](index_t i, index_t j, double v) {
+        l[i + j * n] = static_cast<float>(v * s[i] * s[j]);
+    });
     f.info = cholesky<float>(l, n, n);
     return f;
 }
@@ -428,31 +443,7 @@ MixedResult lowrank_solve_mixed(const Strided<double>& J, const double* w, const
 }
 
 double damped_norm_inf(const Strided<double>& F, double damping) {
-    const index_t n = F.rows;
-    const Panel<double> p = make_panel(F);
-    const std::vector<index_t> bounds = lower_partition(n, 1);
-    const index_t tasks = index_t(bounds.size()) - 1;
-    std::vector<double> rows(static_cast<std::size_t>(tasks * n), 0.0);
-    Team team(double(n) * double(n) >= kParallelElements);
-    team.run(tasks, [&](std::ptrdiff_t t, int) {
-        double* rs = rows.data() + t * n;
-        for_lower(p, n, bounds[static_cast<std::size_t>(t)], bounds[static_cast<std::size_t>(t) + 1],
-                  [&](index_t i, index_t j, double v) {
-                      if (i == j) {
-                          rs[i] += std::abs(v + damping);
-                      } else {
-                          rs[i] += std::abs(v);
-                          rs[j] += std::abs(v);
-                      }
-                  });
-    });
-    double norm = 0;
-    for (index_t i = 0; i < n; ++i) {
-        double sum = 0;
-        for (index_t t = 0; t < tasks; ++t) sum += rows[static_cast<std::size_t>(t * n + i)];
-        norm = std::max(norm, sum);
-    }
-    return norm;
+    return damped_norm_pass(F, damping, [](index_t, index_t, double) {});
 }
 
 int pcg_solve(const Strided<double>& F, double damping, const MixedFactor& factor, const Strided<double>& G,
