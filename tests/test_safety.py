@@ -240,6 +240,9 @@ INTERRUPT_CASES = {
     # issue 9, defect 8: ~13 s of Cholesky at N = 15000; 12000 keeps memory near 1 GiB.
     "lowrank_solve": ("J = rng.standard_normal((12000, 1))", "ngdfast.lowrank_solve(J, np.ones(1), 0.1)"),
     "fisher": ("J = rng.standard_normal((2500, 8000))", "ngdfast.fisher(J)"),
+    # the mixed-precision path (float32 Gram and Cholesky, ~2 s): its bindings poll too
+    "lowrank_solve_mixed": ("J = rng.standard_normal((12000, 1))",
+                            "ngdfast.lowrank_solve(J, np.ones(1), 0.1, precision='mixed')"),
 }
 
 

@@ -9,17 +9,10 @@ NGDFAST_BIND(cholesky) {
         [](const py::array& F, const py::array& G, double damping) {
             return dispatch(F, [&](auto tag) -> py::tuple {
                 using T = decltype(tag);
-                const Strided<T> f = view<T>(F, "F");
-                const Strided<T> g = view<T>(G, "G");
-                if (f.rows != f.cols || g.rows != f.rows)
-                    throw std::invalid_argument("damped_solve: F must be (P, P) and G (P, K)");
-                auto x = new_matrix<T>(g.rows, g.cols);
-                T* xp = x.mutable_data();
-                index_t info;
-                {
-                    Released release;
-                    info = damped_solve<T>(f, g, static_cast<T>(damping), xp);
-                }
+                auto solve = [&](const auto& f, const auto& g, T* xp) {
+                    return damped_solve<T>(f, g, static_cast<T>(damping), xp);
+                };
+                auto [x, info] = call_with_square<T>("damped_solve", F, G, solve);
                 return py::make_tuple(std::move(x), info);
             });
         },

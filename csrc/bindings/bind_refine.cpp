@@ -21,17 +21,7 @@ template <class Solve>
 py::tuple mixed_from_scores(const char* func, const py::array& J, const py::object& w, const py::array& G,
                             Solve&& solve) {
     require_double(J, func);
-    const Strided<double> j = view<double>(J, "J");
-    const Strided<double> g = view<double>(G, "G");
-    const double* wp = weights<double>(w, j.rows);
-    if (g.rows != j.cols) throw std::invalid_argument(std::string(func) + ": G must be (P, K)");
-    auto x = new_matrix<double>(g.rows, g.cols);
-    double* xp = x.mutable_data();
-    MixedResult r;
-    {
-        py::gil_scoped_release release;
-        r = solve(j, wp, g, xp);
-    }
+    auto [x, r] = call_with_scores<double>(func, J, w, G, solve);
     return mixed_result(std::move(x), r);
 }
 
@@ -42,17 +32,8 @@ NGDFAST_BIND(refine) {
         "damped_solve_mixed",
         [](const py::array& F, const py::array& G, double damping) {
             require_double(F, "damped_solve_mixed");
-            const Strided<double> f = view<double>(F, "F");
-            const Strided<double> g = view<double>(G, "G");
-            if (f.rows != f.cols || g.rows != f.rows)
-                throw std::invalid_argument("damped_solve_mixed: F must be (P, P) and G (P, K)");
-            auto x = new_matrix<double>(g.rows, g.cols);
-            double* xp = x.mutable_data();
-            MixedResult r;
-            {
-                py::gil_scoped_release release;
-                r = damped_solve_mixed(f, g, damping, xp);
-            }
+            auto solve = [&](const auto& f, const auto& g, double* xp) { return damped_solve_mixed(f, g, damping, xp); };
+            auto [x, r] = call_with_square<double>("damped_solve_mixed", F, G, solve);
             return mixed_result(std::move(x), r);
         },
         py::arg("F"), py::arg("G"), py::arg("damping"));
@@ -90,7 +71,7 @@ NGDFAST_BIND(refine) {
             if (f.rows != f.cols) throw std::invalid_argument("mixed_factor: F must be square");
             auto fac = std::make_shared<MixedFactor>();
             {
-                py::gil_scoped_release release;
+                Released release;
                 *fac = mixed_factor(f, damping);
             }
             const index_t info = fac->info;
@@ -102,17 +83,12 @@ NGDFAST_BIND(refine) {
         [](const py::array& F, double damping, const MixedFactor& factor, const py::array& G, double tol,
            int max_iter) {
             require_double(F, "pcg_solve");
-            const Strided<double> f = view<double>(F, "F");
-            const Strided<double> g = view<double>(G, "G");
-            if (f.rows != f.cols || g.rows != f.rows || factor.n != f.rows || factor.info != 0)
-                throw std::invalid_argument("pcg_solve: F (P, P), G (P, K) and a valid factor of size P expected");
-            auto x = new_matrix<double>(g.rows, g.cols);
-            double* xp = x.mutable_data();
-            int iterations;
-            {
-                py::gil_scoped_release release;
-                iterations = pcg_solve(f, damping, factor, g, tol, max_iter, xp);
-            }
+            if (F.ndim() != 2 || factor.n != F.shape(0) || factor.info != 0)
+                throw std::invalid_argument("pcg_solve: a valid factor of the size of F expected");
+            auto solve = [&](const auto& f, const auto& g, double* xp) {
+                return pcg_solve(f, damping, factor, g, tol, max_iter, xp);
+            };
+            auto [x, iterations] = call_with_square<double>("pcg_solve", F, G, solve);
             return py::make_tuple(std::move(x), iterations);
         },
         py::arg("F"), py::arg("damping"), py::arg("factor"), py::arg("G"), py::arg("tol"), py::arg("max_iter"));

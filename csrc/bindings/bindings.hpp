@@ -11,6 +11,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ngdfast/matrix.hpp"
@@ -111,25 +112,52 @@ auto dispatch(const py::array& a, F&& f) {
     throw py::type_error("unsupported dtype " + std::string(py::str(a.dtype())) + ": expected float32 or float64");
 }
 
-// The binding of a solve from score rows: J (N, P), optional weights (N,),
-// right-hand sides G (P, K). Calls solve(j, w, g, x) -> info with the GIL
-// released into a fresh X (P, K) and returns (X, info).
+// A solve from score rows: views of J (N, P), optional weights (N,) and
+// right-hand sides G (P, K) of dtype T, a fresh X (P, K), and solve(j, w, g, x)
+// called with the GIL released (Released: Ctrl-C polls). Returns (X, what
+// solve returned).
+template <class T, class Solve>
+auto call_with_scores(const char* name, const py::array& J, const py::object& w, const py::array& G, Solve&& solve) {
+    const Strided<T> j = view<T>(J, "J");
+    const Strided<T> g = view<T>(G, "G");
+    const T* wp = weights<T>(w, j.rows);
+    if (g.rows != j.cols) throw std::invalid_argument(std::string(name) + ": G must be (P, K)");
+    auto x = new_matrix<T>(g.rows, g.cols);
+    T* xp = x.mutable_data();
+    decltype(solve(j, wp, g, xp)) result{};
+    {
+        Released release;
+        result = solve(j, wp, g, xp);
+    }
+    return std::make_pair(std::move(x), result);
+}
+
+// A solve of a square system: views of F (P, P) and G (P, K) of dtype T, a
+// fresh X (P, K), and solve(f, g, x) called with the GIL released. Returns
+// (X, what solve returned).
+template <class T, class Solve>
+auto call_with_square(const char* name, const py::array& F, const py::array& G, Solve&& solve) {
+    const Strided<T> f = view<T>(F, "F");
+    const Strided<T> g = view<T>(G, "G");
+    if (f.rows != f.cols || g.rows != f.rows)
+        throw std::invalid_argument(std::string(name) + ": F must be (P, P) and G (P, K)");
+    auto x = new_matrix<T>(g.rows, g.cols);
+    T* xp = x.mutable_data();
+    decltype(solve(f, g, xp)) result{};
+    {
+        Released release;
+        result = solve(f, g, xp);
+    }
+    return std::make_pair(std::move(x), result);
+}
+
+// The binding of a float32/float64 solve from score rows returning its info:
+// (X, info).
 template <class Solve>
 py::tuple solve_from_scores(const char* name, const py::array& J, const py::object& w, const py::array& G,
                             Solve&& solve) {
     return dispatch(J, [&](auto tag) -> py::tuple {
-        using T = decltype(tag);
-        const Strided<T> j = view<T>(J, "J");
-        const Strided<T> g = view<T>(G, "G");
-        const T* wp = weights<T>(w, j.rows);
-        if (g.rows != j.cols) throw std::invalid_argument(std::string(name) + ": G must be (P, K)");
-        auto x = new_matrix<T>(g.rows, g.cols);
-        T* xp = x.mutable_data();
-        index_t info;
-        {
-            Released release;
-            info = solve(j, wp, g, xp);
-        }
+        auto [x, info] = call_with_scores<decltype(tag)>(name, J, w, G, solve);
         return py::make_tuple(std::move(x), info);
     });
 }
