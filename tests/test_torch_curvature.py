@@ -20,6 +20,7 @@ import ngdfast.torch as ngt  # noqa: E402
 from ngdfast import _kernels  # noqa: E402
 from ngdfast.models import MLP  # noqa: E402
 from ngdfast.torch import _exact, _linalg  # noqa: E402
+from ngdfast.torch._outputs import Outputs  # noqa: E402
 
 KINDS = ["empirical", "exact", "sampled"]
 
@@ -102,7 +103,8 @@ def test_sampled_fisher_estimates_the_exact_fisher(loss):
     reps = 3000
     xr = x.repeat(reps, 1)
     names = [k for k, _ in model.named_parameters()]
-    J, w = _exact.score_rows(model, names, xr, None, loss, "sampled", torch.Generator().manual_seed(3), torch.float64)
+    J, w = _exact.score_rows(model, names, xr, None, Outputs(loss), "sampled", torch.Generator().manual_seed(3),
+                             torch.float64)
     assert w is None
     outer = J[:, :, None] * J[:, None, :]
     F_mc = outer.mean(0)
@@ -269,8 +271,19 @@ def test_diagonal_curvature_is_the_dense_diagonal(kind):
     assert float((got - expected).norm() / expected.norm()) < 1e-10
 
 
+class Scale(nn.Module):
+    """A leaf module of a kind ngdfast has no block for: the fallback's."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, d))
+
+    def forward(self, x):
+        return x * self.weight
+
+
 class Mixed(nn.Module):
-    """A Linear layer, then modules K-FAC does not factor."""
+    """An Embedding and Linear layers (K-FAC), norms (closed-form diagonal), an unknown leaf."""
 
     def __init__(self):
         super().__init__()
@@ -278,24 +291,26 @@ class Mixed(nn.Module):
         self.fc = nn.Linear(4, 6)
         self.norm = nn.LayerNorm(6)
         self.bn = nn.BatchNorm1d(6)
+        self.scale = Scale(6)
         self.out = nn.Linear(6, 3)
 
     def forward(self, idx):
-        return self.out(self.bn(torch.tanh(self.norm(self.fc(self.emb(idx))))))
+        return self.out(self.scale(self.bn(torch.tanh(self.norm(self.fc(self.emb(idx)))))))
 
 
-def test_fallback_diagonal_is_the_per_sample_diagonal():
+def test_norm_and_fallback_diagonals_are_the_per_sample_diagonal():
     torch.manual_seed(0)
     model = Mixed().double()
     model.bn.eval()  # per-sample gradients with fixed statistics: exactly those of torch.func below
     idx = torch.randint(0, 7, (16,))
     y = torch.randint(0, 3, (16,))
     lam = 1e-3
-    with pytest.raises(ValueError, match=r"emb \(Embedding.*norm \(LayerNorm.*bn \(BatchNorm1d"):
+    with pytest.raises(ValueError, match=r"scale \(Scale: weight\)"):
         ngt.Preconditioner(model, fallback=None)
     precond = ngt.Preconditioner(model, fisher="empirical", fallback="diagonal", damping=lam)
-    assert precond.kfac_layers == ["fc", "out"]
-    assert precond.fallback_modules == ["emb", "norm", "bn"]
+    assert precond.kfac_layers == ["emb", "fc", "out"]
+    assert precond.diagonal_blocks == ["norm", "bn", "scale"]
+    assert precond.fallback_modules == ["scale"]
     F.cross_entropy(model(idx), y).backward()
     g = {k: p.grad.clone() for k, p in model.named_parameters()}
     precond.step()
@@ -306,7 +321,7 @@ def test_fallback_diagonal_is_the_per_sample_diagonal():
         in_dims=(None, 0, 0),
     )(params, idx, y)
     beta = precond.last_step.beta
-    for name in ["emb.weight", "norm.weight", "norm.bias", "bn.weight", "bn.bias"]:
+    for name in ["norm.weight", "norm.bias", "bn.weight", "bn.bias", "scale.weight"]:
         d = per_sample[name].square().mean(0)
         expected = beta * g[name] / (d + lam)
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, expected, rtol=1e-10, atol=1e-14)
@@ -317,10 +332,11 @@ def test_fallback_gradient_keeps_the_gradient():
     model = Mixed().double()
     idx, y = torch.randint(0, 7, (16,)), torch.randint(0, 3, (16,))
     precond = ngt.Preconditioner(model, fallback="gradient")
+    assert precond.fallback_modules == ["scale"]
     F.cross_entropy(model(idx), y).backward()
-    g = model.norm.weight.grad.clone()
+    g = model.scale.weight.grad.clone()
     info = precond.step()
-    torch.testing.assert_close(model.norm.weight.grad, info.beta * g, rtol=1e-12, atol=0)
+    torch.testing.assert_close(model.scale.weight.grad, info.beta * g, rtol=1e-12, atol=0)
 
 
 def test_cpu_tensors_reach_the_kernels_without_copies(monkeypatch):

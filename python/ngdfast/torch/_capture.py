@@ -1,40 +1,41 @@
 """Hooks that collect the curvature statistics during the user's own forward and backward.
 
 Mechanism (one forward hook per tracked module; a forward-pre hook and a forward hook on the
-model):
+model; a tensor hook on the model output):
 
 * the model's pre-hook starts each forward afresh (a tracked module called outside the model's
   forward does not count); each tracked module's forward hook keeps its input and output
   tensors of this forward;
-* the model's forward hook, which runs when the whole forward is done, turns them into
-  statistics, only when the model is in training mode, grad is enabled, and the preconditioner
-  asked for statistics on this step (``enabled``, the factor-update steps):
+* the model's forward hook, when the whole forward is done, picks the output tensor (see
+  ``ngdfast.torch._outputs``) and, only when the model is in training mode, grad is enabled and
+  the preconditioner asked for statistics on this step (``enabled``, the factor-update steps),
+  registers a tensor hook on it;
+* that hook runs when the user's ``loss.backward()`` reaches the output, before anything below
+  it. Its gradient ``∂L/∂f`` says which output positions the loss counts: a row that is exactly
+  zero is a position the loss ignores (``F.cross_entropy``'s ``ignore_index``, a zero weight in
+  a masked mean); n is the number of the others. Then, with the graph below still intact:
 
   - layer inputs give the K-FAC rows ``ā`` (factor A);
-  - ``fisher="sampled"`` / ``"exact"``: the score rows at the output (labels drawn from the
-    model with the preconditioner's ``torch.Generator``, or every class weighted by √p) are
-    back-propagated to the tracked modules' outputs only, by ``torch.autograd.grad(...,
-    retain_graph=True)``, giving ``δ = ∂ log p / ∂z`` per sample (factor S, diagonal; per
-    sample because the samples of a batch are independent, which BatchNorm in training mode
-    only approximates). This is
-    one extra backward pass to the activations (for "exact", the C class blocks go through one
-    batched backward, ``is_grads_batched``), no second forward, and the user's own
-    ``loss.backward()`` is untouched;
-  - ``fisher="empirical"``: the output gradients of the user's own loss are read by tensor hooks
-    during ``loss.backward()``: ``δ_i = n · ∂L/∂z_i`` with n the number of samples seen since
-    the last step, which is exact when L is the mean over those samples of the per-sample
-    negative log-likelihood (``F.cross_entropy``'s default; for ``loss="mse"`` use
-    ``0.5 * ((out - y) ** 2).sum(1).mean()``: ``F.mse_loss`` would scale the factors by (2/D)²).
+  - the score rows b at the output, zero at ignored positions — labels drawn from the model with
+    the preconditioner's ``torch.Generator`` (``"sampled"``), every class weighted by √p
+    (``"exact"``), or ``∂L/∂f`` itself (``"empirical"``: ``δ = n·∂L/∂z``, exact when L is the
+    mean over the counted positions of the per-position negative log-likelihood) — are
+    back-propagated to the tracked modules' outputs and to the loose parameters by one
+    ``torch.autograd.grad(..., retain_graph=True)`` (for "exact", the C class blocks go through
+    one batched backward, ``is_grads_batched``), giving ``δ = ∂(bᵀf)/∂z`` (factor S, the
+    diagonal blocks). This is one extra backward pass to the activations, no second forward,
+    and the user's own backward then continues untouched;
 
 * forwards inside ``torch.func`` transforms (vmap, grad: per-sample passes) are ignored;
 * a tensor hook on the model output marks that a backward went through it, so ``step()``
   can refuse to run twice on one gradient.
 
 Several forwards before one ``step()`` (gradient accumulation) all count: the statistics are
-the averages over every sample of every forward since the last step (A the mean over all rows,
-S = (1/n) Σ δ δᵀ over all n samples), i.e. the statistics of the concatenated batch. Forwards
-in eval mode or under ``torch.no_grad()`` are ignored. Running mean products use
-``ngdfast.fisher`` on zero-copy views for CPU tensors.
+those of every counted position of every forward since the last step (A the mean over all
+rows, S = (1/n) Σ δ δᵀ over all n positions), i.e. the statistics of the concatenated batch. A
+forward without a backward through its output, and forwards in eval mode or under
+``torch.no_grad()``, are ignored. Running mean products use ``ngdfast.fisher`` on zero-copy
+views for CPU tensors.
 """
 
 from __future__ import annotations
@@ -45,10 +46,13 @@ from functools import partial
 
 import torch
 
-from . import _checks, _diagonal, _fisher, _linalg
+from . import _diagonal, _fisher, _linalg, _norms
 
 _LOCAL = threading.local()
 _QUIET = object()
+
+#: Bytes the blocks of ``fisher="exact"`` may take (C blocks of R × C rows) before it refuses.
+EXACT_BLOCKS_BYTES = 1 << 30
 
 
 @contextmanager
@@ -65,6 +69,12 @@ def recording_only(owner):
 def quiet():
     """No capture records inside the block (our own forwards and per-sample passes)."""
     return recording_only(_QUIET)
+
+
+def _backpropagating() -> bool:
+    """Inside a capture's own backward from the output (whose gradients are score rows, not the
+    loss's): no capture of this thread records or marks."""
+    return getattr(_LOCAL, "backpropagating", False)
 
 
 def _in_functorch_transform() -> bool:
@@ -90,14 +100,28 @@ def _backpropagate(outputs, targets, blocks):
     return [torch.autograd.grad(outputs, targets, grad_outputs=b, retain_graph=True, allow_unused=True) for b in blocks]
 
 
-class RunningMean:
-    """The mean of ``rowsᵀrows / R`` over all rows added so far, kept as a (d, d) tensor."""
+def check_exact_size(classes: int, rows: int, dtype, func: str) -> None:
+    """``fisher="exact"`` back-propagates C blocks of R × C: refuse when they would not fit."""
+    nbytes = classes * rows * classes * torch.empty((), dtype=dtype).element_size()
+    if nbytes > EXACT_BLOCKS_BYTES:
+        raise ValueError(
+            f"{func}: fisher='exact' needs {classes} output blocks of {rows} x {classes} "
+            f"({nbytes / 2**30:.1f} GiB, over the {EXACT_BLOCKS_BYTES / 2**30:.0f} GiB limit) and one backward "
+            "each; use fisher='sampled' (one block, the same Fisher in expectation) or 'empirical'")
 
-    def __init__(self):
+
+class RunningMean:
+    """The mean of ``rowsᵀrows / R`` (or of its diagonal) over all rows added so far."""
+
+    def __init__(self, diagonal: bool = False):
         self.mean = None
         self.rows = 0
+        self.diagonal = diagonal
 
     def add(self, rows: torch.Tensor) -> None:
+        if self.diagonal:
+            self.add_sum(rows.square().sum(0), rows.shape[0])
+            return
         r = rows.shape[0]
         if r == 0:
             return
@@ -110,38 +134,51 @@ class RunningMean:
         _linalg.fisher_into(rows, self.mean, decay)
         self.rows += r
 
+    def add_sum(self, total: torch.Tensor, r: int) -> None:
+        """Fold in ``r`` rows whose (diagonal) sum of squares is ``total``."""
+        if r == 0:
+            return
+        if self.mean is None:
+            self.mean = total / r
+        else:
+            self.mean.mul_(self.rows / (self.rows + r)).add_(total, alpha=1.0 / (self.rows + r))
+        self.rows += r
+
 
 class Batch:
     """Statistics of the forwards since the last step."""
 
     def __init__(self):
-        self.n = 0  # samples
+        self.n = 0  # counted output positions
+        self.forwards = 0  # recording forwards whose backward reached the output
         self.A: dict[int, RunningMean] = {}
         self.S: dict[int, RunningMean] = {}
         self.D: dict[int, list[torch.Tensor]] = {}
 
 
 class Capture:
-    """Hooks on ``model`` collecting statistics for K-FAC ``layers`` and ``diagonal`` modules.
+    """Hooks on ``model`` collecting statistics for the ``blocks`` (``_layers.Blocks``).
 
     Parameters
     ----------
     model : nn.Module
-    layers : list of ngdfast.torch._layers.Layer
-    diagonal : list of (name, module, parameter names)
-    loss, fisher : str
-    dtypes : callable(tensor) -> torch.dtype
-        Statistics precision for a layer weight.
+    blocks : ngdfast.torch._layers.Blocks
+    outputs : ngdfast.torch._outputs.Outputs
+    fisher : str
+    stats_dtype : callable(tensor) -> torch.dtype
+        Statistics precision for a parameter.
     generator : callable() -> torch.Generator
     force : bool
         Record whatever the model's mode (the functional primitive).
     """
 
-    def __init__(self, model, layers, diagonal, loss, fisher, stats_dtype, generator, *, force=False):
+    def __init__(self, model, blocks, outputs, fisher, stats_dtype, generator, *, force=False):
         self.model = model
-        self.layers = layers
-        self.diagonal = diagonal
-        self.loss = loss
+        self.layers = blocks.layers
+        self.diagonal = blocks.diagonal
+        self.kinds = blocks.kinds
+        self.outputs = outputs
+        self.loss = outputs.loss
         self.fisher = fisher
         self.stats_dtype = stats_dtype
         self.generator = generator
@@ -151,12 +188,16 @@ class Capture:
         self.listener = None  # ngdfast.torch._distributed.FactorReducer: forward/backward events
         self.batch = Batch()
         self._pending = []
+        self._rows_out = 0  # output rows of the forward being folded
+        self._loose = [(j, [getattr(module, n) for n in names])
+                       for j, (_, module, names) in enumerate(self.diagonal) if self.kinds[j] == "loose"]
         # a module called outside the model's forward must not count: start each forward afresh
         self._handles = [model.register_forward_pre_hook(self._root_pre_hook)]
-        for i, layer in enumerate(layers):
+        for i, layer in enumerate(self.layers):
             self._handles.append(layer.module.register_forward_hook(partial(self._module_hook, ("k", i))))
-        for j, (_, module, _) in enumerate(diagonal):
-            self._handles.append(module.register_forward_hook(partial(self._module_hook, ("d", j))))
+        for j, (_, module, _) in enumerate(self.diagonal):
+            if self.kinds[j] != "loose":
+                self._handles.append(module.register_forward_hook(partial(self._module_hook, ("d", j))))
         # last: when the model itself is a tracked module, its own hook must run first
         self._handles.append(model.register_forward_hook(self._root_hook))
 
@@ -190,6 +231,8 @@ class Capture:
         self._pending = []
 
     def _mark(self, grad):
+        if _backpropagating():
+            return
         self.backward_seen = True
         if self.listener is not None and self.enabled and self.batch.n:
             self.listener.on_backward_start()
@@ -198,48 +241,85 @@ class Capture:
         pending, self._pending = self._pending, []
         if not self._live():
             return
-        if not isinstance(output, torch.Tensor):
-            if self.enabled and self._recording():
-                _checks.check_outputs(self.loss, output, "ngdfast.torch")  # raises: says what is expected
+        recording = self.enabled and self._recording()
+        if recording:
+            out = self.outputs.tensor(output)  # raises: says what is expected
+        else:
+            try:
+                out = self.outputs.pick(output)
+            except (TypeError, LookupError):
+                return
+            if not isinstance(out, torch.Tensor):
+                return
+        if not out.requires_grad:
             return
-        if not output.requires_grad:
-            return
-        if self.enabled and self._recording():
-            self._collect(output, pending)
-        output.register_hook(self._mark)  # also in eval mode: a step then says what is missing
+        if recording:
+            if self.listener is not None:
+                self.listener.on_forward([])
+            out.register_hook(partial(self._on_output_grad, out, pending))
+        out.register_hook(self._mark)  # also in eval mode: a step then says what is missing
 
-    def _collect(self, output, pending) -> None:
-        outputs = _checks.check_outputs(self.loss, output, "ngdfast.torch")
-        self.batch.n += outputs.shape[0]
-        live = []
-        for key, args, out in pending:
+    def _on_output_grad(self, out, pending, grad):
+        owner = getattr(_LOCAL, "owner", None)
+        if _backpropagating() or not (owner is None or owner is self):
+            return
+        _LOCAL.backpropagating = True
+        try:
+            with torch.enable_grad():
+                self._collect(out, pending, grad)
+        finally:
+            _LOCAL.backpropagating = False
+
+    def _collect(self, out, pending, grad) -> None:
+        """Fold one forward's statistics, now that the loss's gradient at the output is known."""
+        self.batch.forwards += 1
+        grad_rows = self.outputs.rows(grad.detach())
+        counted = (grad_rows != 0).any(dim=1)
+        n = int(counted.sum())
+        if n == 0:
+            return  # the loss ignores every position of this forward
+        self.batch.n += n
+        for key, args, _ in pending:
             if key[0] == "k":
-                layer = self.layers[key[1]]
-                self.batch.A.setdefault(key[1], RunningMean()).add(
-                    layer.input_rows(args[0], self.stats_dtype(layer.params[0]))
-                )
-            if out.requires_grad:
-                live.append((key, args, out))
-        if self.listener is not None:
-            self.listener.on_forward([key for key, _, _ in live] if self.fisher == "empirical" else [])
-        if not live:
+                self._add_inputs(key[1], args[0])
+        live = [(key, args, o) for key, args, o in pending if o.requires_grad]
+        loose = [(j, ps) for j, ps in self._loose]
+        if not live and not loose:
             return
+        rows_out = self.outputs.rows(out.detach())
+        self._rows_out = rows_out.shape[0]
         if self.fisher == "empirical":
-            for key, args, out in live:
-                out.register_hook(partial(self._on_grad, key, args))
-            return
-        blocks = _fisher.output_rows(self.loss, self.fisher, outputs, None, self.generator())
-        targets = [out for _, _, out in live]
-        per_block = _backpropagate(outputs, targets, [b.to(outputs.dtype) for b in blocks])
+            blocks = [_fisher.working(grad_rows)]
+        else:
+            if self.fisher == "exact":
+                check_exact_size(rows_out.shape[1], rows_out.shape[0], _fisher.working(rows_out).dtype,
+                                 "ngdfast.torch")
+            blocks = _fisher.output_rows(self.loss, self.fisher, rows_out, None, self.generator())
+            if n < counted.numel():
+                blocks = [b * counted[:, None].to(b.dtype) for b in blocks]
+        blocks = [self.outputs.unrows(b, out).to(out.dtype) for b in blocks]
+        targets = [o for _, _, o in live] + [p for _, ps in loose for p in ps]
+        per_block = _backpropagate(out, targets, blocks)
         for j, (key, args, _) in enumerate(live):
             self._add_deltas(key, args, [g[j] for g in per_block if g[j] is not None])
+        k = len(live)
+        for j, ps in loose:
+            sums = []
+            for p in ps:
+                dtype = self.stats_dtype(p)
+                gs = [g[k] for g in per_block if g[k] is not None]
+                sums.append(sum(t.to(dtype).square() for t in gs) if gs else torch.zeros_like(p, dtype=dtype))
+                k += 1
+            self._add_diagonal(j, sums)
 
-    def _on_grad(self, key, args, grad):
-        owner = getattr(_LOCAL, "owner", None)
-        if owner is None or owner is self:
-            self._add_deltas(key, args, [grad])
-            if self.listener is not None:
-                self.listener.on_delta(key)
+    def _add_inputs(self, i, x) -> None:
+        layer = self.layers[i]
+        dtype = self.stats_dtype(layer.params[0])
+        mean = self.batch.A.setdefault(i, RunningMean(layer.a_diag))
+        if layer.embedding:
+            mean.add_sum(layer.token_counts(x, dtype), x.numel())
+        else:
+            mean.add(layer.a_rows(x, dtype))
 
     def _add_deltas(self, key, args, deltas) -> None:
         if not deltas:
@@ -248,27 +328,39 @@ class Capture:
         if kind == "k":
             layer = self.layers[i]
             dtype = self.stats_dtype(layer.params[0])
-            mean = self.batch.S.setdefault(i, RunningMean())
+            mean = self.batch.S.setdefault(i, RunningMean(layer.s_diag))
             for d in deltas:
-                mean.add(layer.output_rows(d.detach(), dtype))
+                mean.add(layer.s_rows(d.detach(), args[0], dtype))
             return
         _, module, names = self.diagonal[i]
         dtype = self.stats_dtype(getattr(module, names[0]))
-        with quiet():
-            sums = _diagonal.square_sums(module, names, args, [d.detach() for d in deltas], dtype)
-        if i in self.batch.D:
-            for acc, s in zip(self.batch.D[i], sums):
+        deltas = [d.detach() for d in deltas]
+        how = self.kinds[i]
+        if how == "norm":
+            sums = _norms.square_sums(module, names, args[0], deltas, dtype)
+        elif how == "layer":
+            layer = _diagonal.layer_of(module)
+            per_row = deltas[0].numel() // layer.out_dim == self._rows_out  # a row per output position
+            sums = _diagonal.layer_square_sums(layer, args[0], deltas, dtype, per_row)
+        else:
+            with quiet():
+                sums = _diagonal.square_sums(module, names, args, deltas, dtype)
+        self._add_diagonal(i, sums)
+
+    def _add_diagonal(self, j, sums) -> None:
+        if j in self.batch.D:
+            for acc, s in zip(self.batch.D[j], sums):
                 acc.add_(s)
         else:
-            self.batch.D[i] = sums
+            self.batch.D[j] = sums
 
     # ------------------------------------------------------------- statistics
     def statistics(self):
         """``(n, A, S, D)`` of this step's forwards, or None when nothing was recorded.
 
         ``A[i]``, ``S[i]``: factors of layer i (present when the layer was seen with both an
-        input and an output gradient); ``D[j]``: list of diagonal Fisher tensors of diagonal
-        module j. Scales as in the module docstring.
+        input and an output gradient; a vector where the factor is diagonal); ``D[j]``: list of
+        diagonal Fisher tensors of diagonal block j. Scales as in the module docstring.
         """
         b = self.batch
         if b.n == 0:

@@ -1,7 +1,8 @@
 """Per-sample gradients of one module's own parameters, for the diagonal Fisher.
 
-Linear and Conv2d layers have them in closed form, ``Σ_t δ_it ā_itᵀ`` over the layer's
-positions (rows as in ``ngdfast.torch._layers``). For any other module with input ``x_i`` and an output gradient (cotangent) ``δ_i`` of sample i, the
+The K-FAC layer kinds have them in closed form (:func:`layer_square_sums`), ``Σ_t δ_it ā_itᵀ``
+over the layer's positions (rows as in ``ngdfast.torch._layers``), or ``δ_r ā_rᵀ`` per row
+when each row of the layer is an output position of its own. For any other leaf module with input ``x_i`` and an output gradient (cotangent) ``δ_i`` of sample i, the
 per-sample gradient of its parameters θ_m is the vector-Jacobian product
 ``∂⟨m(x_i), δ_i⟩ / ∂θ_m``, computed for all samples at once with
 ``torch.func.vmap(torch.func.grad(...))`` over ``functional_call(module, ...)`` on one sample
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ._layers import Layer, supported
+from ._layers import Layer
 
 
 def square_sums(module: nn.Module, names: list[str], args: tuple, deltas: list[torch.Tensor], dtype) -> list[torch.Tensor]:
@@ -28,8 +29,6 @@ def square_sums(module: nn.Module, names: list[str], args: tuple, deltas: list[t
     ``args`` are the module's positional inputs (N, ...); each block of ``deltas`` is an output
     gradient (N, ...) shaped like the module's output. Sums come back in ``dtype``.
     """
-    if supported(module) and len(names) == len(Layer("", module).params):
-        return _layer_square_sums(Layer("", module), args[0], deltas, dtype)
     params = {n: getattr(module, n).detach() for n in names}
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         fn = _batchnorm_sample(module, args[0])
@@ -51,16 +50,22 @@ def square_sums(module: nn.Module, names: list[str], args: tuple, deltas: list[t
     return sums
 
 
-def _layer_square_sums(layer: Layer, x: torch.Tensor, deltas, dtype) -> list[torch.Tensor]:
-    """Linear and Conv2d in closed form: sample i's gradient of W̄ is ``Σ_t δ_it ā_itᵀ``."""
-    n = x.shape[0]
-    rows = layer.input_rows(x, dtype).reshape(n, -1, layer.in_dim)  # (N, T, in)
+def layer_of(module: nn.Module) -> Layer:
+    """The K-FAC view of a Linear/Conv/Embedding module (its rows, gradient matrix and split)."""
+    return Layer("", module)
+
+
+def layer_square_sums(layer: Layer, x: torch.Tensor, deltas, dtype, per_row: bool) -> list[torch.Tensor]:
+    """Squared per-sample gradients of a K-FAC kind of layer, summed: sample i's gradient of W̄
+    is ``Σ_t δ_it ā_itᵀ`` over its rows, or, ``per_row``, each row ``δ_r ā_rᵀ`` is a sample."""
+    if per_row or layer.embedding:
+        return [sum(parts) for parts in zip(*(layer.square_rows(x, d, dtype) for d in deltas))]
+    g = layer.groups(x)
+    rows = layer.input_rows(x, dtype).reshape(g, -1, layer.in_dim)  # (N, T, in)
     total = torch.zeros(layer.shape, dtype=dtype, device=rows.device)
     for d in deltas:
-        m = d.shape[0] // n  # blocks of the exact kind repeat the samples
-        d_rows = layer.output_rows(d, dtype).reshape(m * n, -1, layer.out_dim)  # (m·N, T, out)
-        a = rows if m == 1 else rows.repeat(m, 1, 1)
-        total += torch.bmm(d_rows.transpose(1, 2), a).square().sum(0)
+        d_rows = layer.output_rows(d, dtype).reshape(g, -1, layer.out_dim)  # (N, T, out)
+        total += torch.bmm(d_rows.transpose(1, 2), rows).square().sum(0)
     return layer.split(total)
 
 

@@ -79,6 +79,22 @@ def tril_unpack(v: torch.Tensor, d: int) -> torch.Tensor:
     return M
 
 
+def pack_factor(M: torch.Tensor) -> torch.Tensor:
+    """A K-FAC factor (or its inverse) as a vector: the lower triangle, or a diagonal factor as is."""
+    return tril_pack(M) if M.ndim == 2 else M
+
+
+def unpack_factor(v: torch.Tensor, d: int, diagonal: bool) -> torch.Tensor:
+    """Inverse of :func:`pack_factor` for a factor of side d."""
+    return v if diagonal else tril_unpack(v, d)
+
+
+def factor_sides(layer) -> list[tuple[int, bool, int]]:
+    """``(side, diagonal, packed size)`` of a layer's A then S."""
+    return [(layer.in_dim, layer.a_diag, layer.factor_numel("A")),
+            (layer.out_dim, layer.s_diag, layer.factor_numel("S"))]
+
+
 def tri(d: int) -> int:
     return d * (d + 1) // 2
 
@@ -188,8 +204,7 @@ class FactorReducer:
 
     def _numel(self, key) -> int:
         if key[0] == "k":
-            out, inn = self.layers[key[1]].shape
-            return tri(inn) + tri(out)
+            return sum(size for _, _, size in factor_sides(self.layers[key[1]]))
         _, module, names = self.diagonal[key[1]]
         return sum(getattr(module, n).numel() for n in names)
 
@@ -237,16 +252,15 @@ class FactorReducer:
         for key in self.buckets[k]:
             kind, i = key
             if kind == "k":
-                out, inn = self.layers[i].shape
                 s = b.S.get(i)
                 if i in b.A and s is not None and s.mean is not None and n:
                     a = b.A[i]
                     S = s.mean * (s.rows * n if empirical else s.rows / n)
-                    parts += [tril_pack(a.mean).to(dtype) * a.rows, tril_pack(S).to(dtype) * n]
+                    parts += [pack_factor(a.mean).to(dtype) * a.rows, pack_factor(S).to(dtype) * n]
                     counts.append(float(a.rows))
                 else:
-                    parts += [torch.zeros(tri(inn), dtype=dtype, device=device),
-                              torch.zeros(tri(out), dtype=dtype, device=device)]
+                    parts += [torch.zeros(size, dtype=dtype, device=device)
+                              for _, _, size in factor_sides(self.layers[i])]
                     counts.append(0.0)
             else:
                 _, module, names = self.diagonal[i]
@@ -289,12 +303,12 @@ class FactorReducer:
             pos = 0
             for c, (kind, i) in zip(counts[1:].tolist(), keys):
                 if kind == "k":
-                    out, inn = self.layers[i].shape
-                    a, s = buf[pos : pos + tri(inn)], buf[pos + tri(inn) : pos + tri(inn) + tri(out)]
-                    pos += tri(inn) + tri(out)
+                    (inn, a_diag, a_size), (out, s_diag, s_size) = factor_sides(self.layers[i])
+                    a, s = buf[pos : pos + a_size], buf[pos + a_size : pos + a_size + s_size]
+                    pos += a_size + s_size
                     if c > 0:
-                        A[i] = tril_unpack(a / c, inn)
-                        S[i] = tril_unpack(s / N, out)
+                        A[i] = unpack_factor(a / c, inn, a_diag)
+                        S[i] = unpack_factor(s / N, out, s_diag)
                 else:
                     _, module, names = self.diagonal[i]
                     ds = []
@@ -385,28 +399,27 @@ class Distributed:
                 pivot=1, damping=damping)
         if self.distribute == "gradients":
             return local
-        return self._share(local, sorted(A), lambda i: [layers[i].shape[1], layers[i].shape[0]],
-                           next(iter(A.values())).dtype, layers)
+        return self._share(local, sorted(A), next(iter(A.values())).dtype, layers)
 
-    def _share(self, local, present, dims, dtype, layers):
-        """Broadcast each owner's (Ã⁻¹, S̃⁻¹) triangles; every rank gets all of them."""
+    def _share(self, local, present, dtype, layers):
+        """Broadcast each owner's (Ã⁻¹, S̃⁻¹) triangles (diagonals); every rank gets all of them."""
         out = {}
         for r in range(self.comm.world):
             keys = [i for i in present if self.owner_of[i] == r]
             if not keys:
                 continue
             if r == self.comm.rank:
-                buf = torch.cat([tril_pack(M) for i in keys for M in local[i]])
+                buf = torch.cat([pack_factor(M) for i in keys for M in local[i]])
             else:
-                buf = torch.empty(sum(tri(d) for i in keys for d in dims(i)), dtype=dtype,
+                buf = torch.empty(sum(size for i in keys for _, _, size in factor_sides(layers[i])), dtype=dtype,
                                   device=layers[keys[0]].params[0].device)
             self.comm.broadcast(buf, r, "inverses")
             pos = 0
             for i in keys:
                 pair = []
-                for d in dims(i):
-                    pair.append(tril_unpack(buf[pos : pos + tri(d)], d))
-                    pos += tri(d)
+                for d, diagonal, size in factor_sides(layers[i]):
+                    pair.append(unpack_factor(buf[pos : pos + size], d, diagonal))
+                    pos += size
                 out[i] = tuple(pair)
         return out
 
@@ -436,7 +449,7 @@ class Distributed:
         if any(h is None for h in held):
             return None
         present = sorted({i for h in held for i in h})
-        return self._share(inverses, present, lambda i: [layers[i].shape[1], layers[i].shape[0]], dtype, layers)
+        return self._share(inverses, present, dtype, layers)
 
     def solve_scores(self, J, g, damping, weights, solve_local):
         """``(F + λI)⁻¹ g`` with F over the union of all ranks' score rows (see the module notes)."""

@@ -1,9 +1,11 @@
 """Per-sample score rows of a whole model with ``torch.func``, for ``curvature="exact"``.
 
 Row r of J is ``∇_θ log p(y_r | x_r)`` over all trainable parameters (flattened in
-``model.parameters()`` order, each row-major), computed with ``vmap`` of ``grad`` (sampled and
-empirical: one row per sample) or of ``jacrev`` of the output (exact: the output Jacobian
-``∂f_i/∂θ`` of every sample, combined as in ``ngdfast.models.MLP.scores``):
+``model.parameters()`` order, each row-major) for each counted output *position* r (a sample's
+one position for (N, C) outputs; every position of (N, *, C) outputs whose target is not
+``ignore_index``), computed with ``vmap`` over the samples of ``jacrev`` of the per-position
+log-likelihoods (sampled and empirical: one row per position) or of the output (exact: the
+output Jacobian ``∂f_r/∂θ`` of every position, combined as in ``ngdfast.models.MLP.scores``):
 
 * cross-entropy, exact: row (i, k) = ``(e_k − p_i)ᵀ ∂f_i/∂θ`` with weight ``p_ik``;
 * mse, exact: row (i, k) = ``√D · ∂f_ik/∂θ``, unweighted (the Gaussian's output Fisher is I).
@@ -24,47 +26,75 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
-from . import _checks, _fisher
-from ._capture import _backpropagate, quiet
-from ._layers import Layer, supported
+from . import _fisher
+from ._capture import _backpropagate, check_exact_size, quiet
+from ._layers import Layer
+
+#: Bytes the score rows of ``curvature="exact"`` may take before it refuses.
+EXACT_ROWS_BYTES = 1 << 31
 
 
-def score_rows(model, names, inputs, targets, loss, kind, generator, dtype):
-    """``(J, weights)``: J (R, P) in ``dtype``, weights (R,) or None."""
+def score_rows(model, names, inputs, targets, outputs, kind, generator, dtype):
+    """``(J, weights)``: J (R, P) in ``dtype``, one row per counted output position (per
+    position and class for the exact kind), weights (R,) or None. ``outputs`` is the
+    ``_outputs.Outputs`` reading the model's output."""
+    loss = outputs.loss
     layers = _all_layers(model, names)
     if layers is not None:
-        return _layer_rows(model, layers, names, inputs, targets, loss, kind, generator, dtype), None
+        J = _layer_rows(model, layers, names, inputs, targets, outputs, kind, generator, dtype)
+        if J is not None:
+            return J, None
     params = {n: p.detach() for n, p in model.named_parameters() if n in names}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
 
     def forward(p, x):
-        return functional_call(model, (p, buffers), (x,))
+        return outputs.pick(functional_call(model, (p, buffers), (x,)))
+
+    def position_rows(p, x):  # one sample's output as (T, C) rows
+        return outputs.rows(forward(p, x.unsqueeze(0)))
 
     with quiet():
         with torch.no_grad():
-            outputs = _checks.check_outputs(loss, forward(params, inputs), "ngdfast.torch")
-        n = outputs.shape[0]
-        if kind == "exact":
-            jac = vmap(jacrev(lambda p, x: forward(p, x.unsqueeze(0)).squeeze(0)), in_dims=(None, 0))(params, inputs)
-            Jz = torch.cat([jac[k].reshape(n, outputs.shape[1], -1).to(dtype) for k in names], dim=2)
-            c = outputs.shape[1]
-            if loss == "cross_entropy":
-                p = torch.softmax(_fisher.working(outputs), dim=1).to(dtype)
-                rows = Jz - torch.einsum("nc,ncp->np", p, Jz).unsqueeze(1)
-                return rows.reshape(n * c, -1), p.reshape(n * c)
-            return (Jz * math.sqrt(c)).reshape(n * c, -1), None
-        if kind == "sampled":
-            targets = _fisher.sample_targets(loss, outputs, generator)
+            out = outputs.tensor(functional_call(model, (params, buffers), (inputs,)))
+        rows = outputs.rows(out)
+        n_samples, c = out.shape[0], rows.shape[1]
+        t = rows.shape[0] // n_samples
+        if kind == "empirical" or targets is not None:
+            y, mask = outputs.targets(out, targets)
         else:
-            targets = _checks.check_targets(loss, outputs, targets, "ngdfast.torch")
+            y, mask = None, torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
+        n_params = sum(params[k].numel() for k in names)
+        width = c if kind == "exact" else 1
+        nbytes = int(mask.sum()) * width * n_params * torch.empty((), dtype=dtype).element_size()
+        if nbytes > EXACT_ROWS_BYTES:
+            raise ValueError(
+                f"ngdfast.torch: curvature='exact' would hold {int(mask.sum()) * width} score rows of {n_params} "
+                f"parameters ({nbytes / 2**30:.1f} GiB, over the {EXACT_ROWS_BYTES / 2**30:.0f} GiB limit); use "
+                + ("fisher='sampled' (one row per position) or " if kind == "exact" else "")
+                + "curvature='kfac', or fewer positions per batch")
+        if kind == "exact":
+            jac = vmap(jacrev(position_rows), in_dims=(None, 0))(params, inputs)  # (N, T, C, *param)
+            Jz = torch.cat([jac[k].reshape(n_samples * t, c, -1).to(dtype) for k in names], dim=2)[mask]
+            if loss == "cross_entropy":
+                p = torch.softmax(_fisher.working(rows[mask]), dim=1).to(dtype)
+                scores = Jz - torch.einsum("nc,ncp->np", p, Jz).unsqueeze(1)
+                return scores.reshape(-1, Jz.shape[2]), p.reshape(-1)
+            return (Jz * math.sqrt(c)).reshape(-1, Jz.shape[2]), None
+        if kind == "sampled":
+            y = _fisher.sample_targets(loss, rows, generator)
+        if loss == "cross_entropy":
+            y = torch.where(mask, y, torch.zeros_like(y))
+        y = y.reshape((n_samples, t) + y.shape[1:])
 
-        def log_p(p, x, y):
-            return _fisher.log_likelihood(loss, forward(p, x.unsqueeze(0)), y.unsqueeze(0)).squeeze(0)
+        def log_p(p, x, yi):
+            return _fisher.log_likelihood(loss, position_rows(p, x), yi)  # (T,)
 
-        g = vmap(grad(log_p), in_dims=(None, 0, 0))(params, inputs, targets)
-    return torch.cat([g[k].reshape(n, -1).to(dtype) for k in names], dim=1), None
+        g = vmap(jacrev(log_p), in_dims=(None, 0, 0))(params, inputs, y)  # (N, T, *param)
+    J = torch.cat([g[k].reshape(n_samples * t, -1).to(dtype) for k in names], dim=1)
+    return (J if bool(mask.all()) else J[mask]), None
 
 
 def _all_layers(model, names):
@@ -74,15 +104,17 @@ def _all_layers(model, names):
         own = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
         if not own:
             continue
-        if not supported(module):
+        if type(module) is not nn.Linear and not (type(module) is nn.Conv2d and module.groups == 1):
             return None
         layers.append((prefix, Layer(prefix, module)))
         covered.update(f"{prefix}.{n}" if prefix else n for n in own)
     return layers if covered == set(names) else None
 
 
-def _layer_rows(model, layers, names, inputs, targets, loss, kind, generator, dtype):
-    """Score rows of a model whose parameters all sit in Linear/Conv2d layers, in closed form."""
+def _layer_rows(model, layers, names, inputs, targets, outputs, kind, generator, dtype):
+    """Score rows of a model whose parameters all sit in Linear/Conv2d layers, in closed form;
+    None when the output has positions (one row per position is not a per-sample sum)."""
+    loss = outputs.loss
     records = {}
     hooks = [
         layer.module.register_forward_hook(lambda m, args, out, i=i: records.__setitem__(i, (args[0].detach(), out)))
@@ -91,23 +123,29 @@ def _layer_rows(model, layers, names, inputs, targets, loss, kind, generator, dt
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     try:
         with quiet(), torch.enable_grad():
-            outputs = _checks.check_outputs(loss, functional_call(model, buffers, (inputs,)), "ngdfast.torch")
+            out = outputs.tensor(functional_call(model, buffers, (inputs,)))
     finally:
         for h in hooks:
             h.remove()
-    n = outputs.shape[0]
+    if out.ndim != 2:
+        return None
+    n = out.shape[0]
     if kind == "empirical":
-        targets = _checks.check_targets(loss, outputs, targets, "ngdfast.torch")
-    blocks = _fisher.output_rows(loss, kind, outputs, targets, generator)
+        targets, mask = outputs.targets(out, targets)
+        if not bool(mask.all()):
+            return None  # rows of the counted samples only: the general path
+    if kind == "exact":
+        check_exact_size(out.shape[1], n, _fisher.working(out).dtype, "ngdfast.torch")
+    blocks = _fisher.output_rows(loss, kind, out, targets, generator)
     order = [i for i in range(len(layers)) if i in records]
     with quiet():
-        per_block = _backpropagate(outputs, [records[i][1] for i in order], [b.to(outputs.dtype) for b in blocks])
+        per_block = _backpropagate(out, [records[i][1] for i in order], [b.to(out.dtype) for b in blocks])
     offsets, k = {}, 0
     params = dict(model.named_parameters())
     for name in names:
         offsets[name] = k
         k += params[name].numel()
-    J = torch.zeros((len(blocks) * n, k), dtype=dtype, device=outputs.device)
+    J = torch.zeros((len(blocks) * n, k), dtype=dtype, device=out.device)
     for b, deltas in enumerate(per_block):
         rows = slice(b * n, (b + 1) * n)
         for j, i in enumerate(order):
@@ -129,5 +167,5 @@ def _layer_rows(model, layers, names, inputs, targets, loss, kind, generator, dt
                 b0 = offsets[f"{prefix}.bias" if prefix else "bias"]
                 J[rows, b0 : b0 + layer.out_dim] = d.sum(1)
     if kind == "exact":
-        J *= math.sqrt(outputs.shape[1])
+        J *= math.sqrt(out.shape[1])
     return J

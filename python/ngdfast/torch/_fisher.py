@@ -1,6 +1,7 @@
 """Output distributions, Fisher kinds and the output-space score rows.
 
-The model's output ``f(x)`` (shape (N, C)) parameterises a distribution:
+The model's output ``f(x)``, as R rows of C values (one row per output position: see
+``ngdfast.torch._outputs``), parameterises a distribution per row:
 
 * ``loss="cross_entropy"``: categorical, ``p = softmax(f)``,
   ``log p(y | x) = f_y − log Σ_k exp f_k``; targets are class indices (N,).
@@ -52,9 +53,13 @@ def log_likelihood(loss: str, outputs: torch.Tensor, targets: torch.Tensor) -> t
     return -0.5 * (outputs - targets).square().sum(dim=1)
 
 
-def mean_loss(loss: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The mean negative log-likelihood ``L = −(1/N) Σ_i log p(y_i | x_i)`` whose gradient is g."""
-    return -log_likelihood(loss, outputs, targets).mean()
+def mean_loss(loss: str, outputs: torch.Tensor, targets: torch.Tensor, mask=None) -> torch.Tensor:
+    """The mean negative log-likelihood ``L = −(1/n) Σ_r log p(y_r | x_r)`` over the n rows that
+    ``mask`` keeps (all rows without one), whose gradient is g."""
+    if mask is None:
+        return -log_likelihood(loss, outputs, targets).mean()
+    kept = torch.where(mask, targets, torch.zeros_like(targets)) if loss == "cross_entropy" else targets
+    return -(log_likelihood(loss, outputs, kept) * mask).sum() / mask.sum()
 
 
 def sample_targets(loss: str, outputs: torch.Tensor, generator) -> torch.Tensor:

@@ -1,21 +1,46 @@
-"""Layers K-FAC factors: ``nn.Linear`` and ``nn.Conv2d`` (groups = 1) as matrices.
+"""The Fisher blocks of a model: K-FAC layers, per-module diagonal blocks, loose parameters.
 
-A layer is a matrix ``W̄`` of shape (out, in) acting on rows ``ā`` (bias as an extra input
-column of ones, as in ``ngdfast.models``): ``z = ā W̄ᵀ``.
+**K-FAC layers.** A layer is a matrix ``W̄`` of shape (out, in) acting on rows ``ā`` (bias as
+an extra input column of ones, as in ``ngdfast.models``): ``z = ā W̄ᵀ``.
 
 * ``nn.Linear``: ``W̄ = [W, b]``; every leading position of the input (N, *, in) is a row.
-* ``nn.Conv2d``: ``W̄ = [W.reshape(out, C_in·kh·kw), b]``; the rows are the unfolded input
-  patches (Grosse & Martens' KFC), one per sample and output location, with the layer's own
-  stride, padding (any mode, also ``"same"``), dilation.
+* ``nn.Conv1d`` / ``nn.Conv2d`` (groups = 1): ``W̄ = [W.reshape(out, C_in·k), b]``; the rows
+  are the unfolded input patches (Grosse & Martens' KFC), one per sample and output location,
+  with the layer's own stride, padding (any mode, also ``"same"``) and dilation.
+* ``nn.Embedding``: ``W̄ = Wᵀ`` (d, V); a row is the one-hot token, so A is diagonal (the token
+  frequencies of the batch) and no V × V matrix ever exists.
 
-For a layer whose input in sample i has rows ``ā_it`` (t over T_i locations) and output
-gradients ``δ_it = ∂ log p / ∂z_it``, the factors are (KFC's spatially uncorrelated
-approximation; T = 1 for a Linear layer on (N, in) inputs, which is exactly
-``ngdfast.models.MLP.kfac_stats``)::
+For a layer whose input in sample i has rows ``ā_it`` (t over T_i positions) and output
+gradients ``δ_it``, with n the number of output positions counted (see ``_outputs``), the
+factors are, with ``kfac_approx="expand"`` (every row a sample; KFC's spatially uncorrelated
+approximation, Eschenhagen et al.'s *expand*)::
 
-    A = mean over all rows (i, t) of ā āᵀ,      S = (1/N) Σ_i Σ_t δ_it δ_itᵀ,
+    A = mean over all rows (i, t) of ā āᵀ,      S = (1/n) Σ_i Σ_t δ_it δ_itᵀ,
 
-so that ``F_layer ≈ S ⊗ A`` for the row-major flattening of ``W̄``.
+and with ``"reduce"`` (positions summed before the outer products: ``â_i = mean_t ā_it``,
+``δ̂_i = Σ_t δ_it``; cheaper when T is large, exact when ā does not vary over t)::
+
+    A = mean_i â_i â_iᵀ,      S = (1/n) Σ_i δ̂_i δ̂_iᵀ,
+
+so that ``F_layer ≈ S ⊗ A`` for the row-major flattening of ``W̄``. A side of more than
+``max_factor_dim`` features (an LM head's V outputs, 50 000 flattened inputs) keeps only the
+diagonal of its factor: ``diag A`` or ``diag S`` (Embedding's A always is).
+
+**Diagonal blocks** (``diag F`` of the module's own parameters, running average like the
+factors): ``nn.LayerNorm``, ``nn.RMSNorm``, ``nn.BatchNorm1d/2d/3d`` and ``nn.GroupNorm`` in
+closed form from the same input and output gradient (``_norms``); with
+``curvature="diagonal"`` also the K-FAC layer kinds (per-row gradients ``δ ā``); other leaf
+modules (the ``fallback="diagonal"`` modules) by per-sample vector-Jacobian products
+(``_diagonal``).
+
+**Loose parameters**: parameters of a module that is not a leaf (an ``nn.Parameter`` of the
+model itself, a learnable scale in a block), the parameters of ``nn.MultiheadAttention``
+(whose projections run inside ``F.multi_head_attention_forward``, out of reach of hooks), and
+parameters shared by several modules (tied weights). Their diagonal block is estimated from
+the same extra backward: with ``ĝ = ∂/∂θ Σ_r b_rᵀ z_r`` over the Fisher kind's output rows b,
+``diag F ≈ ĝ² / n`` — unbiased for ``fisher="sampled"`` (the rows' labels are independent and
+their scores have mean zero); for ``"empirical"`` and ``"exact"`` it keeps the cross-position
+terms.
 """
 
 from __future__ import annotations
@@ -24,31 +49,51 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _norms
+
+KFAC_APPROX = ("expand", "reduce")
+_CONV = (nn.Conv1d, nn.Conv2d)
+
 
 def supported(module: nn.Module) -> bool:
-    """Whether K-FAC handles ``module``: Linear, or Conv2d with groups = 1 (trainable weight)."""
-    if type(module) is nn.Linear or (type(module) is nn.Conv2d and module.groups == 1):
-        return module.weight.requires_grad and (module.bias is None or module.bias.requires_grad)
+    """Whether K-FAC factors ``module``: Linear, Conv1d/Conv2d with groups = 1, Embedding
+    (not ``sparse``), with every parameter trainable."""
+    kind = type(module)
+    if kind is nn.Linear or (kind in _CONV and module.groups == 1) or (kind is nn.Embedding and not module.sparse):
+        return all(p.requires_grad for p in module.parameters(recurse=False))
     return False
 
 
 class Layer:
-    """One K-FAC layer: its module, name and matrix shape (out, in)."""
+    """One K-FAC layer: its module, name, matrix shape (out, in) and factor structure."""
 
-    def __init__(self, name: str, module: nn.Module):
+    def __init__(self, name: str, module: nn.Module, max_factor_dim=None, approx: str = "expand"):
         self.name = name
         self.module = module
-        self.conv = isinstance(module, nn.Conv2d)
+        self.embedding = isinstance(module, nn.Embedding)
+        self.conv = isinstance(module, _CONV)
         w = module.weight
-        self.has_bias = module.bias is not None
-        self.out_dim = w.shape[0]
-        self.in_dim = w[0].numel() + int(self.has_bias)
+        self.has_bias = getattr(module, "bias", None) is not None
+        if self.embedding:
+            self.out_dim, self.in_dim = w.shape[1], w.shape[0]
+        else:
+            self.out_dim = w.shape[0]
+            self.in_dim = w[0].numel() + int(self.has_bias)
         self.params = [w] + ([module.bias] if self.has_bias else [])
+        self.approx = "expand" if self.embedding else approx
+        big = (lambda d: max_factor_dim is not None and d > max_factor_dim)
+        self.a_diag = self.embedding or big(self.in_dim)
+        self.s_diag = big(self.out_dim)
 
     @property
     def shape(self) -> tuple[int, int]:
         return (self.out_dim, self.in_dim)
 
+    def factor_numel(self, which: str) -> int:
+        d, diag = (self.in_dim, self.a_diag) if which == "A" else (self.out_dim, self.s_diag)
+        return d if diag else d * (d + 1) // 2
+
+    # ------------------------------------------------------------- rows
     def input_rows(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Rows ``ā`` (R, in) of the layer input ``x``, in ``dtype``, with the ones column."""
         rows = self.weight_rows(x, dtype)
@@ -59,22 +104,26 @@ class Layer:
     def weight_rows(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Rows ``a`` (R, in − bias) of the layer input ``x``, in ``dtype``, without the ones column."""
         x = x.detach()
-        if self.conv:
-            m = self.module
-            if isinstance(m.padding, str):
-                pad = (0, 0)
-                if m.padding == "same":
-                    x = F.pad(x, _same_padding(m), mode=_pad_mode(m))
-            elif m.padding_mode != "zeros":
-                x = F.pad(x, tuple(p for p in reversed(m.padding) for _ in range(2)), mode=_pad_mode(m))
-                pad = (0, 0)
-            else:
-                pad = m.padding
-            patches = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=pad, stride=m.stride)
-            rows = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+        if self.embedding:
+            return F.one_hot(x.reshape(-1), self.in_dim).to(dtype)
+        if not self.conv:
+            return x.reshape(-1, x.shape[-1]).to(dtype)
+        m = self.module
+        one_d = isinstance(m, nn.Conv1d)
+        if one_d:  # a Conv1d is a Conv2d of height 1
+            x = x.unsqueeze(-2)
+        kernel, dilation, stride = (_as2d(v, one_d) for v in (m.kernel_size, m.dilation, m.stride))
+        if isinstance(m.padding, str):
+            pad = (0, 0)
+            if m.padding == "same":
+                x = F.pad(x, _same_padding(kernel, dilation), mode=_pad_mode(m))
+        elif m.padding_mode != "zeros":
+            x = F.pad(x, tuple(p for p in reversed(_as2d(m.padding, one_d)) for _ in range(2)), mode=_pad_mode(m))
+            pad = (0, 0)
         else:
-            rows = x.reshape(-1, x.shape[-1])
-        return rows.to(dtype)
+            pad = _as2d(m.padding, one_d)
+        patches = F.unfold(x, kernel, dilation=dilation, padding=pad, stride=stride)
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1]).to(dtype)
 
     def output_rows(self, delta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Rows (R, out) of an output gradient ``delta`` shaped like the layer output."""
@@ -82,8 +131,37 @@ class Layer:
             delta = delta.movedim(1, -1)
         return delta.reshape(-1, self.out_dim).to(dtype)
 
+    def groups(self, x: torch.Tensor) -> int:
+        """Samples of the layer input (its first dimension; 1 for an unbatched input)."""
+        if self.conv:
+            return x.shape[0] if x.ndim == (3 if isinstance(self.module, nn.Conv1d) else 4) else 1
+        return x.shape[0] if x.ndim >= 2 else 1
+
+    def a_rows(self, x: torch.Tensor, dtype) -> torch.Tensor:
+        """The rows whose second moment is A: every row (expand) or the per-sample means (reduce)."""
+        if self.embedding:
+            raise AssertionError("Embedding factors A from token counts")
+        rows = self.input_rows(x, dtype)
+        if self.approx == "reduce":
+            rows = rows.reshape(self.groups(x), -1, rows.shape[1]).mean(1)
+        return rows
+
+    def token_counts(self, x: torch.Tensor, dtype) -> torch.Tensor:
+        """Embedding: how often each of the V rows was looked up (the diagonal of Σ ā āᵀ)."""
+        return torch.bincount(x.detach().reshape(-1), minlength=self.in_dim).to(dtype)
+
+    def s_rows(self, delta: torch.Tensor, x: torch.Tensor, dtype) -> torch.Tensor:
+        """The rows whose (scaled) second moment is S: every row, or per-sample sums (reduce)."""
+        rows = self.output_rows(delta, dtype)
+        if self.approx == "reduce":
+            rows = rows.reshape(self.groups(x), -1, rows.shape[1]).sum(1)
+        return rows
+
+    # ----------------------------------------------------------- gradients
     def grad_matrix(self, grads: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         """``[∇W, ∇b]`` as one (out, in) matrix in ``dtype``."""
+        if self.embedding:
+            return grads[0].to(dtype).T
         g = grads[0].reshape(self.out_dim, -1).to(dtype)
         if self.has_bias:
             g = torch.cat([g, grads[1].reshape(self.out_dim, 1).to(dtype)], dim=1)
@@ -91,48 +169,133 @@ class Layer:
 
     def split(self, X: torch.Tensor) -> list[torch.Tensor]:
         """Inverse of :meth:`grad_matrix`: tensors shaped like the weight (and bias)."""
+        if self.embedding:
+            return [X.T]
         w = self.params[0]
         parts = [X[:, : self.in_dim - int(self.has_bias)].reshape(w.shape)]
         if self.has_bias:
             parts.append(X[:, -1].reshape(self.params[1].shape))
         return parts
 
+    def square_rows(self, x: torch.Tensor, delta: torch.Tensor, dtype) -> list[torch.Tensor]:
+        """``Σ_r (δ_r ā_rᵀ)²`` per parameter: the diagonal Fisher's sums with each row a sample."""
+        d = self.output_rows(delta, dtype)
+        if self.embedding:
+            idx = x.detach().reshape(-1)
+            total = torch.zeros((self.in_dim, self.out_dim), dtype=dtype, device=d.device)
+            total.index_add_(0, idx, d.square())
+            return [total]
+        a = self.input_rows(x, dtype)
+        total = d.square().T @ a.square()
+        return self.split(total)
 
-def _pad_mode(m: nn.Conv2d) -> str:
+
+def _as2d(v, one_d: bool):
+    v = tuple(v) if isinstance(v, (tuple, list)) else (v,)
+    return (1,) + v if one_d else v
+
+
+def _pad_mode(m) -> str:
     return "constant" if m.padding_mode == "zeros" else m.padding_mode
 
 
-def _same_padding(m: nn.Conv2d) -> tuple[int, int, int, int]:
+def _same_padding(kernel, dilation) -> tuple[int, ...]:
     """F.pad widths (left, right, top, bottom) of ``padding="same"``, as torch splits them."""
     pads = []
-    for d, k in zip(reversed(m.dilation), reversed(m.kernel_size)):
+    for d, k in zip(reversed(dilation), reversed(kernel)):
         total = d * (k - 1)
         pads += [total // 2, total - total // 2]
     return tuple(pads)
 
 
-def classify(model: nn.Module, curvature: str, fallback, func: str):
-    """K-FAC layers, diagonal modules and plain-gradient modules ``(name, module, param names)``."""
-    layers, diagonal, gradient_only, unsupported, seen = [], [], [], [], set()
+class Blocks:
+    """How a model's trainable parameters are preconditioned.
+
+    Attributes
+    ----------
+    layers : list of Layer
+        K-FAC layers.
+    diagonal : list of (name, module, parameter names)
+        Modules and parameter groups with a diagonal block; ``kinds[j]`` says how it is
+        computed: ``"norm"`` (closed form), ``"layer"`` (a K-FAC kind, per-row gradients),
+        ``"vmap"`` (per-sample products, the fallback), ``"loose"`` (from the batch gradient).
+    gradient_only : list of (name, module, parameter names)
+        ``fallback="gradient"``: left as the gradient.
+    fallback_modules : list of str
+        Modules handled by the fallback (listed for the user).
+    """
+
+    def __init__(self):
+        self.layers: list[Layer] = []
+        self.diagonal: list[tuple] = []
+        self.kinds: list[str] = []
+        self.gradient_only: list[tuple] = []
+        self.fallback_modules: list[str] = []
+
+    def add_diagonal(self, label, module, names, kind):
+        self.diagonal.append((label, module, names))
+        self.kinds.append(kind)
+
+
+def classify(model: nn.Module, curvature: str, fallback, func: str, max_factor_dim=None,
+             kfac_approx: str = "expand") -> Blocks:
+    """The :class:`Blocks` of ``model`` for ``curvature`` ("kfac" or "diagonal").
+
+    A parameter owned by several modules (tied weights) is a loose parameter of the first;
+    the modules sharing it keep their other parameters, as loose parameters too.
+    """
+    blocks = Blocks()
     if curvature == "exact":
-        return layers, diagonal, gradient_only  # torch.func differentiates every parameter
+        return blocks  # torch.func differentiates every parameter
+    # owners per parameter (a module reused at two places counts once: named_modules dedups)
+    unique: dict[int, int] = {}
+    for _, module in model.named_modules():
+        for _, p in module.named_parameters(recurse=False):
+            unique[id(p)] = unique.get(id(p), 0) + 1
+    seen: set[int] = set()
+    mha_params: set[int] = set()
+    unsupported = []
     for name, module in model.named_modules():
-        own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad and id(p) not in seen]
+        label = name or "<model>"
+        if isinstance(module, nn.Embedding) and module.sparse and module.weight.requires_grad:
+            raise ValueError(f"{func}: {label} is an nn.Embedding with sparse=True, whose sparse gradients "
+                             "ngdfast.torch cannot precondition; use sparse=False or freeze it")
+        if isinstance(module, nn.MultiheadAttention):
+            own = [(n, p) for n, p in module.named_parameters() if p.requires_grad and id(p) not in seen]
+            mha_params.update(id(p) for _, p in module.named_parameters())
+            if own:
+                seen.update(id(p) for _, p in own)
+                blocks.add_diagonal(label, module, [n for n, _ in own], "loose")
+                blocks.fallback_modules.append(label)
+            continue
+        own = [(n, p) for n, p in module.named_parameters(recurse=False)
+               if p.requires_grad and id(p) not in seen and id(p) not in mha_params]
         if not own:
             continue
         seen.update(id(p) for _, p in own)
         names = [n for n, _ in own]
-        label = name or "<model>"
-        if curvature == "kfac" and supported(module):
-            layers.append(Layer(label, module))
-        elif curvature == "diagonal" or (curvature == "kfac" and fallback == "diagonal"):
-            diagonal.append((label, module, names))
-        elif curvature == "kfac" and fallback == "gradient":
-            gradient_only.append((label, module, names))
+        shared = [n for n, p in own if unique.get(id(p), 0) > 1]
+        leaf = next(module.children(), None) is None
+        if shared or not leaf:
+            blocks.add_diagonal(label, module, names, "loose")
+        elif supported(module) and len(names) == len(list(module.parameters(recurse=False))):
+            if curvature == "kfac":
+                blocks.layers.append(Layer(label, module, max_factor_dim, kfac_approx))
+            else:
+                blocks.add_diagonal(label, module, names, "layer")
+        elif _norms.supported(module):
+            blocks.add_diagonal(label, module, names, "norm")
+        elif curvature == "diagonal" or fallback == "diagonal":
+            blocks.add_diagonal(label, module, names, "vmap")
+            blocks.fallback_modules.append(label)
+        elif fallback == "gradient":
+            blocks.gradient_only.append((label, module, names))
+            blocks.fallback_modules.append(label)
         else:
             unsupported.append(f"{label} ({type(module).__name__}: {', '.join(names)})")
     if unsupported:
         raise ValueError(
             f"{func}: K-FAC cannot factor these modules with trainable parameters: {'; '.join(unsupported)}. "
             "Choose fallback='diagonal' or 'gradient', or freeze them (requires_grad=False)")
-    return layers, diagonal, gradient_only
+    return blocks
+

@@ -66,7 +66,10 @@ def fisher_into(rows: torch.Tensor, out: torch.Tensor, decay: float) -> None:
 
 
 def trace(M: torch.Tensor) -> float:
-    """tr M summed in float64, as ``ngdfast.kfac_precondition`` sums it."""
+    """tr M summed in float64, as ``ngdfast.kfac_precondition`` sums it (M a matrix, or the
+    vector of a diagonal factor)."""
+    if M.ndim == 1:
+        return float(M.double().sum())
     if M.device.type == "cpu":
         return float(np.trace(numpy_view(M), dtype=np.float64))
     return float(torch.trace(M.double()))
@@ -153,17 +156,36 @@ def finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
+def damped_factor_inverse(M: torch.Tensor, shift: float, what: str) -> torch.Tensor:
+    """``(M + shift·I)⁻¹`` of a K-FAC factor: a matrix, or for a diagonal factor (a vector) the
+    vector ``1 / (M + shift)``."""
+    if M.ndim == 2:
+        return damped_inverse(M, shift, what)
+    shifted = M + shift
+    if not bool((shifted > 0).all()):
+        raise NotPositiveDefiniteError(f"{what}: the diagonal factor plus its damping is not positive "
+                                       f"(damping {shift}); increase the damping",
+                                       pivot=int(torch.nonzero((shifted <= 0).reshape(-1))[0, 0]) + 1, damping=shift)
+    return 1.0 / shifted
+
+
 def damped_inverses(layers, A, S, damping):
-    """``{i: (Ã⁻¹, S̃⁻¹)}`` with ngdfast's factored Tikhonov damping."""
+    """``{i: (Ã⁻¹, S̃⁻¹)}`` with ngdfast's factored Tikhonov damping (vectors for diagonal factors)."""
     out = {}
     for i, layer in enumerate(layers):
         if i not in A:
             continue
         n_out, n_in = layer.shape
         da, ds = _policy.kfac_damping(trace(A[i]), n_in, trace(S[i]), n_out, damping, True)
-        out[i] = (damped_inverse(A[i], da, f"layer {layer.name!r}, factor A + damping_a*I"),
-                  damped_inverse(S[i], ds, f"layer {layer.name!r}, factor S + damping_s*I"))
+        out[i] = (damped_factor_inverse(A[i], da, f"layer {layer.name!r}, factor A + damping_a*I"),
+                  damped_factor_inverse(S[i], ds, f"layer {layer.name!r}, factor S + damping_s*I"))
     return out
+
+
+def kfac_apply(S_inv: torch.Tensor, G: torch.Tensor, A_inv: torch.Tensor) -> torch.Tensor:
+    """``S̃⁻¹ G Ã⁻¹``, a diagonal inverse (a vector) scaling rows or columns instead of a product."""
+    X = S_inv[:, None] * G if S_inv.ndim == 1 else S_inv @ G
+    return X * A_inv[None, :] if A_inv.ndim == 1 else X @ A_inv
 
 
 def diagonal_solve(d: torch.Tensor, g: torch.Tensor, damping: float, name: str) -> torch.Tensor:
@@ -178,10 +200,12 @@ def diagonal_solve(d: torch.Tensor, g: torch.Tensor, damping: float, name: str) 
 
 __all__ = [
     "damped_inverse",
+    "damped_factor_inverse",
     "damped_inverses",
     "diagonal_solve",
     "finite",
     "fisher_into",
+    "kfac_apply",
     "kl_beta",
     "numpy_view",
     "solve_scores",

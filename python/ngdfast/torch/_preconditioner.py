@@ -13,6 +13,7 @@ from ..optimizer import NaturalGradient, _solve_with_retries
 from ..optimizer import StepInfo as _NumpyStepInfo
 from . import _checks, _distributed, _exact, _fisher, _layers, _linalg
 from ._capture import Capture
+from ._outputs import Outputs
 
 _FUNC = "Preconditioner"
 
@@ -75,15 +76,21 @@ class Preconditioner:
     Parameters
     ----------
     model : nn.Module
-        Returns an (N, C) output: logits for ``loss="cross_entropy"``, the Gaussian mean for
-        ``loss="mse"``.
+        Returns logits for ``loss="cross_entropy"`` or the Gaussian mean for ``loss="mse"``:
+        (N, C), or with positions (N, *, C) (a language model's (B, T, V)), or (N, C, *) with
+        ``class_dim=1``. Every position is a sample of the Fisher (F is the mean over the
+        positions the loss counts); a tuple, dict or ``ModelOutput`` is read through ``output``.
     curvature : {"kfac", "exact", "diagonal"}
-        * ``"kfac"``: per layer ``F_l ≈ S_l ⊗ A_l`` for ``nn.Linear`` and ``nn.Conv2d``
-          (groups = 1), statistics from hooks (see ``ngdfast.torch._capture``: no second
+        * ``"kfac"``: per layer ``F_l ≈ S_l ⊗ A_l`` for ``nn.Linear``, ``nn.Conv1d``,
+          ``nn.Conv2d`` (groups = 1) and ``nn.Embedding`` (diagonal A: the token
+          frequencies), statistics from hooks (see ``ngdfast.torch._capture``: no second
           forward), running averages ``A ← decay·A + (1 − decay)·A_batch`` (the first batch
           replaces), factored Tikhonov damping exactly as ``ngdfast.kfac_precondition``
           (``Ã = A + π√λ I``, ``S̃ = S + (√λ/π) I``, π = sqrt((tr A/in)/(tr S/out))),
-          ``ñ_l = S̃⁻¹ ∇W̄_l Ã⁻¹`` with the bias as the last column of W̄.
+          ``ñ_l = S̃⁻¹ ∇W̄_l Ã⁻¹`` with the bias as the last column of W̄. Norm layers
+          (LayerNorm, RMSNorm, BatchNorm, GroupNorm) get their diagonal Fisher in closed form,
+          loose parameters (a model's own ``nn.Parameter``, tied weights, MultiheadAttention)
+          a diagonal estimated from the same extra backward (``ngdfast.torch._layers``).
         * ``"exact"``: the Fisher of the current batch, no approximation, from per-sample score
           rows (``torch.func``) solved by ``ngdfast.natural_gradient`` (dense or Woodbury by
           cost); :meth:`step` needs ``inputs`` (and ``targets`` for ``fisher="empirical"``).
@@ -113,10 +120,30 @@ class Preconditioner:
         Levenberg-Marquardt adjustment of λ through :meth:`report_loss` (the rule of
         :meth:`ngdfast.NaturalGradient.report_loss`); needs ``step(loss=...)``.
     fallback : {"diagonal", "gradient", None}
-        What ``curvature="kfac"`` does for modules with trainable parameters it cannot factor
-        (BatchNorm, LayerNorm, Embedding, grouped convolutions, ...), listed in
+        What ``curvature="kfac"`` does for leaf modules with trainable parameters that have no
+        block of their own (grouped convolutions, custom layers, ...), listed in
         :attr:`fallback_modules`: their diagonal Fisher (per-sample gradients by
-        ``torch.func``), the plain gradient (ñ = g, as if F + λI = I there), or ``None``: raise.
+        ``torch.func`` over the module), the plain gradient (ñ = g, as if F + λI = I there), or
+        ``None``: raise. ``nn.MultiheadAttention`` is listed too: its parameters get the
+        loose-parameter diagonal.
+    output : None, str, int or callable
+        Picks the output tensor from what the model returns: None (a tensor), a key or
+        attribute (``"logits"`` for a Hugging Face ``ModelOutput``), a tuple index, a callable.
+    class_dim : {-1, 1}
+        Where the classes (mse: the values) are: last (default), or dimension 1 as in
+        ``F.cross_entropy``'s (N, C, *) layout.
+    ignore_index : int
+        Targets equal to it count nowhere (``curvature="exact"``, whose :meth:`step` gets the
+        targets). K-FAC and diagonal read the counted positions off the loss's gradient at the
+        output instead: a position whose gradient is exactly zero (ignored by
+        ``F.cross_entropy``, masked out) counts nowhere.
+    kfac_approx : {"expand", "reduce"}
+        For a Linear or Conv layer applied at several positions per sample: every position a
+        row of the factors (``"expand"``, default) or positions summed per sample first
+        (``"reduce"``, Eschenhagen et al. 2023; see ``ngdfast.torch._layers``).
+    max_factor_dim : int or None
+        A K-FAC factor side with more features than this (an LM head's V outputs) keeps only
+        its diagonal; None: never.
     generator : torch.Generator, optional
         For the sampled labels; default: a private generator seeded from torch's global RNG.
         Its state is part of :meth:`state_dict`.
@@ -146,6 +173,8 @@ class Preconditioner:
     ----------
     kfac_layers : list of str
         Names of the modules K-FAC factors.
+    diagonal_blocks : list of str
+        Modules (or loose parameter groups) with a diagonal block.
     fallback_modules : list of str
         Modules handled by the fallback (``curvature="kfac"``).
     n_steps : int
@@ -201,12 +230,17 @@ class Preconditioner:
                  kl_radius=1e-3, damping=1e-3, max_step=None, decay=0.95, factor_interval=1,
                  inverse_interval=1, adaptive_damping=False, fallback="diagonal", generator=None,
                  max_retries=3, min_damping=1e-8, max_damping=1e4, distributed=None, process_group=None,
-                 distribute="inverses", bucket_mb=25.0):
+                 distribute="inverses", bucket_mb=25.0, output=None, class_dim=-1, ignore_index=-100,
+                 kfac_approx="expand", max_factor_dim=4096):
         _checks.module(model, _FUNC)
         self.curvature = _checks.choice(curvature, _fisher.CURVATURES, "curvature", _FUNC)
         self.loss = _checks.choice(loss, _fisher.LOSSES, "loss", _FUNC)
         self.fisher = _checks.choice(fisher, _fisher.FISHERS, "fisher", _FUNC)
         self.fallback = _checks.choice(fallback, _fisher.FALLBACKS, "fallback", _FUNC)
+        self.kfac_approx = _checks.choice(kfac_approx, _layers.KFAC_APPROX, "kfac_approx", _FUNC)
+        self.max_factor_dim = (None if max_factor_dim is None
+                               else _validation.integer(max_factor_dim, _FUNC, "max_factor_dim"))
+        self._outputs = Outputs(self.loss, output, class_dim, ignore_index, _FUNC)
         # the same validators (and messages) as ngdfast.NaturalGradient and the curvature objects
         self.kl_radius = _validation.positive(kl_radius, _FUNC, "kl_radius")
         self.damping = _validation.nonnegative(damping, _FUNC, "damping")
@@ -232,16 +266,15 @@ class Preconditioner:
             model = model.module  # hooks and torch.func on the module; DDP averages the gradients
         self.model = model
         self._names, self._params = _checks.trainable(model, _FUNC)
-        self._layers, self._diagonal, self._gradient_only = _layers.classify(model, self.curvature, self.fallback, _FUNC)
+        blocks = _layers.classify(model, self.curvature, self.fallback, _FUNC, self.max_factor_dim, self.kfac_approx)
+        self._layers, self._diagonal, self._gradient_only = blocks.layers, blocks.diagonal, blocks.gradient_only
         self.kfac_layers = [layer.name for layer in self._layers]
-        self.fallback_modules = (
-            [name for name, *_ in self._diagonal] + [name for name, *_ in self._gradient_only]
-            if self.curvature == "kfac" else []
-        )
+        self.diagonal_blocks = [name for name, *_ in self._diagonal]
+        self.fallback_modules = list(blocks.fallback_modules) if self.curvature == "kfac" else []
         self._stats_dtype = _fisher.stats_dtype
         self._generator = generator if generator is not None else _default_generator(model)
-        tracked = (self._layers, self._diagonal) if self.curvature != "exact" else ([], [])
-        self._capture = Capture(model, *tracked, self.loss, self.fisher, _fisher.stats_dtype, lambda: self._generator)
+        self._capture = Capture(model, blocks, self._outputs, self.fisher, _fisher.stats_dtype,
+                                lambda: self._generator)
         self.n_steps = 0
         self.n_factor_updates = 0
         self._A: dict[int, torch.Tensor] = {}
@@ -260,7 +293,8 @@ class Preconditioner:
 
     def _fingerprint(self) -> dict:
         settings = ("curvature", "loss", "fisher", "fallback", "kl_radius", "damping", "max_step", "decay",
-                    "factor_interval", "inverse_interval", "adaptive_damping", "max_retries", "distribute")
+                    "factor_interval", "inverse_interval", "adaptive_damping", "max_retries", "distribute",
+                    "kfac_approx", "max_factor_dim")
         out = {k: getattr(self, k) for k in settings}
         out["parameters"] = [(n, tuple(p.shape), str(p.dtype)) for n, p in zip(self._names, self._params)]
         out["kfac_layers"] = list(self.kfac_layers)
@@ -394,6 +428,9 @@ class Preconditioner:
         """New factor/diagonal dicts with this step's statistics folded in (nothing committed)."""
         stats = self._capture.statistics() if self._dist is None else self._dist.reducer.finish()
         if stats is None:
+            if self._capture.batch.forwards:
+                raise ValueError(f"{func}: the loss counted no output position since the last step (its gradient "
+                                 "at the output is zero everywhere: every target equal to ignore_index?)")
             raise RuntimeError(
                 f"{func}: no statistics were recorded since the last step; this step updates the curvature "
                 "and needs a forward in training mode with grad enabled (model.train())")
@@ -440,7 +477,7 @@ class Preconditioner:
                                            "(was it used in a training-mode forward?)")
                     Ai, Si = inverses[i]
                     g = [torch.zeros_like(p) if t is None else t for p, t in zip(layer.params, g)]
-                    mine[i] = Si @ layer.grad_matrix(g, Ai.dtype) @ Ai
+                    mine[i] = _linalg.kfac_apply(Si, layer.grad_matrix(g, Ai.dtype), Ai)
                 if split:
                     dtype = self._stats_dtype(self._params[0])
                     mine = self._dist.share_directions(
@@ -469,7 +506,7 @@ class Preconditioner:
 
     def _exact_direction(self, inputs, targets, grads):
         dtype = _fisher.stats_dtype(self._params[0])
-        J, w = _exact.score_rows(self.model, self._names, inputs, targets, self.loss, self.fisher,
+        J, w = _exact.score_rows(self.model, self._names, inputs, targets, self._outputs, self.fisher,
                                  self._generator, dtype)
         g = torch.cat([(torch.zeros_like(p) if t is None else t).reshape(-1).to(dtype)
                        for p, t in zip(self._params, grads)])
