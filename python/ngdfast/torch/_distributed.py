@@ -15,12 +15,13 @@ so that DDP's own all-reduces on the user's group never interleave with ours):
 * gradients (plain model only): one all-reduce of all of them, averaged with equal weights
   (as DDP does: exact for equal per-rank batches);
 * K-FAC factors, on factor-update steps only: each rank's statistics of its own batch, weighted
-  by its counts (A by rows, S and diagonal Fisher by samples), packed into buckets of at most
-  ``bucket_mb`` (lower triangles only: ``d(d+1)/2`` of the ``d²`` numbers) and all-reduced
-  asynchronously, started during the backward pass (sampled / exact Fisher: when the backward
-  reaches the model output; empirical: a bucket as soon as the backward has passed through all
-  its layers); :meth:`step` waits, and divides by the summed counts. The result is the factors
-  of the concatenation of the ranks' batches, also for unequal batches;
+  by its counts (A by rows, S and diagonal Fisher by counted output positions), packed into
+  buckets of at most ``bucket_mb`` (lower triangles only: ``d(d+1)/2`` of the ``d²`` numbers; a
+  diagonal factor as its d numbers) and all-reduced asynchronously, started when the user's
+  backward reaches the model output (the capture's own backward has then made every statistic
+  of the step: see ``_capture``), so they travel while the backward runs; :meth:`step` waits,
+  and divides by the summed counts. The result is the factors of the concatenation of the
+  ranks' batches, also for unequal batches (and positions ignored by the loss on some ranks);
 * K-FAC inverses, on inverse-refresh steps: layers are assigned to ranks by cost
   (``in³ + out³``, largest first to the least-loaded rank). ``distribute="inverses"`` (default):
   each owner inverts its layers and broadcasts the inverses' lower triangles; every rank holds
@@ -210,34 +211,23 @@ class FactorReducer:
 
     def reset(self) -> None:
         self._work: list = []  # (bucket index, buffer, work) in launch order
-        self._pending: Counter = Counter()  # backward deltas still expected per item
         self._stale = False
 
     # ---- capture events
     def on_forward(self, keys) -> None:
-        """A recording forward finished; ``keys`` will receive output gradients (empirical)."""
+        """A recording forward finished (its statistics come when the backward reaches it)."""
         if self._work:
             self._stale = True  # accumulation after a launch: step() reduces afresh
-        for key in keys:
-            self._pending[key] += 1
 
     def on_backward_start(self) -> None:
-        """The backward reached the model output: sampled / exact statistics are complete."""
-        if self.capture.fisher != "empirical" and not self._stale:
-            self._launch_ready(everything=True)
-
-    def on_delta(self, key) -> None:
-        """An output gradient of ``key`` arrived (empirical Fisher)."""
-        self._pending[key] -= 1
+        """The backward reached the model output: this forward's statistics are complete."""
         if not self._stale:
-            self._launch_ready(everything=False)
+            self._launch_ready()
 
-    def _launch_ready(self, everything: bool) -> None:
+    def _launch_ready(self) -> None:
         # buckets go out strictly in order, so every rank issues the same sequence
         while len(self._work) < len(self.buckets):
             k = len(self._work)
-            if not everything and any(self._pending[key] > 0 for key in self.buckets[k]):
-                return
             buf = self._pack(k)
             self._work.append((k, buf, self.comm.all_reduce(buf, "factors", async_op=True)))
             self.launched_in_backward += not self._in_finish
@@ -290,7 +280,7 @@ class FactorReducer:
             self._stale = False
         self._in_finish = True
         try:
-            self._launch_ready(everything=True)
+            self._launch_ready()
         finally:
             self._in_finish = False
         A, S, D, total = {}, {}, {}, None
