@@ -71,6 +71,12 @@ def quiet():
     return recording_only(_QUIET)
 
 
+def _eager(hook):
+    """``hook`` run outside ``torch.compile``: Dynamo breaks the graph around it, so it sees real
+    tensors (and registers real tensor hooks) in a compiled model's forward too."""
+    return torch.compiler.disable(hook, recursive=True)
+
+
 def _backpropagating() -> bool:
     """Inside a capture's own backward from the output (whose gradients are score rows, not the
     loss's): no capture of this thread records or marks."""
@@ -192,14 +198,14 @@ class Capture:
         self._loose = [(j, [getattr(module, n) for n in names])
                        for j, (_, module, names) in enumerate(self.diagonal) if self.kinds[j] == "loose"]
         # a module called outside the model's forward must not count: start each forward afresh
-        self._handles = [model.register_forward_pre_hook(self._root_pre_hook)]
+        self._handles = [model.register_forward_pre_hook(_eager(self._root_pre_hook))]
         for i, layer in enumerate(self.layers):
-            self._handles.append(layer.module.register_forward_hook(partial(self._module_hook, ("k", i))))
+            self._handles.append(layer.module.register_forward_hook(_eager(partial(self._module_hook, ("k", i)))))
         for j, (_, module, _) in enumerate(self.diagonal):
             if self.kinds[j] != "loose":
-                self._handles.append(module.register_forward_hook(partial(self._module_hook, ("d", j))))
+                self._handles.append(module.register_forward_hook(_eager(partial(self._module_hook, ("d", j)))))
         # last: when the model itself is a tracked module, its own hook must run first
-        self._handles.append(model.register_forward_hook(self._root_hook))
+        self._handles.append(model.register_forward_hook(_eager(self._root_hook)))
 
     def remove(self) -> None:
         for h in self._handles:

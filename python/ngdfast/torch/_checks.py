@@ -29,6 +29,13 @@ def module(model, func: str) -> nn.Module:
     return model
 
 
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module ``torch.compile`` wrapped (``OptimizedModule._orig_mod``), else ``model``: hooks
+    and parameters are the original module's, and its compiled forward calls them."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) and type(model).__name__ == "OptimizedModule" else model
+
+
 def generator(gen, func: str):
     """None or a ``torch.Generator``, else ``TypeError``."""
     if gen is not None and not isinstance(gen, torch.Generator):

@@ -264,6 +264,7 @@ class Preconditioner:
         ddp = isinstance(model, nn.parallel.DistributedDataParallel)
         if ddp:
             model = model.module  # hooks and torch.func on the module; DDP averages the gradients
+        model = _checks.uncompiled(model)  # torch.compile(model): the hooks go on the module it compiles
         self.model = model
         self._names, self._params = _checks.trainable(model, _FUNC)
         blocks = _layers.classify(model, self.curvature, self.fallback, _FUNC, self.max_factor_dim, self.kfac_approx)
