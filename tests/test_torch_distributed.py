@@ -23,6 +23,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import ngdfast.torch as ngt  # noqa: E402
+from test_torch_gpt import T as GPT_CONTEXT  # noqa: E402
+from test_torch_gpt import V as GPT_VOCAB  # noqa: E402
+from test_torch_gpt import tiny_gpt  # noqa: E402
 
 if not dist.is_available():  # pragma: no cover - torch builds without distributed
     pytest.skip("torch.distributed is not available", allow_module_level=True)
@@ -52,9 +55,9 @@ def cnn(seed=0):
                          nn.Flatten(), nn.Linear(3 * 3 * 3, 4)).double()
 
 
-MODELS = {"mlp": mlp, "mlp_ln": mlp_ln, "tiny": tiny, "cnn": cnn}
+MODELS = {"mlp": mlp, "mlp_ln": mlp_ln, "tiny": tiny, "cnn": cnn, "gpt": lambda: tiny_gpt(per_sample=True)}
 IN_SHAPE = {"mlp": (6,), "mlp_ln": (6,), "tiny": (3,), "cnn": (1, 7, 7)}
-CLASSES = {"mlp": 4, "mlp_ln": 4, "tiny": 2, "cnn": 4}
+CLASSES = {"mlp": 4, "mlp_ln": 4, "tiny": 2, "cnn": 4, "gpt": GPT_VOCAB}
 
 # name: (model, Preconditioner settings, DDP wrapper)
 CASES = {
@@ -69,6 +72,10 @@ CASES = {
     "exact_sample_space": ("mlp", dict(curvature="exact", fisher="empirical"), False),
     "exact_parameter_space": ("tiny", dict(curvature="exact", fisher="empirical"), True),
     "exact_exact_fisher": ("tiny", dict(curvature="exact", fisher="exact"), False),
+    # a sequence model: (B, T, V) logits, positions ignored by the loss; counts are positions
+    "kfac_gpt_empirical": ("gpt", dict(fisher="empirical"), False),
+    "kfac_gpt_ddp_exact": ("gpt", dict(fisher="exact", distribute="gradients"), True),
+    "exact_gpt": ("gpt", dict(curvature="exact", fisher="empirical"), False),
 }
 COMMON = dict(kl_radius=1e-2, damping=1e-2)
 
@@ -76,8 +83,18 @@ COMMON = dict(kl_radius=1e-2, damping=1e-2)
 def batch(model, world, seed=1):
     """The global batch of ``world * N_LOCAL`` samples; rank r holds rows r·n ... (r+1)·n − 1."""
     g = torch.Generator().manual_seed(seed)
+    if model == "gpt":  # tokens; the first position of every sequence ignored (equal counts per rank)
+        x = torch.randint(0, GPT_VOCAB, (world * N_LOCAL, GPT_CONTEXT), generator=g)
+        y = torch.randint(0, GPT_VOCAB, (world * N_LOCAL, GPT_CONTEXT), generator=g)
+        y[:, 0] = -100
+        return x, y
     x = torch.randn(world * N_LOCAL, *IN_SHAPE[model], generator=g, dtype=torch.float64)
     return x, torch.randint(0, CLASSES[model], (world * N_LOCAL,), generator=g)
+
+
+def nll(logits, y):
+    """The mean cross-entropy over the counted positions, whatever the output's positions."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
 def train(model, precond, batches, steps=STEPS):
@@ -85,7 +102,7 @@ def train(model, precond, batches, steps=STEPS):
     for s in range(steps):
         x, y = batches(s)
         opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
+        nll(model(x), y).backward()
         precond.step(x, y)
         opt.step()
 

@@ -39,22 +39,29 @@ class Block(nn.Module):
 
 
 class TinyGPT(nn.Module):
-    def __init__(self):
+    """``per_sample``: positions looked up per sample and no loose parameter, so that every
+    statistic is a sum over samples (what data parallelism needs to be exact; see
+    docs/distributed.md); otherwise a positional lookup shared by the batch and a loose gain."""
+
+    def __init__(self, per_sample=False):
         super().__init__()
+        self.per_sample = per_sample
         self.tok, self.pos = nn.Embedding(V, D), nn.Embedding(T, D)
         self.block = Block()
         self.ln = nn.LayerNorm(D)
-        self.gain = nn.Parameter(torch.linspace(0.8, 1.2, D))  # a loose parameter
+        self.gain = None if per_sample else nn.Parameter(torch.linspace(0.8, 1.2, D))  # a loose parameter
         self.head = nn.Linear(D, V)
 
     def forward(self, idx):
-        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))
-        return self.head(self.ln(self.block(x)) * self.gain)
+        positions = torch.arange(idx.shape[1])
+        x = self.tok(idx) + self.pos(positions.expand(idx.shape) if self.per_sample else positions)
+        h = self.ln(self.block(x))
+        return self.head(h if self.gain is None else h * self.gain)
 
 
-def tiny_gpt():
+def tiny_gpt(per_sample=False):
     torch.manual_seed(0)
-    return TinyGPT().double()
+    return TinyGPT(per_sample).double()
 
 
 def batches(steps, n=4):

@@ -24,6 +24,7 @@ mode: call ``model.eval()`` for its layers or use ``curvature="kfac"``).
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -56,7 +57,11 @@ def score_rows(model, names, inputs, targets, outputs, kind, generator, dtype):
     def position_rows(p, x):  # one sample's output as (T, C) rows
         return outputs.rows(forward(p, x.unsqueeze(0)))
 
-    with quiet():
+    with quiet(), warnings.catch_warnings():
+        # torch's note that an op (e.g. scaled_dot_product_attention) has no batching rule and runs
+        # per sample under vmap: about this module's own vmap, nothing the caller can change
+        warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented "
+                                "the batching rule", category=UserWarning)
         with torch.no_grad():
             out = outputs.tensor(functional_call(model, (params, buffers), (inputs,)))
         rows = outputs.rows(out)
