@@ -9,6 +9,8 @@ an extra input column of ones, as in ``ngdfast.models``): ``z = ā W̄ᵀ``.
   with the layer's own stride, padding (any mode, also ``"same"``) and dilation.
 * ``nn.Embedding``: ``W̄ = Wᵀ`` (d, V); a row is the one-hot token, so A is diagonal (the token
   frequencies of the batch) and no V × V matrix ever exists.
+* Hugging Face's ``Conv1D`` (GPT-2's projections: ``z = x W + b`` with W of shape (in, out)):
+  a Linear layer with ``W̄ = [Wᵀ, b]``.
 
 For a layer whose input in sample i has rows ``ā_it`` (t over T_i positions) and output
 gradients ``δ_it``, with n the number of output positions counted (see ``_outputs``), the
@@ -55,11 +57,19 @@ KFAC_APPROX = ("expand", "reduce")
 _CONV = (nn.Conv1d, nn.Conv2d)
 
 
+def _hf_conv1d(module: nn.Module) -> bool:
+    """Hugging Face ``transformers``' ``Conv1D`` (a Linear with the weight stored (in, out))."""
+    w = getattr(module, "weight", None)
+    return (type(module).__name__ == "Conv1D" and isinstance(getattr(module, "nf", None), int)
+            and isinstance(w, torch.Tensor) and w.ndim == 2 and w.shape[1] == module.nf)
+
+
 def supported(module: nn.Module) -> bool:
-    """Whether K-FAC factors ``module``: Linear, Conv1d/Conv2d with groups = 1, Embedding
-    (not ``sparse``), with every parameter trainable."""
+    """Whether K-FAC factors ``module``: Linear (and Hugging Face's Conv1D), Conv1d/Conv2d with
+    groups = 1, Embedding (not ``sparse``), with every parameter trainable."""
     kind = type(module)
-    if kind is nn.Linear or (kind in _CONV and module.groups == 1) or (kind is nn.Embedding and not module.sparse):
+    if (kind is nn.Linear or _hf_conv1d(module) or (kind in _CONV and module.groups == 1)
+            or (kind is nn.Embedding and not module.sparse)):
         return all(p.requires_grad for p in module.parameters(recurse=False))
     return False
 
@@ -72,10 +82,11 @@ class Layer:
         self.module = module
         self.embedding = isinstance(module, nn.Embedding)
         self.conv = isinstance(module, _CONV)
+        self.transposed = self.embedding or _hf_conv1d(module)  # weight stored (in, out)
         w = module.weight
         self.has_bias = getattr(module, "bias", None) is not None
-        if self.embedding:
-            self.out_dim, self.in_dim = w.shape[1], w.shape[0]
+        if self.transposed:
+            self.out_dim, self.in_dim = w.shape[1], w.shape[0] + int(self.has_bias)
         else:
             self.out_dim = w.shape[0]
             self.in_dim = w[0].numel() + int(self.has_bias)
@@ -160,19 +171,19 @@ class Layer:
     # ----------------------------------------------------------- gradients
     def grad_matrix(self, grads: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         """``[∇W, ∇b]`` as one (out, in) matrix in ``dtype``."""
-        if self.embedding:
-            return grads[0].to(dtype).T
-        g = grads[0].reshape(self.out_dim, -1).to(dtype)
+        if self.transposed:
+            g = grads[0].to(dtype).T
+        else:
+            g = grads[0].reshape(self.out_dim, -1).to(dtype)
         if self.has_bias:
             g = torch.cat([g, grads[1].reshape(self.out_dim, 1).to(dtype)], dim=1)
         return g
 
     def split(self, X: torch.Tensor) -> list[torch.Tensor]:
         """Inverse of :meth:`grad_matrix`: tensors shaped like the weight (and bias)."""
-        if self.embedding:
-            return [X.T]
         w = self.params[0]
-        parts = [X[:, : self.in_dim - int(self.has_bias)].reshape(w.shape)]
+        weight = X[:, : self.in_dim - int(self.has_bias)]
+        parts = [weight.T if self.transposed else weight.reshape(w.shape)]
         if self.has_bias:
             parts.append(X[:, -1].reshape(self.params[1].shape))
         return parts
