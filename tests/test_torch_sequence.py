@@ -170,6 +170,21 @@ def test_embedding_padding_row_gets_a_zero_step():
     assert torch.equal(nat[0][0], torch.zeros_like(nat[0][0]))
 
 
+def test_embedding_factors_do_not_depend_on_kfac_approx():
+    """An Embedding's rows are its tokens whatever ``kfac_approx``: "reduce" leaves it "expand"."""
+    torch.manual_seed(0)
+    x, y = tokens(3, 5, 7, ignored=[(1, 1)])
+    factors = []
+    for approx in ("expand", "reduce"):
+        torch.manual_seed(0)
+        model = EmbLM(7, 4).double()
+        precond = ngt.Preconditioner(model, fisher="empirical", kfac_approx=approx)
+        loss_step(model, precond, x, y)
+        factors.append(precond.factors["emb"])
+    for a, b in zip(*factors):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+
+
 def test_sparse_embedding_is_refused_at_construction():
     model = EmbLM(7, 4, sparse=True)
     with pytest.raises(ValueError, match="emb.*sparse=True"):
@@ -299,6 +314,23 @@ def test_batchnorm2d_training_mode_diagonal_by_hand():
     check_diagonal_step(model, info, g, D, lam, eps)
 
 
+def test_diagonal_curvature_of_a_position_wise_model_is_the_per_position_diagonal():
+    """``curvature="diagonal"``: each position is a row of the Embedding, the LayerNorm and the
+    Linear head alike, so D = (1/n) Σ_r (∇ log p(y_r | x_r))² for every parameter."""
+    torch.manual_seed(0)
+    v, d, lam, eps = 6, 4, 1e-3, 1e-3
+    model = nn.Sequential(nn.Embedding(v, d), nn.LayerNorm(d), nn.Tanh(), nn.Linear(d, v)).double()
+    x, y = tokens(3, 4, v, ignored=[(0, 3), (2, 1)])
+    precond = ngt.Preconditioner(model, curvature="diagonal", fisher="empirical", damping=lam, kl_radius=eps)
+    assert precond.diagonal_blocks == ["0", "1", "3"] and precond.kfac_layers == []
+    info, g = loss_step(model, precond, x, y)
+    n = int((y != IGNORE).sum())
+    assert info.n_samples == n
+    scores = per_sample_scores(model, x.reshape(-1, 1), y.reshape(-1, 1))
+    D = {k: s_.square().sum(0) / n for k, s_ in scores.items()}
+    check_diagonal_step(model, info, g, D, lam, eps)
+
+
 # --------------------------------------------------------------------------- 3. Linear and Conv1d factors
 @pytest.mark.parametrize("approx", ["expand", "reduce"])
 def test_linear_on_sequences_factors_by_hand(approx):
@@ -335,9 +367,21 @@ def test_linear_on_sequences_factors_by_hand(approx):
 
 
 CONV1D = [
+    dict(),
     dict(padding=1),
     dict(stride=2, dilation=2, padding=2, bias=False),
+    dict(padding=1, padding_mode="reflect"),
+    dict(padding="same", dilation=2),
 ]
+
+
+def conv1d_pad(conv, x):
+    """The input as the convolution sees it (padded by hand) and the padding left to F.conv1d."""
+    span = conv.dilation[0] * (conv.kernel_size[0] - 1)
+    if conv.padding == "same":
+        return F.pad(x, (span // 2, span - span // 2))
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+    return F.pad(x, (conv.padding[0], conv.padding[0]), mode=mode)
 
 
 @pytest.mark.parametrize("approx", ["expand", "reduce"])
@@ -356,9 +400,9 @@ def test_conv1d_factors_match_a_hand_unfold(conv_args, approx):
     n = int((y != IGNORE).sum())
     assert info.n_samples == n
 
-    p, s, dil = conv.padding[0], conv.stride[0], conv.dilation[0]
+    s, dil = conv.stride[0], conv.dilation[0]
     span = dil * (ksize - 1) + 1
-    patches = F.pad(x, (p, p)).unfold(2, span, s)[..., ::dil]  # (N, C_in, L', k)
+    patches = conv1d_pad(conv, x).unfold(2, span, s)[..., ::dil]  # (N, C_in, L', k)
     rows = patches.permute(0, 2, 1, 3).reshape(n_s * lout, c_in * ksize)
     zz = (rows @ conv.weight.reshape(c_out, -1).T).reshape(n_s, lout, c_out).transpose(1, 2)
     if conv.bias is not None:
@@ -756,6 +800,13 @@ def test_natural_gradient_refuses_bad_targets(curvature):
         ngt.natural_gradient(model, x, bad, curvature=curvature)
     with pytest.raises(ValueError, match="every target equals ignore_index"):
         ngt.natural_gradient(model, x, torch.full_like(y, IGNORE), curvature=curvature)
+    with pytest.raises(TypeError, match="integer class indices"):
+        ngt.natural_gradient(model, x, y.double(), curvature=curvature)
+    # mse: targets shaped like the (N, T, D) output
+    reg = nn.Linear(3, 2).double()
+    xs = torch.randn(3, 4, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"mse targets must have the output's shape \(3, 4, 2\)"):
+        ngt.natural_gradient(reg, xs, torch.zeros(3, 4, dtype=torch.float64), loss="mse", curvature=curvature)
 
 
 def test_a_loss_ignoring_every_position_is_refused_and_changes_nothing():
