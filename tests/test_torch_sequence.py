@@ -537,6 +537,25 @@ def test_ignored_positions_have_no_effect(kind):
             torch.testing.assert_close(gr, infos[0].beta * v, rtol=1e-10, atol=1e-15)
 
 
+def test_accumulated_forwards_with_ignored_positions_equal_the_whole_batch():
+    """Two forwards before one step: n and the factors are those of the concatenated batch
+    (exact Fisher: the factors do not depend on how the loss is scaled, only on its mask)."""
+    torch.manual_seed(0)
+    base = TinySeq(v=6, d=3, t=5).double()
+    x, y = tokens(4, 5, 6, ignored=[(0, 0), (0, 1), (1, 4), (3, 2)])
+    whole, parts = copy.deepcopy(base), copy.deepcopy(base)
+    p_whole = ngt.Preconditioner(whole, fisher="exact")
+    info_whole, _ = loss_step(whole, p_whole, x, y)
+    p_parts = ngt.Preconditioner(parts, fisher="exact")
+    for sl in (slice(0, 1), slice(1, 4)):
+        ce(parts(x[sl]), y[sl]).backward()
+    info_parts = p_parts.step()
+    assert info_parts.n_samples == info_whole.n_samples == 16
+    for name, (A, S) in p_whole.factors.items():
+        torch.testing.assert_close(p_parts.factors[name][0], A, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(p_parts.factors[name][1], S, rtol=1e-12, atol=1e-15)
+
+
 # --------------------------------------------------------------------------- 6. class_dim=1
 class ClassesLast(nn.Module):
     def __init__(self, net):
@@ -745,16 +764,20 @@ class TinyGPT(nn.Module):
         return self.head(self.lnf(h))
 
 
-def test_tiny_gpt_every_parameter_has_a_block():
+@pytest.mark.parametrize("curvature,approx", [("kfac", "expand"), ("kfac", "reduce"), ("diagonal", "expand")])
+def test_tiny_gpt_every_parameter_has_a_block(curvature, approx):
     torch.manual_seed(0)
     model = TinyGPT()
     x, y = tokens(4, 5, 7, ignored=[(0, 4)])
-    precond = ngt.Preconditioner(model, generator=torch.Generator().manual_seed(0))
+    precond = ngt.Preconditioner(model, curvature=curvature, kfac_approx=approx,
+                                 generator=torch.Generator().manual_seed(0))
     assert precond.fallback_modules == []
     blocks = set(precond.kfac_layers) | set(precond.diagonal_blocks)
     for name, _ in model.named_parameters():
         assert name.rsplit(".", 1)[0] in blocks, name
-    assert set(precond.diagonal_blocks) == {"ln1", "ln2", "lnf"}
+    if curvature == "kfac":
+        assert set(precond.diagonal_blocks) == {"ln1", "ln2", "lnf"}
+        assert set(precond.kfac_layers) == {"tok", "pos", "q", "k", "v", "o", "fc1", "fc2", "head"}
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     for _ in range(2):
         info, _ = loss_step(model, precond, x, y)
