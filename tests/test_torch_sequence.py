@@ -740,6 +740,45 @@ def test_tied_embedding_and_head_get_a_loose_diagonal():
     assert model.head.weight is model.emb.weight
 
 
+class ScaledLM(nn.Module):
+    """EmbLM with a model-level ``nn.Parameter`` scaling the logits per class."""
+
+    def __init__(self, v=5, d=3):
+        super().__init__()
+        self.lm = EmbLM(v, d)
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, v))
+
+    def forward(self, x):
+        return self.lm(x) * self.scale
+
+
+@pytest.mark.parametrize("kind", ["empirical", "exact"])
+def test_model_level_parameter_gets_the_loose_diagonal(kind):
+    """D = ĝ²/n with ĝ = ∂(Σ_r b_rᵀ f_r)/∂θ over the score blocks b (zero at ignored positions):
+    empirical b = ∂L/∂f (D = n (∂L/∂θ)²); exact: one block per class k, b_r = √p_rk (e_k − p_r)."""
+    torch.manual_seed(0)
+    lam, eps, v = 1e-3, 1e-3, 5
+    model = ScaledLM(v).double()
+    x, y = tokens(3, 4, v, ignored=[(0, 2), (1, 0)])
+    precond = ngt.Preconditioner(model, fisher=kind, damping=lam, kl_radius=eps)
+    assert precond.diagonal_blocks == ["<model>"] and precond.kfac_layers == ["lm.emb", "lm.head"]
+    info, g = loss_step(model, precond, x, y)
+    mask = (y != IGNORE).reshape(-1, 1).double()
+    n = int(mask.sum())
+    if kind == "empirical":
+        D = n * g["scale"].square()
+    else:
+        out = model(x).reshape(-1, v)
+        p = torch.softmax(out.detach(), 1)
+        D = torch.zeros(v, dtype=torch.float64)
+        for k in range(v):
+            b = mask * p[:, k : k + 1].sqrt() * (F.one_hot(torch.tensor(k), v).double() - p)
+            (gk,) = torch.autograd.grad((b * out).sum(), model.scale, retain_graph=True)
+            D += gk.square()
+        D /= n
+    torch.testing.assert_close(model.scale.grad, info.beta * g["scale"] / (D + lam), rtol=1e-10, atol=1e-15)
+
+
 # --------------------------------------------------------------------------- 10. a tiny GPT
 class TinyGPT(nn.Module):
     def __init__(self, v=7, t=5, d=8, heads=2):
