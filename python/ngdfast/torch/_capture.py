@@ -195,7 +195,7 @@ class Capture:
         self.batch = Batch()
         self._pending = []
         self._rows_out = 0  # output rows of the forward being folded
-        self._loose = [(j, [getattr(module, n) for n in names])
+        self._loose = [(j, [module.get_parameter(n) for n in names])
                        for j, (_, module, names) in enumerate(self.diagonal) if self.kinds[j] == "loose"]
         # a module called outside the model's forward must not count: start each forward afresh
         self._handles = [model.register_forward_pre_hook(_eager(self._root_pre_hook))]
@@ -339,7 +339,7 @@ class Capture:
                 mean.add(layer.s_rows(d.detach(), args[0], dtype))
             return
         _, module, names = self.diagonal[i]
-        dtype = self.stats_dtype(getattr(module, names[0]))
+        dtype = self.stats_dtype(module.get_parameter(names[0]))
         deltas = [d.detach() for d in deltas]
         how = self.kinds[i]
         if how == "norm":

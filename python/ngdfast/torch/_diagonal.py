@@ -29,7 +29,7 @@ def square_sums(module: nn.Module, names: list[str], args: tuple, deltas: list[t
     ``args`` are the module's positional inputs (N, ...); each block of ``deltas`` is an output
     gradient (N, ...) shaped like the module's output. Sums come back in ``dtype``.
     """
-    params = {n: getattr(module, n).detach() for n in names}
+    params = {n: module.get_parameter(n).detach() for n in names}
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         fn = _batchnorm_sample(module, args[0])
         args = args[:1]

@@ -207,7 +207,7 @@ class FactorReducer:
         if key[0] == "k":
             return sum(size for _, _, size in factor_sides(self.layers[key[1]]))
         _, module, names = self.diagonal[key[1]]
-        return sum(getattr(module, n).numel() for n in names)
+        return sum(module.get_parameter(n).numel() for n in names)
 
     def reset(self) -> None:
         self._work: list = []  # (bucket index, buffer, work) in launch order
@@ -256,7 +256,7 @@ class FactorReducer:
                 _, module, names = self.diagonal[i]
                 ds = b.D.get(i)
                 for m, name in enumerate(names):
-                    p = getattr(module, name)
+                    p = module.get_parameter(name)
                     if ds is None or not n:
                         parts.append(torch.zeros(p.numel(), dtype=dtype, device=device))
                     else:
@@ -268,7 +268,7 @@ class FactorReducer:
         if key[0] == "k":
             return self.layers[key[1]].params[0].device
         _, module, names = self.diagonal[key[1]]
-        return getattr(module, names[0]).device
+        return module.get_parameter(names[0]).device
 
     def finish(self):
         """Wait for (or issue) every bucket; ``(N, A, S, D)`` of the union, or None when no rank
@@ -303,7 +303,7 @@ class FactorReducer:
                     _, module, names = self.diagonal[i]
                     ds = []
                     for name in names:
-                        p = getattr(module, name)
+                        p = module.get_parameter(name)
                         ds.append((buf[pos : pos + p.numel()] / N).reshape(p.shape))
                         pos += p.numel()
                     if c > 0:
@@ -329,7 +329,7 @@ class Distributed:
         if owner.curvature != "exact":
             def dtype_of(key):
                 p = layers[key[1]].params[0] if key[0] == "k" else next(
-                    getattr(owner._diagonal[key[1]][1], n) for n in owner._diagonal[key[1]][2])
+                    owner._diagonal[key[1]][1].get_parameter(n) for n in owner._diagonal[key[1]][2])
                 return owner._stats_dtype(p)
 
             self.reducer = FactorReducer(self.comm, owner._capture, layers, owner._diagonal, dtype_of,

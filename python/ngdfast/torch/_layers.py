@@ -129,10 +129,10 @@ class Layer:
             if m.padding == "same":
                 x = F.pad(x, _same_padding(kernel, dilation), mode=_pad_mode(m))
         elif m.padding_mode != "zeros":
-            x = F.pad(x, tuple(p for p in reversed(_as2d(m.padding, one_d)) for _ in range(2)), mode=_pad_mode(m))
+            x = F.pad(x, tuple(p for p in reversed(_as2d(m.padding, one_d, 0)) for _ in range(2)), mode=_pad_mode(m))
             pad = (0, 0)
         else:
-            pad = _as2d(m.padding, one_d)
+            pad = _as2d(m.padding, one_d, 0)
         patches = F.unfold(x, kernel, dilation=dilation, padding=pad, stride=stride)
         return patches.transpose(1, 2).reshape(-1, patches.shape[1]).to(dtype)
 
@@ -201,9 +201,11 @@ class Layer:
         return self.split(total)
 
 
-def _as2d(v, one_d: bool):
+def _as2d(v, one_d: bool, height=1):
+    """A Conv setting as (height, width) for F.unfold: a Conv1d's height is ``height`` (1 for
+    kernel, stride and dilation; 0 for padding)."""
     v = tuple(v) if isinstance(v, (tuple, list)) else (v,)
-    return (1,) + v if one_d else v
+    return (height,) + v if one_d else v
 
 
 def _pad_mode(m) -> str:

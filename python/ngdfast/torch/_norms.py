@@ -75,7 +75,7 @@ def row_grads(module: nn.Module, names: list[str], x: torch.Tensor, delta: torch
 
 def square_sums(module: nn.Module, names: list[str], x: torch.Tensor, deltas: list[torch.Tensor], dtype):
     """``Σ_blocks Σ_rows (row gradient)²`` for each parameter ``names`` (in that order)."""
-    sums = [torch.zeros(getattr(module, n).shape, dtype=dtype, device=x.device) for n in names]
+    sums = [torch.zeros(module.get_parameter(n).shape, dtype=dtype, device=x.device) for n in names]
     for d in deltas:
         grads = row_grads(module, names, x, d, dtype)
         for s, n in zip(sums, names):

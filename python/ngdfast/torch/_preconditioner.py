@@ -489,7 +489,7 @@ class Preconditioner:
                         nat[by_param[id(p)]] = part
             for j, (name, module, names) in enumerate(self._diagonal):
                 for pname in names:
-                    k = by_param[id(getattr(module, pname))]
+                    k = by_param[id(module.get_parameter(pname))]
                     if grads[k] is None:
                         continue
                     if j not in D:
@@ -498,7 +498,7 @@ class Preconditioner:
                     nat[k] = _linalg.diagonal_solve(D[j][names.index(pname)], grads[k], lam, f"{name}.{pname}")
             for _, module, names in self._gradient_only:
                 for pname in names:
-                    k = by_param[id(getattr(module, pname))]
+                    k = by_param[id(module.get_parameter(pname))]
                     nat[k] = grads[k]
             return nat, (inverses if refresh else None)
 

@@ -130,6 +130,6 @@ def _direction(params, grads, layers, diagonal, A, S, D, damping):
             nat[by_param[id(p)]] = part
     for j, (name, module, pnames) in enumerate(diagonal):
         for pname, d in zip(pnames, D.get(j, [])):
-            k = by_param[id(getattr(module, pname))]
+            k = by_param[id(module.get_parameter(pname))]
             nat[k] = _linalg.diagonal_solve(d, grads[k], damping, f"{name}.{pname}")
     return [v.to(p.dtype) if v is not None else torch.zeros_like(p) for p, v in zip(params, nat)]
