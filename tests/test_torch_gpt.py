@@ -182,3 +182,45 @@ def test_three_steps_equal_the_hand_computation():
     assert betas == pytest.approx(ref_betas, rel=1e-10)
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def train(model, precond, data, adaptive=False):
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    for x, y in data:
+        opt.zero_grad()
+        loss = loss_of(model(x), y)
+        loss.backward()
+        precond.step(loss=loss if adaptive else None)
+        opt.step()
+        if adaptive:
+            with torch.no_grad():
+                precond.report_loss(loss_of(model(x), y))
+
+
+@pytest.mark.parametrize("settings", [
+    dict(),  # sampled Fisher: the generator's state travels too
+    dict(fisher="empirical", factor_interval=2, inverse_interval=3, adaptive_damping=True),
+    dict(kfac_approx="reduce", max_factor_dim=8),  # diagonal factors for the 11-class head, the fc layer
+])
+def test_state_dict_resumes_bit_for_bit(settings):
+    data = batches(5)
+    adaptive = settings.get("adaptive_damping", False)
+    model = tiny_gpt()
+    gen = torch.Generator().manual_seed(3)
+    precond = ngt.Preconditioner(model, generator=gen, kl_radius=1e-2, damping=1e-2, **settings)
+    train(model, precond, data[:3], adaptive)
+    saved_model = {k: v.clone() for k, v in model.state_dict().items()}
+    saved = precond.state_dict()
+    train(model, precond, data[3:], adaptive)
+
+    other = tiny_gpt()
+    other.load_state_dict(saved_model)
+    resumed = ngt.Preconditioner(other, generator=torch.Generator().manual_seed(99), kl_radius=1e-2, damping=1e-2,
+                                 **settings)
+    resumed.load_state_dict(saved)
+    train(other, resumed, data[3:], adaptive)
+    assert resumed.damping == precond.damping
+    for p, q in zip(model.parameters(), other.parameters()):
+        assert torch.equal(p, q)
+    if "max_factor_dim" in settings:
+        assert precond.factors["head"][1].ndim == 1 and precond.factors["block.fc"][1].ndim == 1
