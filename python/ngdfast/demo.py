@@ -8,6 +8,10 @@ classes; no download) with a held-out test split, for two models:
 * ``cnn`` (``--framework torch``): a small CNN in PyTorch, trained with
   ``ngdfast.torch`` beside torch's SGD and Adam (:mod:`ngdfast.demo_torch`).
 
+The data, the torch models and the measurement of a run (:class:`Run`, the
+learning-rate grid, ``--repeats``) live in :mod:`ngdfast._workloads`, shared with
+the bench; this module holds the NumPy runs, the command line and the report.
+
 The training objective is the mean cross-entropy plus a small L2 penalty,
 ``L(θ) = -(1/N) Σ log p(y_i | x_i, θ) + (l2/2)‖θ‖²``, with full-batch
 gradients for every method. The natural-gradient variants estimate the Fisher
@@ -49,10 +53,11 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from ._workloads import Run, fastest, grid_search, load_digits_split, progress, timed_run
 from .curvature import DenseFisher, DiagonalFisher, KFACFisher, LowRankFisher
 from .models import MLP, SoftmaxRegression
 from .optimizer import NaturalGradient
@@ -122,94 +127,6 @@ class Problem:
             float(test),
             float(np.mean(p_test.argmax(axis=1) == self.y_test)),
         )
-
-
-@dataclass
-class Run:
-    """Per-step record of one training run."""
-
-    settings: dict
-    loss: list = field(default_factory=list)
-    seconds: list = field(default_factory=list)
-    accuracy: list = field(default_factory=list)
-    test_loss: list = field(default_factory=list)
-    test_accuracy: list = field(default_factory=list)
-    diverged: bool = False
-
-    def record(self, problem, theta, elapsed):
-        loss, acc, test_loss, test_acc = problem.evaluate(theta)
-        self.loss.append(loss)
-        self.seconds.append(elapsed)
-        self.accuracy.append(acc)
-        self.test_loss.append(test_loss)
-        self.test_accuracy.append(test_acc)
-        if not math.isfinite(loss):
-            self.diverged = True
-
-    @property
-    def final(self) -> float:
-        return self.loss[-1] if self.loss and not self.diverged else math.inf
-
-    def reach(self, target):
-        """(steps, seconds) to first bring the loss to ``target`` or below; None if never."""
-        for k, loss in enumerate(self.loss):
-            if loss <= target:
-                return k + 1, self.seconds[k]
-        return None
-
-    def to_json(self) -> dict:
-        def finite(values):  # strict JSON has no NaN/Infinity
-            return [v if math.isfinite(v) else None for v in values]
-
-        return {
-            "loss": finite(self.loss),
-            "seconds": self.seconds,
-            "accuracy": self.accuracy,
-            "test_loss": finite(self.test_loss),
-            "test_accuracy": self.test_accuracy,
-            "settings": self.settings,
-            "diverged": self.diverged,
-        }
-
-
-def load_digits_split(seed: int, test_size: float = 0.25):
-    """Digits, stratified train/test split, standardised with training statistics.
-
-    One mean and one standard deviation over all training pixels (as is usual for
-    images) rather than per pixel: per-pixel scaling would blow up the few
-    border pixels that are almost always blank into rare huge inputs.
-    """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    X, y = load_digits(return_X_y=True)
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, y, test_size=test_size, random_state=seed, stratify=y
-    )
-    mean, std = X_train.mean(), X_train.std()
-    return (X_train - mean) / std, y_train, (X_test - mean) / std, y_test
-
-
-def _progress(total, desc, enabled):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False, dynamic_ncols=True)
-
-
-def timed_run(problem, state, steps, settings, bar, step) -> Run:
-    """``step(t)`` (t = 1, 2, ...) does one step's optimisation work on ``state``, the
-    only part timed; after each step the run records ``problem.evaluate(state)``."""
-    run = Run(settings)
-    elapsed = 0.0
-    for t in range(1, steps + 1):
-        start = time.perf_counter()
-        step(t)
-        elapsed += time.perf_counter() - start
-        run.record(problem, state, elapsed)
-        bar.update()
-        if run.diverged:
-            break
-    return run
 
 
 def _run_first_order(problem, theta0, steps, settings, bar, update) -> Run:
@@ -296,34 +213,7 @@ def run_ngd(problem, theta0, steps, settings, rng, bar) -> Run:
     return run
 
 
-def _fastest(first: Run, again: Run) -> None:
-    """Keep, step by step, the shorter of two timings of the same run (in ``first``).
-
-    A shared machine stalls a process now and then; a stall lands on different
-    steps in two repeats, so the per-step minimum is the cost of the work itself.
-    """
-    n = min(len(first.seconds), len(again.seconds))
-    a = np.diff(first.seconds[:n], prepend=0.0)
-    b = np.diff(again.seconds[:n], prepend=0.0)
-    first.seconds[:n] = np.cumsum(np.minimum(a, b)).tolist()
-
-
-def _grid_search(name, runner, problem, theta0, steps, grid, progress, repeats):
-    runs = {}
-    with _progress(steps * (len(grid) + repeats - 1), f"{problem.name}: {name} grid", progress) as bar:
-        for lr in grid:
-            runs[lr] = runner(problem, theta0, steps, lr, bar)
-        best = min(grid, key=lambda lr: runs[lr].final)
-        for _ in range(repeats - 1):
-            _fastest(runs[best], runner(problem, theta0, steps, best, bar))
-    finals = ", ".join(
-        f"{lr:g}: {'diverged' if runs[lr].diverged else format(runs[lr].final, '.4f')}" for lr in grid
-    )
-    print(f"  {name:<5} learning rates {{{finals}}} -> {best:g}")
-    return runs[best]
-
-
-def train(problem, steps, seed, progress, config, repeats=1) -> dict:
+def train(problem, steps, seed, enabled, config, repeats=1) -> dict:
     """All methods on one problem: {"gd": Run, "adam": Run, "ngd-...": Run}.
 
     Every method starts from the same θ0; the chosen GD and Adam runs and every
@@ -334,19 +224,19 @@ def train(problem, steps, seed, progress, config, repeats=1) -> dict:
     print(f"\n{problem.name}: {problem.model!r}, P = {problem.model.n_params}, "
           f"{len(problem.y)} train / {len(problem.y_test)} test samples, l2 = {problem.l2:g}, {steps} steps")
     runs = {
-        "gd": _grid_search("gd", run_gd, problem, theta0, steps, config["gd_grid"], progress, repeats),
-        "adam": _grid_search("adam", run_adam, problem, theta0, steps, config["adam_grid"], progress, repeats),
+        "gd": grid_search("gd", run_gd, problem, theta0, steps, config["gd_grid"], enabled, repeats),
+        "adam": grid_search("adam", run_adam, problem, theta0, steps, config["adam_grid"], enabled, repeats),
     }
     for name, settings in config["ngd"].items():
         window = f", last {settings['max_rows']} rows" if "max_rows" in settings else ""
         print(f"  {name:<12} kl_radius {settings['kl_radius']:g}, damping {settings['damping']:g} (both adaptive), "
               f"Fisher from {FISHER_BATCH} sampled labels every {settings['every']} step(s){window}, "
               f"EMA decay {DECAY:g}")
-        with _progress(steps * repeats, f"{problem.name}: {name}", progress) as bar:
+        with progress(steps * repeats, f"{problem.name}: {name}", enabled) as bar:
             runs[name] = run_ngd(problem, theta0, steps, settings, np.random.default_rng(seed + 1), bar)
             for _ in range(repeats - 1):
                 again = run_ngd(problem, theta0, steps, settings, np.random.default_rng(seed + 1), bar)
-                _fastest(runs[name], again)
+                fastest(runs[name], again)
     return runs
 
 
@@ -526,13 +416,12 @@ def report(results, json_path=None, plot_path=None) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    data = load_digits_split(args.seed)
     if args.framework == "torch":
         from .demo_torch import train_torch  # imports torch: only here
 
-        results = train_torch(args, *data)
+        results = train_torch(args)
     else:
-        results = _train_numpy(args, *data)
+        results = _train_numpy(args, *load_digits_split(args.seed))
     report(results, args.json, args.plot)
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s")
     return 0
