@@ -1,7 +1,8 @@
 """``python -m ngdfast demo --framework torch``: NGD in a plain torch loop.
 
-The workload is defined in :mod:`ngdfast._workloads.torch`, shared with the bench:
-a small CNN on the same digits split and preprocessing
+Two workloads (defined in :mod:`ngdfast._workloads.torch`, shared with the bench):
+
+``--model cnn`` (the default): a small CNN on the same digits split and preprocessing
 as the NumPy demo (the 64 pixels as one 8×8 channel)::
 
     Conv2d(1, 16, 3, padding=1) -> tanh -> AvgPool2d(2) -> Flatten -> Linear(256, 10)
@@ -19,9 +20,23 @@ as the NumPy demo (the 64 pixels as one 8×8 channel)::
   Fisher of a random batch of 256 training images, solved by
   ``ngdfast.natural_gradient`` (Woodbury).
 
+``--model gpt``: a character-level transformer (2 pre-norm blocks, width 64, 4
+heads, context 64: token and positional embeddings, causal self-attention, a GELU
+MLP, a final LayerNorm and a linear head returning (B, T, V) logits) on Python's
+English help topics (``pydoc_data.topics``, 90 % train, the last 10 % held out),
+minibatches of 32 random windows, the same for every method:
+
+* ``adamw``: ``torch.optim.AdamW`` with the learning rate of a grid (3e-4, 1e-3,
+  3e-3) whose final held-out loss is lowest on the same budget;
+* ``ngd-kfac``: ``ngdfast.torch.Preconditioner(model)`` and ``torch.optim.SGD(lr=1)``
+  in the same loop (``zero_grad; loss.backward(); precond.step(); opt.step()``).
+
+The held-out loss is evaluated on fixed held-out windows every 25 steps; the
+target is AdamW's final held-out loss.
+
 The timing rules (only optimisation work timed, ``--repeats`` with the per-step
 minimum kept), the table, plot and JSON are the NumPy demo's (:mod:`ngdfast.demo`,
-which calls :func:`train_torch`); ``"model"`` in the JSON is ``"cnn"``.
+which calls :func:`train_torch`); ``"model"`` in the JSON is ``"cnn"`` or ``"gpt"``.
 torch is imported only by this module and :mod:`ngdfast._workloads.torch`, which
 only the torch demo and the torch bench import.
 """
@@ -30,13 +45,13 @@ from __future__ import annotations
 
 import torch
 
-from ._workloads import fastest, grid_search, load_digits_split, progress
+from ._workloads import HelpText, fastest, grid_search, load_digits_split, progress
 from ._workloads import torch as workloads
 
 
 def train_torch(args) -> dict:
-    """``{model: {method: Run}}`` for the demo's command line."""
-    return train_cnn(args)
+    """``{model: {method: Run}}`` for the demo's command line (``--model cnn`` or ``gpt``)."""
+    return train_gpt(args) if args.model == "gpt" else train_cnn(args)
 
 
 def train_cnn(args) -> dict:
@@ -72,3 +87,35 @@ def train_cnn(args) -> dict:
             for _ in range(args.repeats - 1):
                 fastest(runs[name], workloads.run_ngd(problem, state0, steps, settings, args.seed + 1, bar))
     return {"cnn": runs}
+
+
+def train_gpt(args) -> dict:
+    """``{"gpt": {"adamw": Run, "ngd-kfac": Run}}``; entries every ``eval_every`` steps."""
+    config = workloads.gpt_config(args.quick)
+    steps = args.steps or config["steps"]
+    text = HelpText.load()
+    problem = workloads.CharProblem.from_text(text, config, args.seed)
+    torch.manual_seed(args.seed)
+    state0 = workloads.make_gpt(problem.vocab, config).state_dict()
+    n_params = sum(t.numel() for t in state0.values())
+    enabled = not args.no_progress
+    print(f"\ngpt: {config['blocks']} blocks, width {config['width']}, {config['heads']} heads, "
+          f"context {config['context']}, vocabulary {problem.vocab}, P = {n_params}, float32, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads); Python help text: "
+          f"{len(text.train)} train / {len(text.test)} held-out characters; {steps} steps of "
+          f"{config['batch']} windows, held-out loss on {problem.y_test.shape[0]} windows every "
+          f"{config['eval_every']} steps")
+
+    def adamw(problem, state0, steps, lr, bar):
+        return workloads.run_adamw(problem, state0, config, steps, lr, args.seed, bar)
+
+    runs = {"adamw": grid_search("adamw", adamw, problem, state0, steps, config["adamw_grid"], enabled,
+                                 args.repeats, metric="test_loss")}
+    for name, settings in config["ngd"].items():
+        print(f"  {name:<12} Preconditioner(model, kl_radius={settings['kl_radius']:g}, "
+              f"damping={settings['damping']:g}), factors from sampled labels; torch.optim.SGD(lr=1)")
+        with progress(steps * args.repeats, f"gpt: {name}", enabled) as bar:
+            runs[name] = workloads.run_lm_ngd(problem, state0, config, steps, settings, args.seed, bar)
+            for _ in range(args.repeats - 1):
+                fastest(runs[name], workloads.run_lm_ngd(problem, state0, config, steps, settings, args.seed, bar))
+    return {"gpt": runs}

@@ -12,6 +12,9 @@ workload  data                                           model (module)
 ========  =============================================  ==============================
 digits    scikit-learn's 8×8 digits, stratified 75/25     softmax, MLP (:mod:`ngdfast.demo`);
           (:func:`load_digits_split`)                     the CNN (:mod:`._workloads.torch`)
+chars     Python's English help topics                   character-level GPT
+          (``pydoc_data.topics``), contiguous 90/10       (:mod:`._workloads.torch`)
+          (:class:`HelpText`)
 ========  =============================================  ==============================
 
 Modules:
@@ -22,7 +25,7 @@ Modules:
 * :mod:`._workloads.torch`: the torch models, objectives and training loops.
 """
 
-from .data import load_digits_split
+from .data import HelpText, load_digits_split
 from .runs import Run, fastest, grid_search, progress, timed_run
 
-__all__ = ["Run", "fastest", "grid_search", "load_digits_split", "progress", "timed_run"]
+__all__ = ["HelpText", "Run", "fastest", "grid_search", "load_digits_split", "progress", "timed_run"]

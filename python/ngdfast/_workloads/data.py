@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -21,3 +23,32 @@ def load_digits_split(seed: int, test_size: float = 0.25):
     )
     mean, std = X_train.mean(), X_train.std()
     return (X_train - mean) / std, y_train, (X_test - mean) / std, y_test
+
+
+@dataclass(frozen=True)
+class HelpText:
+    """Python's English help topics as character ids: text every Python installation has.
+
+    The topics of ``pydoc_data.topics`` (what ``help("if")`` prints; 79 of them,
+    ≈ 465 000 characters) concatenated in sorted key order; the vocabulary is the
+    sorted set of their characters; the first ``train_fraction`` of the ids is the
+    training text, the rest (contiguous, so no sequence straddles both) held out.
+    """
+
+    vocab: str
+    train: np.ndarray
+    test: np.ndarray
+
+    @classmethod
+    def load(cls, train_fraction: float = 0.9) -> HelpText:
+        from pydoc_data.topics import topics
+
+        text = "".join(topics[key] for key in sorted(topics))
+        vocab = "".join(sorted(set(text)))
+        lookup = {c: i for i, c in enumerate(vocab)}
+        ids = np.fromiter((lookup[c] for c in text), dtype=np.int64, count=len(text))
+        cut = int(train_fraction * len(ids))
+        return cls(vocab, ids[:cut], ids[cut:])
+
+    def decode(self, ids) -> str:
+        return "".join(self.vocab[int(i)] for i in ids)
