@@ -348,8 +348,9 @@ def _summary(runs, targets) -> list:
 #: JSON "dataset" of each model
 DATASETS = {"softmax": "digits", "mlp": "digits", "cnn": "digits", "gpt": "pydoc_data.topics"}
 
-COLOURS = {"gd": "0.35", "adam": "tab:orange", "adamw": "tab:orange", "ngd-dense": "tab:blue", "ngd-lowrank": "tab:green",
-           "ngd-kfac": "tab:red", "ngd-diagonal": "tab:purple", "ngd-exact": "tab:brown"}
+COLOURS = {"gd": "0.35", "adam": "tab:orange", "adamw": "tab:orange", "ngd-dense": "tab:blue",
+           "ngd-lowrank": "tab:green", "ngd-kfac": "tab:red", "ngd-diagonal": "tab:purple",
+           "ngd-exact": "tab:brown"}
 
 
 def plot(path, results) -> None:

@@ -169,7 +169,8 @@ def run_ngd(problem, state0, steps, settings, seed, bar) -> Run:
 
 # ---------------------------------------------------------------------------- character GPT
 #: The character-level GPT on Python's help text: model size, minibatches, evaluation, the
-#: AdamW grid and the K-FAC settings. ``"quick"`` replaces entries for a run of seconds.
+#: AdamW grid and the K-FAC settings (the Preconditioner's defaults, not tuned for this model).
+#: ``"quick"`` replaces entries for a run of seconds.
 GPT_CONFIG = {
     "width": 64, "blocks": 2, "heads": 4, "context": 64,
     "batch": 32, "steps": 300, "eval_every": 25, "eval_batches": 8,
