@@ -66,7 +66,7 @@ def test_exact_step(run_benchmark, exact_problem, variant):
 
 
 def _kfac_problem(model_name):
-    from ngdfast.demo_torch import make_cnn
+    from ngdfast._workloads.torch import make_cnn
 
     torch.manual_seed(0)
     model = bt.make_mlp(torch.float32) if model_name == "mlp" else make_cnn()
@@ -112,7 +112,7 @@ def test_kfac_step(run_benchmark, model_name, variant):
 
 @pytest.mark.parametrize("variant", ["ngdfast-kfac", "adam"])
 def test_training_step_overhead(run_benchmark, variant):
-    from ngdfast.demo_torch import make_cnn
+    from ngdfast._workloads.torch import make_cnn
 
     import torch.nn.functional as F
 

@@ -67,7 +67,7 @@ def test_torch_demo_writes_a_png(torch_run):
 
 
 def test_model_must_belong_to_the_framework(capsys):
-    for argv in (["--framework", "torch", "--model", "mlp"], ["--model", "cnn"]):
+    for argv in (["--framework", "torch", "--model", "mlp"], ["--model", "cnn"], ["--model", "gpt"]):
         with pytest.raises(SystemExit) as exc:
             demo.main(argv)
         assert exc.value.code == 2

@@ -6,7 +6,13 @@ classes; no download) with a held-out test split, for two models:
 * ``softmax``: multinomial logistic regression (P = 650);
 * ``mlp``: a tanh MLP 64-32-10 (P = 2410);
 * ``cnn`` (``--framework torch``): a small CNN in PyTorch, trained with
-  ``ngdfast.torch`` beside torch's SGD and Adam (:mod:`ngdfast.demo_torch`).
+  ``ngdfast.torch`` beside torch's SGD and Adam (:mod:`ngdfast.demo_torch`);
+* ``gpt`` (``--framework torch``): a character-level transformer on Python's
+  help text, K-FAC NGD beside AdamW, judged on held-out loss (:mod:`ngdfast.demo_torch`).
+
+The data, the torch models and the measurement of a run (:class:`Run`, the
+learning-rate grid, ``--repeats``) live in :mod:`ngdfast._workloads`, shared with
+the bench; this module holds the NumPy runs, the command line and the report.
 
 The training objective is the mean cross-entropy plus a small L2 penalty,
 ``L(θ) = -(1/N) Σ log p(y_i | x_i, θ) + (l2/2)‖θ‖²``, with full-batch
@@ -40,6 +46,8 @@ with one entry per step (after that step; ``seconds`` is cumulative wall time,
 diverged stops early, with ``"diverged": true`` and null for non-finite losses). With
 ``--model both`` (the default) ``"model"`` is the list ``["softmax", "mlp"]`` and
 ``"runs"`` maps each model name to its runs: ``{"softmax": {"ngd-dense": ...}, "mlp": {...}}``.
+For ``gpt`` (``"dataset": "pydoc_data.topics"``) an entry follows every evaluation, not
+every step: each run also has ``"step"``, the step after which each entry was taken.
 """
 
 from __future__ import annotations
@@ -49,10 +57,11 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from ._workloads import Run, fastest, grid_search, load_digits_split, progress, timed_run
 from .curvature import DenseFisher, DiagonalFisher, KFACFisher, LowRankFisher
 from .models import MLP, SoftmaxRegression
 from .optimizer import NaturalGradient
@@ -122,94 +131,6 @@ class Problem:
             float(test),
             float(np.mean(p_test.argmax(axis=1) == self.y_test)),
         )
-
-
-@dataclass
-class Run:
-    """Per-step record of one training run."""
-
-    settings: dict
-    loss: list = field(default_factory=list)
-    seconds: list = field(default_factory=list)
-    accuracy: list = field(default_factory=list)
-    test_loss: list = field(default_factory=list)
-    test_accuracy: list = field(default_factory=list)
-    diverged: bool = False
-
-    def record(self, problem, theta, elapsed):
-        loss, acc, test_loss, test_acc = problem.evaluate(theta)
-        self.loss.append(loss)
-        self.seconds.append(elapsed)
-        self.accuracy.append(acc)
-        self.test_loss.append(test_loss)
-        self.test_accuracy.append(test_acc)
-        if not math.isfinite(loss):
-            self.diverged = True
-
-    @property
-    def final(self) -> float:
-        return self.loss[-1] if self.loss and not self.diverged else math.inf
-
-    def reach(self, target):
-        """(steps, seconds) to first bring the loss to ``target`` or below; None if never."""
-        for k, loss in enumerate(self.loss):
-            if loss <= target:
-                return k + 1, self.seconds[k]
-        return None
-
-    def to_json(self) -> dict:
-        def finite(values):  # strict JSON has no NaN/Infinity
-            return [v if math.isfinite(v) else None for v in values]
-
-        return {
-            "loss": finite(self.loss),
-            "seconds": self.seconds,
-            "accuracy": self.accuracy,
-            "test_loss": finite(self.test_loss),
-            "test_accuracy": self.test_accuracy,
-            "settings": self.settings,
-            "diverged": self.diverged,
-        }
-
-
-def load_digits_split(seed: int, test_size: float = 0.25):
-    """Digits, stratified train/test split, standardised with training statistics.
-
-    One mean and one standard deviation over all training pixels (as is usual for
-    images) rather than per pixel: per-pixel scaling would blow up the few
-    border pixels that are almost always blank into rare huge inputs.
-    """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    X, y = load_digits(return_X_y=True)
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, y, test_size=test_size, random_state=seed, stratify=y
-    )
-    mean, std = X_train.mean(), X_train.std()
-    return (X_train - mean) / std, y_train, (X_test - mean) / std, y_test
-
-
-def _progress(total, desc, enabled):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False, dynamic_ncols=True)
-
-
-def timed_run(problem, state, steps, settings, bar, step) -> Run:
-    """``step(t)`` (t = 1, 2, ...) does one step's optimisation work on ``state``, the
-    only part timed; after each step the run records ``problem.evaluate(state)``."""
-    run = Run(settings)
-    elapsed = 0.0
-    for t in range(1, steps + 1):
-        start = time.perf_counter()
-        step(t)
-        elapsed += time.perf_counter() - start
-        run.record(problem, state, elapsed)
-        bar.update()
-        if run.diverged:
-            break
-    return run
 
 
 def _run_first_order(problem, theta0, steps, settings, bar, update) -> Run:
@@ -296,34 +217,7 @@ def run_ngd(problem, theta0, steps, settings, rng, bar) -> Run:
     return run
 
 
-def _fastest(first: Run, again: Run) -> None:
-    """Keep, step by step, the shorter of two timings of the same run (in ``first``).
-
-    A shared machine stalls a process now and then; a stall lands on different
-    steps in two repeats, so the per-step minimum is the cost of the work itself.
-    """
-    n = min(len(first.seconds), len(again.seconds))
-    a = np.diff(first.seconds[:n], prepend=0.0)
-    b = np.diff(again.seconds[:n], prepend=0.0)
-    first.seconds[:n] = np.cumsum(np.minimum(a, b)).tolist()
-
-
-def _grid_search(name, runner, problem, theta0, steps, grid, progress, repeats):
-    runs = {}
-    with _progress(steps * (len(grid) + repeats - 1), f"{problem.name}: {name} grid", progress) as bar:
-        for lr in grid:
-            runs[lr] = runner(problem, theta0, steps, lr, bar)
-        best = min(grid, key=lambda lr: runs[lr].final)
-        for _ in range(repeats - 1):
-            _fastest(runs[best], runner(problem, theta0, steps, best, bar))
-    finals = ", ".join(
-        f"{lr:g}: {'diverged' if runs[lr].diverged else format(runs[lr].final, '.4f')}" for lr in grid
-    )
-    print(f"  {name:<5} learning rates {{{finals}}} -> {best:g}")
-    return runs[best]
-
-
-def train(problem, steps, seed, progress, config, repeats=1) -> dict:
+def train(problem, steps, seed, enabled, config, repeats=1) -> dict:
     """All methods on one problem: {"gd": Run, "adam": Run, "ngd-...": Run}.
 
     Every method starts from the same θ0; the chosen GD and Adam runs and every
@@ -334,19 +228,19 @@ def train(problem, steps, seed, progress, config, repeats=1) -> dict:
     print(f"\n{problem.name}: {problem.model!r}, P = {problem.model.n_params}, "
           f"{len(problem.y)} train / {len(problem.y_test)} test samples, l2 = {problem.l2:g}, {steps} steps")
     runs = {
-        "gd": _grid_search("gd", run_gd, problem, theta0, steps, config["gd_grid"], progress, repeats),
-        "adam": _grid_search("adam", run_adam, problem, theta0, steps, config["adam_grid"], progress, repeats),
+        "gd": grid_search("gd", run_gd, problem, theta0, steps, config["gd_grid"], enabled, repeats),
+        "adam": grid_search("adam", run_adam, problem, theta0, steps, config["adam_grid"], enabled, repeats),
     }
     for name, settings in config["ngd"].items():
         window = f", last {settings['max_rows']} rows" if "max_rows" in settings else ""
         print(f"  {name:<12} kl_radius {settings['kl_radius']:g}, damping {settings['damping']:g} (both adaptive), "
               f"Fisher from {FISHER_BATCH} sampled labels every {settings['every']} step(s){window}, "
               f"EMA decay {DECAY:g}")
-        with _progress(steps * repeats, f"{problem.name}: {name}", progress) as bar:
+        with progress(steps * repeats, f"{problem.name}: {name}", enabled) as bar:
             runs[name] = run_ngd(problem, theta0, steps, settings, np.random.default_rng(seed + 1), bar)
             for _ in range(repeats - 1):
                 again = run_ngd(problem, theta0, steps, settings, np.random.default_rng(seed + 1), bar)
-                _fastest(runs[name], again)
+                fastest(runs[name], again)
     return runs
 
 
@@ -355,7 +249,10 @@ def _fmt_reach(hit):
 
 
 def table(problem_name, runs) -> str:
-    """Steps/seconds to reach GD's and Adam's final losses, final metrics, and a summary."""
+    """Steps/seconds to reach GD's and Adam's final losses, final metrics, and a summary
+    (for a run against AdamW alone, :func:`held_out_table`)."""
+    if "gd" not in runs:
+        return held_out_table(problem_name, runs)
     targets = {"GD": runs["gd"].final, "Adam": runs["adam"].final}
     header = (
         f"{'method':<13}{'steps->GD':>10}{'s->GD':>8}{'steps->Adam':>12}{'s->Adam':>8}"
@@ -380,6 +277,46 @@ def table(problem_name, runs) -> str:
     lines.append("steps/s->X: steps and seconds of optimisation work until the training loss first reaches "
                  "X's final loss ('-': not within the budget).")
     lines.extend(_summary(runs, targets))
+    return "\n".join(lines)
+
+
+def held_out_table(problem_name, runs, baseline="adamw", label="AdamW") -> str:
+    """Steps/seconds to reach the baseline's final held-out loss, final metrics, and a summary.
+
+    For minibatch runs evaluated every few steps (``Run.step``): a target is reached at
+    the first evaluation at or below it.
+    """
+    target = runs[baseline].final_of("test_loss")
+    header = (
+        f"{'method':<13}{'steps->' + label:>13}{'s->' + label:>10}"
+        f"{'train loss':>12}{'train acc':>10}{'held-out loss':>15}{'held-out acc':>13}{'ms/step':>9}"
+    )
+    lines = [f"{problem_name}: target = final held-out loss of {label} {target:.6f}", header, "-" * len(header)]
+    order = [k for k in runs if k.startswith("ngd")] + [k for k in runs if not k.startswith("ngd")]
+    for name in order:
+        run = runs[name]
+        steps, secs = _fmt_reach(run.reach(target, "test_loss"))
+        ms = 1e3 * run.seconds[-1] / run.steps if run.seconds else math.nan
+        lines.append(
+            f"{name:<13}{steps:>13}{secs:>10}{run.loss[-1]:>12.6f}{run.accuracy[-1]:>10.3f}"
+            f"{run.test_loss[-1]:>15.5f}{run.test_accuracy[-1]:>13.3f}{ms:>9.2f}"
+        )
+    every = runs[baseline].step[0] if runs[baseline].step else 1
+    lines.append(f"steps/s->{label}: steps and seconds of optimisation work until the held-out loss (evaluated "
+                 f"every {every} steps) first reaches {label}'s final held-out loss ('-': not within the budget); "
+                 "train loss/acc: the minibatches since the last evaluation.")
+    hits = {k: r.reach(target, "test_loss") for k, r in runs.items() if k.startswith("ngd")}
+    hits = {k: h for k, h in hits.items() if h is not None}
+    if not hits:
+        lines.append(f"No NGD variant reached {label}'s final held-out loss within the budget.")
+    else:
+        best = min(hits, key=lambda k: hits[k][1])
+        steps, secs = hits[best]
+        base_steps, base_secs = runs[baseline].steps, runs[baseline].seconds[-1]
+        verdict = "faster" if secs < base_secs else "slower"
+        lines.append(f"{label}'s final held-out loss: {best} in {steps} steps ({base_steps / steps:.1f}x fewer than "
+                     f"{label}'s {base_steps}) and {secs:.3f} s, {base_secs / secs:.1f}x the speed of {label} "
+                     f"({base_secs:.3f} s): {verdict}.")
     return "\n".join(lines)
 
 
@@ -408,8 +345,12 @@ def _summary(runs, targets) -> list:
     return out
 
 
-COLOURS = {"gd": "0.35", "adam": "tab:orange", "ngd-dense": "tab:blue", "ngd-lowrank": "tab:green",
-           "ngd-kfac": "tab:red", "ngd-diagonal": "tab:purple", "ngd-exact": "tab:brown"}
+#: JSON "dataset" of each model
+DATASETS = {"softmax": "digits", "mlp": "digits", "cnn": "digits", "gpt": "pydoc_data.topics"}
+
+COLOURS = {"gd": "0.35", "adam": "tab:orange", "adamw": "tab:orange", "ngd-dense": "tab:blue",
+           "ngd-lowrank": "tab:green", "ngd-kfac": "tab:red", "ngd-diagonal": "tab:purple",
+           "ngd-exact": "tab:brown"}
 
 
 def plot(path, results) -> None:
@@ -419,28 +360,34 @@ def plot(path, results) -> None:
     loss above the lowest loss reached (≈ the optimum), where linear and
     faster-than-linear convergence are easy to tell apart. The MLP has no known
     optimum; its panels show the loss itself. Grey line: gradient descent's final loss.
+    The GPT (runs without GD) shows its held-out loss at each evaluation; grey line:
+    AdamW's final held-out loss.
     """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4 * len(results)), layout="constrained")
     axes = fig.subplots(len(results), 2, squeeze=False)
     for row, (name, runs) in zip(axes, results.items()):
-        if name == "softmax":
+        if "gd" not in runs:
+            metric, baseline, shift = "test_loss", "adamw", 0.0
+            ylabel, title = "held-out loss (cross-entropy)", f"{DATASETS.get(name, name)}, {name}: held-out loss"
+        elif name == "softmax":
+            metric, baseline = "loss", "gd"
             best = min(min(r.loss) for r in runs.values() if r.loss)
             shift = best - 1e-6 * max(1.0, abs(best))  # keeps the best point itself on the log scale
             ylabel, title = f"training loss − {best:.6f}", f"digits, {name}: loss above the optimum"
         else:
-            shift = 0.0
+            metric, baseline, shift = "loss", "gd", 0.0
             ylabel, title = "training loss (cross-entropy + L2)", f"digits, {name}: training loss"
         for method, run in runs.items():
             style = "-" if method.startswith("ngd") else ("--" if method == "gd" else ":")
             label = f"{method} (lr {run.settings['lr']:g})" if "lr" in run.settings else method
-            y = np.asarray(run.loss) - shift
-            steps = np.arange(1, len(y) + 1)
+            y = np.asarray(getattr(run, metric)) - shift
+            steps = run.step if run.step else np.arange(1, len(y) + 1)
             row[0].plot(steps, y, style, color=COLOURS.get(method), label=label)
             row[1].plot(run.seconds, y, style, color=COLOURS.get(method), label=label)
         for ax, xlabel in zip(row, ("step", "seconds (optimisation work only)")):
-            ax.axhline(runs["gd"].final - shift, color="grey", lw=0.8, alpha=0.7)
+            ax.axhline(runs[baseline].final_of(metric) - shift, color="grey", lw=0.8, alpha=0.7)
             ax.set_yscale("log")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
@@ -455,15 +402,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     """The demo's command line, shared by both frameworks (``--framework``)."""
     parser = argparse.ArgumentParser(
         prog="python -m ngdfast demo",
-        description="Natural gradient descent beside gradient descent and Adam on the digits data.",
+        description="Natural gradient descent beside gradient descent and Adam on the digits data "
+        "(and beside AdamW on Python's help text: --framework torch --model gpt).",
         epilog="JSON: one object {dataset, model, runs}; with --model both, model is a list and runs "
         "maps each model to its runs.",
     )
     parser.add_argument("--framework", choices=["numpy", "torch"], default="numpy",
                         help="numpy: ngdfast's own models (default); torch: a small CNN trained with "
-                        "ngdfast.torch beside torch's SGD and Adam (needs the torch extra)")
-    parser.add_argument("--model", choices=["softmax", "mlp", "both", "cnn"], default=None,
-                        help="numpy: softmax, mlp or both (default); torch: cnn (the default)")
+                        "ngdfast.torch beside torch's SGD and Adam, or a character-level GPT beside "
+                        "AdamW (needs the torch extra)")
+    parser.add_argument("--model", choices=["softmax", "mlp", "both", "cnn", "gpt"], default=None,
+                        help="numpy: softmax, mlp or both (default); torch: cnn (the default) or gpt")
     parser.add_argument("--steps", type=int, default=None, help="steps per method (default: per model, 200)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a few steps and a small grid (seconds; for tests)")
@@ -479,7 +428,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 2)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
-    models = {"numpy": ("softmax", "mlp", "both"), "torch": ("cnn",)}[args.framework]
+    models = {"numpy": ("softmax", "mlp", "both"), "torch": ("cnn", "gpt")}[args.framework]
     args.model = args.model or models[0 if args.framework == "torch" else 2]
     if args.model not in models:
         parser.error(f"--model {args.model} is not a {args.framework} model; choose from {', '.join(models)}")
@@ -511,7 +460,7 @@ def report(results, json_path=None, plot_path=None) -> None:
     if json_path:
         runs_json = {name: {k: r.to_json() for k, r in runs.items()} for name, runs in results.items()}
         doc = {
-            "dataset": "digits",
+            "dataset": DATASETS.get(names[0], "digits"),
             "model": names[0] if len(names) == 1 else names,
             "runs": runs_json[names[0]] if len(names) == 1 else runs_json,
         }
@@ -526,13 +475,12 @@ def report(results, json_path=None, plot_path=None) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    data = load_digits_split(args.seed)
     if args.framework == "torch":
         from .demo_torch import train_torch  # imports torch: only here
 
-        results = train_torch(args, *data)
+        results = train_torch(args)
     else:
-        results = _train_numpy(args, *data)
+        results = _train_numpy(args, *load_digits_split(args.seed))
     report(results, args.json, args.plot)
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s")
     return 0

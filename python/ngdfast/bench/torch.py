@@ -31,7 +31,7 @@ hand-written ``torch.func`` + ``torch.linalg`` step:
   ``Preconditioner(factor_interval=1, inverse_interval=10)`` (forward, backward,
   ``precond.step()``, ``SGD.step()``) against an ``Adam`` step (forward,
   backward, ``Adam.step()``), both averaged over 10 consecutive steps.
-* ``time-to-adam``: the torch demo (:mod:`ngdfast.demo_torch`) on the digits:
+* ``time-to-adam``: the torch demo's digits CNN workload (:mod:`ngdfast._workloads.torch`):
   Adam (lr 0.03, the grid's winner) for the step budget, then the wall time
   K-FAC NGD needs to reach Adam's final training loss (per-step minimum of
   ``repeats`` runs, optimisation work only).
@@ -58,6 +58,8 @@ from torch.func import functional_call, grad, vmap
 import ngdfast
 import ngdfast.torch as ngt
 
+from .._workloads import fastest, load_digits_split
+from .._workloads import torch as workloads
 from .report import format_time
 from .targets import check_torch_targets
 from .timing import time_blocks
@@ -269,11 +271,9 @@ def ok(err: float, tol: float) -> str:
 
 def kfac_case(model_name: str, repeats: int) -> list[dict[str, Any]]:
     """ngdfast against every peer that imports, on the MLP (float64) or the CNN (float32)."""
-    from ..demo_torch import make_cnn
-
     dtype = torch.float32  # as models train (nngeometry's exact Fisher also only runs in float32)
     torch.manual_seed(0)
-    model = make_mlp(dtype) if model_name == "mlp" else make_cnn().to(dtype)
+    model = make_mlp(dtype) if model_name == "mlp" else workloads.make_cnn().to(dtype)
     x, y = make_batch(model_name, dtype=dtype)
     case = f"kfac-{model_name}"
     ours = ngdfast_kfac(model, x, y)
@@ -341,11 +341,9 @@ def _factor_check(theirs, ours, conv, dtype) -> tuple[float, str]:
 
 def overhead_case(repeats: int) -> list[dict[str, Any]]:
     """K-FAC training step (inverses every 10 steps) against an Adam step, CNN, float32."""
-    from ..demo_torch import make_cnn
-
     torch.manual_seed(0)
     x, y = make_batch("cnn", dtype=torch.float32)
-    kfac_model, adam_model = make_cnn(), make_cnn()
+    kfac_model, adam_model = workloads.make_cnn(), workloads.make_cnn()
     adam_model.load_state_dict(kfac_model.state_dict())
     precond = ngt.Preconditioner(kfac_model, kl_radius=1e-3, damping=1e-2, inverse_interval=INVERSE_INTERVAL)
     sgd = torch.optim.SGD(kfac_model.parameters(), lr=1.0)
@@ -372,27 +370,24 @@ def overhead_case(repeats: int) -> list[dict[str, Any]]:
 
 def time_to_adam_case(steps: int, repeats: int) -> list[dict[str, Any]]:
     """Wall time of K-FAC NGD to Adam's final training loss on the demo's digits CNN."""
-    from .. import demo, demo_torch
-
     try:
-        X, y, X_test, y_test = demo.load_digits_split(0)
+        split = load_digits_split(0)
     except ImportError as exc:  # the digits come with scikit-learn (the demo extra)
         return [_row("time-to-adam", "ngdfast K-FAC NGD", None, 1.0, note=f"skipped: {exc}")]
-    problem = demo_torch.TorchProblem("cnn", demo_torch._images(X), torch.as_tensor(y),
-                                      demo_torch._images(X_test), torch.as_tensor(y_test), demo_torch.CONFIG["l2"])
+    problem = workloads.DigitsProblem.from_split(*split)
     torch.manual_seed(0)
-    state0 = demo_torch.make_cnn().state_dict()
-    settings = demo_torch.CONFIG["ngd"]["ngd-kfac"]
+    state0 = workloads.make_cnn().state_dict()
+    settings = workloads.CNN_CONFIG["ngd"]["ngd-kfac"]
 
     class Quiet:
         def update(self):
             pass
 
-    adam = demo_torch.run_adam(problem, state0, steps, ADAM_LR, Quiet())
-    kfac = demo_torch.run_ngd(problem, state0, steps, settings, 1, Quiet())
+    adam = workloads.run_adam(problem, state0, steps, ADAM_LR, Quiet())
+    kfac = workloads.run_ngd(problem, state0, steps, settings, 1, Quiet())
     for _ in range(repeats - 1):
-        demo._fastest(adam, demo_torch.run_adam(problem, state0, steps, ADAM_LR, Quiet()))
-        demo._fastest(kfac, demo_torch.run_ngd(problem, state0, steps, settings, 1, Quiet()))
+        fastest(adam, workloads.run_adam(problem, state0, steps, ADAM_LR, Quiet()))
+        fastest(kfac, workloads.run_ngd(problem, state0, steps, settings, 1, Quiet()))
     target = adam.final
     hit = kfac.reach(target)
     adam_seconds = adam.seconds[-1]
