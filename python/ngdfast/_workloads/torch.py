@@ -350,9 +350,8 @@ def run_lm_ngd(problem, state0, config, steps, settings, seed, bar) -> Run:
     labels for the factors sampled from the model with their own generator (``seed + 1``)."""
     import ngdfast.torch as ngt
 
-    def preconditioner(model):
-        return ngt.Preconditioner(model, curvature=settings["curvature"], kl_radius=settings["kl_radius"],
-                                  damping=settings["damping"], generator=torch.Generator().manual_seed(seed + 1))
+    def preconditioner(model):  # settings: Preconditioner arguments (curvature, kl_radius, damping, ...)
+        return ngt.Preconditioner(model, generator=torch.Generator().manual_seed(seed + 1), **settings)
 
     recorded = dict(settings, fisher="sampled", optimizer="torch.optim.SGD(lr=1)")
     return run_lm(problem, state0, config, steps, recorded, seed, bar,
