@@ -1,6 +1,10 @@
 """Shared fixtures: random generators, per-dtype tolerances, well-conditioned SPD matrices."""
 
 import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 # GPU kernels are tested on the CPU simulator; numba reads this when it is first imported.
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
@@ -144,6 +148,35 @@ def assert_woodbury_equals_dense(module, n, p, k, log_damping, weighted, seed, d
         module.natural_gradient(J, g, damping, w, method="dense"),
         module.natural_gradient(J, g, damping, w, method="lowrank"),
         cond=cond,
+    )
+
+
+#: The folder holding the ngdfast this process imports: a fresh interpreter imports the same one.
+PACKAGE_PARENT = str(Path(ngdfast.__file__).resolve().parents[1])
+
+
+def run_python(source, env=None):
+    """``source`` in a fresh interpreter that imports this process's ngdfast; ``env`` is the
+    whole environment (default: this process's)."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_PARENT, env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, env=env, timeout=300)
+
+
+def try_import(module):
+    """Source that imports ``module`` and prints "ImportError: <message>" or "imported", then
+    shows that ``import ngdfast`` still works afterwards ("fisher [[1.0, 2.0], [2.0, 4.0]]")."""
+    return textwrap.dedent(
+        f"""
+        try:
+            import {module}
+        except ImportError as exc:
+            print("ImportError:", exc)
+        else:
+            print("imported")
+        import ngdfast  # the package itself is still usable afterwards
+        print("fisher", ngdfast.fisher([[1.0, 2.0]]).tolist())
+        """
     )
 
 
