@@ -164,48 +164,42 @@ def test_damped_solve(impl, solve_size, dtype, request, run_benchmark, assert_cl
 # lowrank_solve and natural_gradient
 
 
-@pytest.mark.parametrize("impl", ["ngdfast", "numpy-woodbury", "reference"])
-def test_lowrank_solve(impl, lowrank_shape, dtype, request, run_benchmark, assert_close):
+def _bench_woodbury_case(name, solve, lowrank_shape, dtype, run_benchmark, assert_close):
+    """Time ``solve(J, g)`` (None: the NumPy Woodbury peer) on the low-rank problem; check its answer."""
     n, p = lowrank_shape
     J, g, expected = lowrank_problem(lowrank_shape, dtype)
-    if impl in ("ngdfast", "reference"):
-        solve = request.getfixturevalue(impl).lowrank_solve
-
-        def fn(J, g):
-            return solve(J, g, DAMPING)
-    else:
-        def fn(J, g):
+    if solve is None:
+        def solve(J, g):
             return woodbury(J, g, DAMPING)
-
-    x = run_benchmark(f"lowrank_solve N={n} P={p} {dtype}", fn, J, g)
+    x = run_benchmark(f"{name} N={n} P={p} {dtype}", solve, J, g)
     assert x.shape == (p,) and x.dtype == np.dtype(dtype)
     assert_close(x, expected, dtype, "solve")
+
+
+@pytest.mark.parametrize("impl", ["ngdfast", "numpy-woodbury", "reference"])
+def test_lowrank_solve(impl, lowrank_shape, dtype, request, run_benchmark, assert_close):
+    fn = None
+    if impl in ("ngdfast", "reference"):
+        lowrank_solve = request.getfixturevalue(impl).lowrank_solve
+
+        def fn(J, g):
+            return lowrank_solve(J, g, DAMPING)
+    _bench_woodbury_case("lowrank_solve", fn, lowrank_shape, dtype, run_benchmark, assert_close)
 
 
 @pytest.mark.parametrize("impl", ["ngdfast-auto", "ngdfast-lowrank", "ngdfast-dense", "numpy-woodbury", "reference"])
 def test_natural_gradient(impl, lowrank_shape, dtype, request, run_benchmark, assert_close):
-    n, p = lowrank_shape
+    p = lowrank_shape[1]
     if impl == "ngdfast-dense" and p > 4096:
         pytest.skip(f"the dense method at P={p} forms a {p}x{p} Fisher: minutes, not the point here")
-    J, g, expected = lowrank_problem(lowrank_shape, dtype)
-    if impl.startswith("ngdfast"):
-        natural_gradient = request.getfixturevalue("ngdfast").natural_gradient
-        method = impl.split("-", 1)[1]
+    fn = None
+    if impl != "numpy-woodbury":
+        module, _, method = impl.partition("-")
+        natural_gradient = request.getfixturevalue(module).natural_gradient
 
         def fn(J, g):
-            return natural_gradient(J, g, DAMPING, method=method)
-    elif impl == "reference":
-        natural_gradient = request.getfixturevalue("reference").natural_gradient
-
-        def fn(J, g):
-            return natural_gradient(J, g, DAMPING)
-    else:
-        def fn(J, g):
-            return woodbury(J, g, DAMPING)
-
-    x = run_benchmark(f"natural_gradient N={n} P={p} {dtype}", fn, J, g)
-    assert x.shape == (p,) and x.dtype == np.dtype(dtype)
-    assert_close(x, expected, dtype, "solve")
+            return natural_gradient(J, g, DAMPING, method=method or "auto")
+    _bench_woodbury_case("natural_gradient", fn, lowrank_shape, dtype, run_benchmark, assert_close)
 
 
 # --------------------------------------------------------------------------

@@ -28,7 +28,10 @@ pytest.importorskip("numba_cuda", reason="numba-cuda is not installed (pip insta
 
 import ngdfast  # noqa: E402
 import ngdfast.cuda as nc  # noqa: E402
-from conftest import assert_close, damped_condition, layout, random_spd  # noqa: E402
+from conftest import (  # noqa: E402
+    assert_close, assert_decay_zero_does_not_read_out, assert_fisher_ema, assert_kfac_zero_trace_factor, damped_condition, layout, random_spd,
+    scores, weights_for,
+)
 from ngdfast import NotPositiveDefiniteError, _policy  # noqa: E402
 from ngdfast import reference as ref  # noqa: E402
 from ngdfast.cuda import _arrays, _kernels  # noqa: E402
@@ -64,19 +67,6 @@ def tiny_geometry(request, monkeypatch):
 def default_geometry():
     """Run with the geometries the GPU uses (128 x 128 float32 tiles, 8 x 8 per thread, ...)."""
     assert _arrays.geometry(np.float32) is _kernels.FLOAT32
-
-
-def scores(rng, shape, dtype):
-    return rng.standard_normal(shape).astype(dtype)
-
-
-def weights_for(rng, n, weighted):
-    if not weighted:
-        return None
-    w = rng.uniform(0.0, 3.0, n)
-    w[rng.uniform(size=n) < 0.2] = 0.0
-    w[0] = 1.0
-    return w
 
 
 def on_device(a):
@@ -127,21 +117,11 @@ def test_fisher_split_k(rng, dtype):
 @pytest.mark.parametrize("decay", [0.0, 0.5, 1.0])
 def test_fisher_ema_out(rng, dtype, order, decay):
     J = scores(rng, (10, 11), dtype)
-    w = weights_for(rng, 10, True)
-    old = random_spd(rng, 11, dtype)
-    out = np.array(old, order=order)
-    expected = ref.fisher(J, w, out=old.copy(), decay=decay)
-    assert nc.fisher(J, w, out=out, decay=decay) is out
-    assert out.flags.f_contiguous == (order == "F")
-    assert_close(out, expected)
-    assert np.array_equal(out, out.T)
+    assert_fisher_ema(nc.fisher, J, weights_for(rng, 10, True), random_spd(rng, 11, dtype), order, decay)
 
 
 def test_fisher_decay_zero_does_not_read_out(rng):
-    J = scores(rng, (6, 9), np.float64)
-    out = np.full((9, 9), np.nan)
-    nc.fisher(J, out=out)
-    assert_close(out, ref.fisher(J))
+    assert_decay_zero_does_not_read_out(nc.fisher, rng, 6, 9)
 
 
 @pytest.mark.parametrize("J_dtype, expected", [(np.int64, np.float64), (np.bool_, np.float64), (np.float16, np.float32)])
@@ -248,10 +228,7 @@ def test_kfac_precondition(rng, dtype, factored, shape):
 
 
 def test_kfac_zero_trace_factor(rng):
-    grad = scores(rng, (3, 4), np.float64)
-    S = random_spd(rng, 3)
-    X = nc.kfac_precondition(grad, np.zeros((4, 4)), S, 0.04)
-    assert_close(X, ref.kfac_precondition(grad, np.zeros((4, 4)), S, 0.04), cond=100)
+    assert_kfac_zero_trace_factor(nc.kfac_precondition, rng)
 
 
 def test_kernels_do_not_modify_inputs(rng):

@@ -203,3 +203,17 @@ def test_every_public_function_and_class_has_examples():
         if (inspect.isclass(obj) or inspect.isroutine(obj)) and "\nExamples\n" not in (inspect.getdoc(obj) or "")
     )
     assert not missing, f"public objects without an Examples section in their docstring: {missing}"
+
+
+def test_readme_is_the_front_door():
+    """The README opens with the two set-up commands and every file it links to exists."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    first = fenced_blocks(ROOT / "README.md")[0]
+    assert first[0] == "bash" and first[2].splitlines() == [
+        "pip install '.[demo]' && python -m ngdfast demo --plot ngd.png",
+        "pip install '.[test]' 'torch==2.13.0' && python -m pytest",
+    ]
+    targets = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", readme)
+    assert "docs/performance.md" in targets and "LICENSE" in targets
+    missing = sorted(t for t in targets if not (ROOT / t).exists())
+    assert not missing, f"README links to missing files: {missing}"

@@ -24,7 +24,7 @@ success leaves a finite state, a rejection (documented exception) leaves it unch
 
 Budget: the default profile (``NGDFAST_HYPOTHESIS_PROFILE`` unset: 40 examples per
 test) runs in well under a minute; ``NGDFAST_FUZZ_EXAMPLES=5000`` (or the ``thorough``
-profile) runs longer, see the README's Development section.
+profile) runs longer, see docs/contributing.md (Build and test).
 """
 
 import os

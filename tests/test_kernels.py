@@ -5,25 +5,16 @@ import pytest
 from hypothesis import given, strategies as st
 
 import ngdfast
-from conftest import LAYOUTS, assert_close, damped_condition, layout, random_spd
+from conftest import (
+    FISHER_DTYPE_RULES, LAYOUTS, assert_close, assert_decay_zero_does_not_read_out, assert_fisher_ema,
+    assert_kfac_zero_trace_factor, assert_woodbury_equals_dense, damped_condition, layout, random_spd, scores,
+    weights_for, woodbury_problems,
+)
 from ngdfast import _policy
 from ngdfast import reference as ref
 
 # N = 1, N < P, N > P, N = P, P = 1
 SHAPES = [(1, 1), (1, 7), (3, 10), (10, 3), (16, 16), (9, 1), (120, 45), (30, 140)]
-
-
-def scores(rng, shape, dtype):
-    return rng.standard_normal(shape).astype(dtype)
-
-
-def weights_for(rng, n, weighted):
-    if not weighted:
-        return None
-    w = rng.uniform(0.0, 3.0, n)
-    w[rng.uniform(size=n) < 0.2] = 0.0  # zero weights must simply drop rows
-    w[0] = 1.0
-    return w
 
 
 # --------------------------------------------------------------------------------------------
@@ -47,21 +38,11 @@ def test_fisher(rng, dtype, shape, kind, weighted):
 @pytest.mark.parametrize("weighted", [False, True])
 def test_fisher_ema_out(rng, dtype, order, decay, weighted):
     J = scores(rng, (12, 9), dtype)
-    w = weights_for(rng, 12, weighted)
-    old = random_spd(rng, 9, dtype)
-    out = np.array(old, order=order)
-    expected = ref.fisher(J, w, out=old.copy(), decay=decay)
-    result = ngdfast.fisher(J, w, out=out, decay=decay)
-    assert result is out
-    assert_close(out, expected)
-    assert np.array_equal(out, out.T)
+    assert_fisher_ema(ngdfast.fisher, J, weights_for(rng, 12, weighted), random_spd(rng, 9, dtype), order, decay)
 
 
 def test_fisher_decay_zero_does_not_read_out(rng):
-    J = scores(rng, (6, 4), np.float64)
-    out = np.full((4, 4), np.nan)
-    ngdfast.fisher(J, out=out)
-    assert_close(out, ref.fisher(J))
+    assert_decay_zero_does_not_read_out(ngdfast.fisher, rng, 6, 4)
 
 
 def test_fisher_out_aliasing_J(rng):
@@ -80,17 +61,7 @@ def test_fisher_check_finite_false_skips_check(rng):
     assert np.isnan(F[1, 1])
 
 
-@pytest.mark.parametrize(
-    "J_dtype, w_dtype, expected",
-    [
-        (np.int64, None, np.float64),
-        (np.int16, np.float32, np.float64),
-        (np.bool_, None, np.float64),
-        (np.float16, None, np.float32),
-        (np.float32, np.float64, np.float32),
-        (np.float64, np.int32, np.float64),
-    ],
-)
+@pytest.mark.parametrize("J_dtype, w_dtype, expected", FISHER_DTYPE_RULES)
 def test_fisher_dtype_rules(J_dtype, w_dtype, expected):
     J = (np.arange(20).reshape(5, 4) % 3).astype(J_dtype)
     w = None if w_dtype is None else np.arange(1, 6).astype(w_dtype)
@@ -327,10 +298,7 @@ def test_kernels_do_not_modify_inputs(rng):
 
 
 def test_kfac_zero_trace_factor(rng):
-    grad = scores(rng, (3, 4), np.float64)
-    S = random_spd(rng, 3)
-    X = ngdfast.kfac_precondition(grad, np.zeros((4, 4)), S, 0.04)
-    assert_close(X, ref.kfac_precondition(grad, np.zeros((4, 4)), S, 0.04), cond=100)
+    assert_kfac_zero_trace_factor(ngdfast.kfac_precondition, rng)
 
 
 def test_kfac_check_finite_switch_does_not_change_the_answer(rng):
@@ -353,30 +321,10 @@ def test_kfac_promotion(rng):
 # properties
 
 
-@given(
-    n=st.integers(1, 24),
-    p=st.integers(1, 24),
-    k=st.integers(1, 3),
-    log_damping=st.floats(-2, 1),
-    weighted=st.booleans(),
-    single=st.booleans(),
-    seed=st.integers(0, 2**32 - 1),
-)
+@given(single=st.booleans(), **woodbury_problems(24, -2))
 def test_woodbury_equals_dense_property(n, p, k, log_damping, weighted, single, seed):
-    rng = np.random.default_rng(seed)
     dtype = np.float32 if single else np.float64
-    J = rng.standard_normal((n, p)).astype(dtype)
-    g = rng.standard_normal((p, k)).astype(dtype)
-    w = rng.uniform(0.01, 1.0, n) if weighted else None
-    damping = 10.0**log_damping
-    F = ngdfast.fisher(J, w)
-    cond = damped_condition(F, damping)
-    assert_close(ngdfast.lowrank_solve(J, g, damping, w), ngdfast.damped_solve(F, g, damping), cond=cond)
-    assert_close(
-        ngdfast.natural_gradient(J, g, damping, w, method="dense"),
-        ngdfast.natural_gradient(J, g, damping, w, method="lowrank"),
-        cond=cond,
-    )
+    assert_woodbury_equals_dense(ngdfast, n, p, k, log_damping, weighted, seed, dtype)
 
 
 @given(

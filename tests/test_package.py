@@ -46,3 +46,39 @@ def test_every_compiled_kernel_is_exported_and_is_not_the_reference():
         compiled = getattr(ngdfast, name)
         assert compiled is not getattr(ngdfast.reference, name), f"ngdfast.{name} is the reference function"
         assert compiled.__module__ == "ngdfast._kernels"
+
+
+def _extras_in_pyproject() -> dict[str, list[str]]:
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is Python >= 3.11")
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["project"]["optional-dependencies"]
+
+
+def _requirement_name(requirement: str) -> str:
+    return re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)[1].lower().replace("_", "-")
+
+
+def test_test_extra_names_no_torch_and_ci_installs_it_explicitly():
+    """`pip install '.[test]'` must not pull torch (a bare `torch` is a multi-GB CUDA build); the
+    test command names the CPU torch it wants, and CI runs that same command."""
+    extras = _extras_in_pyproject()
+    assert "torch" not in {_requirement_name(r) for r in extras["test"]}
+    assert {_requirement_name(r) for r in extras["torch"]} == {"torch"}
+    assert {"nngeometry", "backpack-for-pytorch", "curvlinops-for-pytorch", "asdfghjkl",
+            "pytest-benchmark", "scipy"} <= {_requirement_name(r) for r in extras["bench"]}
+    assert "pip install '.[test]' 'torch==2.13.0'" in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "pip install --quiet '.[test]' 'torch==2.13.0'" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_installed_test_extra_names_no_torch():
+    try:
+        dist = importlib.metadata.distribution("ngdfast")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("ngdfast is imported from a source tree, not installed")
+    if pathlib.Path(str(dist.locate_file("ngdfast"))).resolve() != pathlib.Path(ngdfast.__file__).resolve().parent:
+        pytest.skip("the imported ngdfast is not the installed distribution")
+    requires = dist.requires or []
+    test_extra = [r for r in requires if re.search(r"""extra\s*==\s*["']test["']""", r)]
+    if not test_extra:
+        pytest.skip("the installed metadata has no test extra")
+    assert "torch" not in {_requirement_name(r.split(";")[0]) for r in test_extra}

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from conftest import LAYOUTS, assert_close, damped_condition, layout, random_spd
+from conftest import (
+    FISHER_DTYPE_RULES, LAYOUTS, assert_close, assert_woodbury_equals_dense, damped_condition, layout, random_spd,
+    woodbury_problems,
+)
 from ngdfast import NotPositiveDefiniteError, _policy
 from ngdfast import reference as ref
 
@@ -94,17 +97,7 @@ def test_fisher_is_positive_semidefinite_for_rank_deficient_batches(rng):
     assert np.sum(eig > 1e-10 * eig.max()) == 3
 
 
-@pytest.mark.parametrize(
-    "J_dtype, w_dtype, expected",
-    [
-        (np.int64, None, np.float64),
-        (np.int32, np.float32, np.float64),
-        (np.bool_, None, np.float64),
-        (np.float16, None, np.float32),
-        (np.float32, np.float64, np.float32),  # weights take the data dtype
-        (np.uint8, None, np.float64),
-    ],
-)
+@pytest.mark.parametrize("J_dtype, w_dtype, expected", FISHER_DTYPE_RULES)
 def test_fisher_dtype_rules(J_dtype, w_dtype, expected):
     J = (np.arange(12).reshape(4, 3) % 3).astype(J_dtype)
     w = None if w_dtype is None else np.array([1, 2, 3, 4], dtype=w_dtype)
@@ -186,24 +179,9 @@ def test_natural_gradient_dense_without_damping(rng):
     assert_close(ref.natural_gradient(J, g, 0.0), np.linalg.solve(F, g), cond=damped_condition(F, 0.0))
 
 
-@given(
-    n=st.integers(1, 12),
-    p=st.integers(1, 12),
-    k=st.integers(1, 3),
-    log_damping=st.floats(-3, 1),
-    weighted=st.booleans(),
-    seed=st.integers(0, 2**32 - 1),
-)
+@given(**woodbury_problems(12, -3))
 def test_woodbury_equals_dense_property(n, p, k, log_damping, weighted, seed):
-    rng = np.random.default_rng(seed)
-    J = rng.standard_normal((n, p))
-    g = rng.standard_normal((p, k))
-    w = rng.uniform(0.0, 1.0, n) + 0.01 if weighted else None
-    damping = 10.0**log_damping
-    F = ref.fisher(J, w)
-    assert_close(
-        ref.lowrank_solve(J, g, damping, w), ref.damped_solve(F, g, damping), cond=damped_condition(F, damping)
-    )
+    assert_woodbury_equals_dense(ref, n, p, k, log_damping, weighted, seed)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,23 +1,15 @@
 """torch is optional: ``import ngdfast`` never imports it, and ``import ngdfast.torch`` without it
 says which extra to install. Each check runs in a fresh interpreter (see test_without_numba.py)."""
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-import ngdfast
-
-PACKAGE_PARENT = str(Path(ngdfast.__file__).resolve().parents[1])
+from conftest import run_python as run_source, try_import
 
 
 def run_python(code):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_PARENT, env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=300)
+    return run_source(textwrap.dedent(code))
 
 
 def test_import_ngdfast_does_not_import_torch():
@@ -33,20 +25,8 @@ def test_import_ngdfast_does_not_import_torch():
 
 
 def test_ngdfast_torch_without_torch_names_the_extra():
-    r = run_python(
-        """
-        import sys
-        sys.modules["torch"] = None  # torch not installed, as far as imports can tell
-        try:
-            import ngdfast.torch
-        except ImportError as exc:
-            print("ImportError:", exc)
-        else:
-            print("imported")
-        import ngdfast
-        print("fisher", ngdfast.fisher([[1.0, 2.0]]).tolist())
-        """
-    )
+    # torch not installed, as far as imports can tell
+    r = run_source('import sys\nsys.modules["torch"] = None\n' + try_import("ngdfast.torch"))
     assert r.returncode == 0, r.stderr
     assert "ImportError:" in r.stdout, r.stdout
     assert "pip install 'ngdfast[torch]'" in r.stdout

@@ -7,17 +7,11 @@ the result does not depend on what this test process has already imported.
 """
 
 import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-import ngdfast
-
-# the interpreter under test imports the same ngdfast as this process
-PACKAGE_PARENT = str(Path(ngdfast.__file__).resolve().parents[1])
+from conftest import run_python as run_source, try_import
 
 HIDE_NUMBA = textwrap.dedent(
     """
@@ -38,13 +32,11 @@ HIDE_NUMBA = textwrap.dedent(
 
 def run_python(code, *, hide_numba, simulator=True):
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_PARENT, env.get("PYTHONPATH")]))
     if simulator:
         env["NUMBA_ENABLE_CUDASIM"] = "1"
     else:
         env.pop("NUMBA_ENABLE_CUDASIM", None)
-    source = (HIDE_NUMBA if hide_numba else "") + textwrap.dedent(code)
-    return subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, env=env, timeout=300)
+    return run_source((HIDE_NUMBA if hide_numba else "") + textwrap.dedent(code), env)
 
 
 def test_ngdfast_works_without_numba():
@@ -64,19 +56,7 @@ def test_ngdfast_works_without_numba():
 
 
 def test_cuda_import_error_names_the_extra():
-    r = run_python(
-        """
-        try:
-            import ngdfast.cuda
-        except ImportError as exc:
-            print("ImportError:", exc)
-        else:
-            print("imported")
-        import ngdfast  # the package itself is still usable afterwards
-        print("fisher", ngdfast.fisher([[1.0, 2.0]]).tolist())
-        """,
-        hide_numba=True,
-    )
+    r = run_python(try_import("ngdfast.cuda"), hide_numba=True)
     assert r.returncode == 0, r.stderr
     assert "ImportError:" in r.stdout, r.stdout
     assert "pip install ngdfast[cuda]" in r.stdout

@@ -186,9 +186,5 @@ def not_borrowing():
     solve between torch ops at 2 threads took 0.6 s instead of 20 ms). Only this
     thread is affected; the process-wide mode is unchanged. Nests.
     """
-    previous = _core.thread_borrow_never()
-    _core.set_thread_borrow_never(True)
-    try:
+    with _settings.temporarily(_core.thread_borrow_never, _core.set_thread_borrow_never, True):
         yield
-    finally:
-        _core.set_thread_borrow_never(previous)

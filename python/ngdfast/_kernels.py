@@ -23,6 +23,7 @@ formulas.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Iterator
 
 import numpy as np
@@ -30,6 +31,7 @@ import numpy as np
 from . import _core
 from . import _policy
 from . import _precision as _p
+from . import _settings
 from . import _validation as _v
 
 __all__ = [
@@ -57,13 +59,7 @@ def _cast(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return a
 
 
-def _result(X: np.ndarray, vector: bool) -> np.ndarray:
-    return X[:, 0] if vector else X
-
-
-def _answer(X: np.ndarray, vector: bool, return_info: bool, info: _p.SolveInfo):
-    x = _result(X, vector)
-    return (x, info) if return_info else x
+_answer = _p.answer
 
 
 def _mixed_core(core, report: list):
@@ -93,11 +89,7 @@ def _solve_from_scores(core, func: str, gram: str, J, w, G, damping: float, chec
     raise _v.scores_not_finite(J, func, gram, _all_finite)
 
 
-def _finite_solution(X: np.ndarray, func: str, inputs, what: str = _v.SOLUTION) -> np.ndarray:
-    """X, unless it holds NaN/Inf: then name a non-finite input, else report the overflow."""
-    if not _all_finite(X):
-        raise _v.solution_not_finite(func, what, X.dtype, inputs, _all_finite)
-    return X
+_finite_solution = functools.partial(_v.finite_solution, all_finite=_all_finite)
 
 
 def _check_info(info: int, func: str, matrix: str, size: int, damping: float) -> None:
@@ -337,22 +329,32 @@ def lowrank_solve(J, g, damping, weights=None, *, check_finite=True, precision="
     """
     precision = _v.precision_arg(precision, "lowrank_solve")
     J, w, G, damping, vector = _v.lowrank_solve_args(J, g, damping, weights, False, _all_finite, _cast)
-    X, info, how = _woodbury(J, w, G, damping, check_finite, precision, "lowrank_solve")
-    return _answer(_finite_solution(X, "lowrank_solve", [(G, "g")]), vector, return_info, how)
+    X, how = _woodbury(J, w, G, damping, check_finite, precision, "lowrank_solve")
+    return _answer(X, vector, return_info, how)
 
 
 def _woodbury(J, w, G, damping, check_finite, precision, func):
-    if _p.use_mixed(precision, J.dtype, "lowrank", J.shape[0], J.shape[1]):
+    N, P = J.shape
+    return _solve_scores(
+        _core.lowrank_solve, _core.lowrank_solve_mixed, _p.use_mixed(precision, J.dtype, "lowrank", N, P),
+        func, _v.SAMPLE_GRAM, _v.SAMPLE_MATRIX, N, J, w, G, damping, check_finite,
+    )
+
+
+def _solve_scores(plain, mixed, use_mixed: bool, func: str, gram: str, matrix: str, size: int,
+                  J, w, G, damping: float, check_finite: bool):
+    """``(X, SolveInfo)`` of a solve from score rows, by the ``mixed`` core when ``use_mixed``
+    else the ``plain`` one (Woodbury or dense): J's finiteness from the Gram diagonal, a
+    failed factorisation of ``matrix`` (``size`` x ``size``) raised, a non-finite X rejected."""
+    if use_mixed:
         report = [0, 0]
-        X, info = _solve_from_scores(
-            _mixed_core(_core.lowrank_solve_mixed, report), func, _v.SAMPLE_GRAM, J, w, G, damping, check_finite
-        )
+        X, info = _solve_from_scores(_mixed_core(mixed, report), func, gram, J, w, G, damping, check_finite)
         how = _p.mixed(*report)
     else:
-        X, info = _solve_from_scores(_core.lowrank_solve, func, _v.SAMPLE_GRAM, J, w, G, damping, check_finite)
+        X, info = _solve_from_scores(plain, func, gram, J, w, G, damping, check_finite)
         how = _p.plain(J.dtype)
-    _check_info(info, func, _v.SAMPLE_MATRIX, J.shape[0], damping)
-    return X, info, how
+    _check_info(info, func, matrix, size, damping)
+    return _finite_solution(X, func, [(G, "g")]), how
 
 
 def natural_gradient(
@@ -378,7 +380,7 @@ def natural_gradient(
     Returns
     -------
     ndarray, shape of ``g``
-        (and the :class:`ngdfast.SolveInfo` with ``return_info``)
+        ñ (and how it was computed, a :class:`ngdfast.SolveInfo`, with ``return_info``).
 
     See Also
     --------
@@ -401,18 +403,15 @@ def natural_gradient(
         J, g, damping, weights, method, False, _all_finite, _cast
     )
     if method == "lowrank":
-        X, info, how = _woodbury(J, w, G, damping, check_finite, precision, func)
-        return _answer(_finite_solution(X, func, [(G, "g")]), vector, return_info, how)
-    if _p.use_mixed(precision, J.dtype, "dense", J.shape[1]):
-        report = [0, 0]
-        core = _mixed_core(_core.natural_gradient_dense_mixed, report)
-        X, info = _solve_from_scores(core, func, _v.FISHER_GRAM, J, w, G, damping, check_finite)
-        how = _p.mixed(*report)
+        X, how = _woodbury(J, w, G, damping, check_finite, precision, func)
     else:
-        X, info = _solve_from_scores(_core.natural_gradient_dense, func, _v.FISHER_GRAM, J, w, G, damping, check_finite)
-        how = _p.plain(J.dtype)
-    _check_info(info, func, _v.DENSE_MATRIX, J.shape[1], damping)
-    return _answer(_finite_solution(X, func, [(G, "g")]), vector, return_info, how)
+        P = J.shape[1]
+        X, how = _solve_scores(
+            _core.natural_gradient_dense, _core.natural_gradient_dense_mixed,
+            _p.use_mixed(precision, J.dtype, "dense", P),
+            func, _v.FISHER_GRAM, _v.DENSE_MATRIX, P, J, w, G, damping, check_finite,
+        )
+    return _answer(X, vector, return_info, how)
 
 
 def kl_step_size(g, nat_grad, epsilon, *, max_step=None):
@@ -542,9 +541,5 @@ def num_threads(n: int) -> Iterator[None]:
     1
     """
     k = _v.num_threads_arg(n, "num_threads")
-    previous = _core.get_num_threads()
-    _core.set_num_threads(k)
-    try:
+    with _settings.temporarily(_core.get_num_threads, _core.set_num_threads, k):
         yield
-    finally:
-        _core.set_num_threads(previous)

@@ -95,3 +95,10 @@ def mixed(status: int, iterations: int) -> SolveInfo:
     """The info of a call to a ``*_mixed`` core routine."""
     fallback = _FALLBACK.get(int(status))
     return SolveInfo("double" if fallback else "mixed", int(iterations), fallback)
+
+
+def answer(X: np.ndarray, vector: bool, return_info: bool, info: SolveInfo):
+    """A solve's result as the caller asked: X's single column when g was a vector, and
+    ``(x, info)`` with ``return_info``."""
+    x = X[:, 0] if vector else X
+    return (x, info) if return_info else x

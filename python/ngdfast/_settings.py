@@ -28,9 +28,10 @@ as ``4,2``). The environment is never written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Iterator, Optional, TypeVar
 
 __all__ = ["borrow_blas", "num_threads", "tile_backend"]
 
@@ -38,6 +39,18 @@ T = TypeVar("T")
 
 TILE_BACKENDS = ("blas", "eigen")
 BORROW_MODES = ("never", "auto", "always")
+
+
+@contextlib.contextmanager
+def temporarily(get: Callable[[], T], set_: Callable[[T], None], value: T) -> Iterator[None]:
+    """``set_(value)`` for a ``with`` block; what ``get()`` gave before is restored on exit,
+    also when the block raises (``ngdfast.num_threads``, ``_backend.not_borrowing``)."""
+    previous = get()
+    set_(value)
+    try:
+        yield
+    finally:
+        set_(previous)
 
 
 def _read(name: str, parse: Callable[[str], Optional[T]], valid: str) -> Optional[T]:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -204,6 +204,17 @@ def require_finite(a: Any, func: str, name: str, all_finite: AllFinite) -> None:
         )
 
 
+def cast_all(named: Sequence[Tuple[Any, str]], dtype: np.dtype, check_finite: bool, func: str,
+             all_finite: AllFinite, cast: Cast = astype) -> list:
+    """Each array of ``(array, name)`` cast to ``dtype``; with ``check_finite`` each is then
+    checked for NaN/Inf in the order given (the first non-finite one is named)."""
+    arrays = [cast(a, dtype) for a, _ in named]
+    if check_finite:
+        for a, (_, name) in zip(arrays, named):
+            require_finite(a, func, name, all_finite)
+    return arrays
+
+
 def score_rows(J: Any, p: int, dtype: np.dtype, func: str, name: str = "J") -> np.ndarray:
     """Rows of statistics for a running estimate of P columns, cast to its storage ``dtype``.
 
@@ -296,6 +307,14 @@ def solution_not_finite(func: str, what: str, dtype: Any, inputs: Any, all_finit
     for a, name in inputs:
         require_finite(a, func, name, all_finite)
     return overflow(func, what, dtype)
+
+
+def finite_solution(X: Any, func: str, inputs: Any, what: str = SOLUTION, *, all_finite: AllFinite) -> Any:
+    """X, unless it holds NaN/Inf: then :func:`solution_not_finite` (a non-finite input named,
+    else the overflow of ``what``)."""
+    if not all_finite(X):
+        raise solution_not_finite(func, what, X.dtype, inputs, all_finite)
+    return X
 
 
 # --------------------------------------------------------------------------------------------
@@ -566,15 +585,8 @@ def kfac_not_positive_definite(
 
 
 def fisher_args(
-    J: Any,
-    weights: Any,
-    out: Any,
-    decay: Any,
-    check_finite: bool,
-    all_finite: AllFinite,
-    cast: Cast = astype,
-    func: str = "fisher",
-    name: str = "J",
+    J: Any, weights: Any, out: Any, decay: Any, check_finite: bool, all_finite: AllFinite,
+    cast: Cast = astype, func: str = "fisher", name: str = "J",
 ) -> Tuple[Any, Optional[np.ndarray], Any, float]:
     """Validate ``fisher`` arguments; returns ``(J, w, out, decay)``.
 
@@ -599,12 +611,7 @@ def fisher_args(
 
 
 def damped_solve_args(
-    F: Any,
-    g: Any,
-    damping: Any,
-    check_finite: bool,
-    all_finite: AllFinite,
-    cast: Cast = astype,
+    F: Any, g: Any, damping: Any, check_finite: bool, all_finite: AllFinite, cast: Cast = astype,
     func: str = "damped_solve",
 ) -> Tuple[Any, Any, float, bool]:
     """Validate ``damped_solve`` arguments; returns ``(F, G, damping, vector)``.
@@ -621,25 +628,13 @@ def damped_solve_args(
         raise ValueError(f"{func}: F is empty: expected (P, P) with P >= 1, got shape {tuple(F.shape)}")
     G, vector = rhs(g, p, func, f"F of shape {tuple(F.shape)}")
     damping = nonnegative(damping, func, "damping")
-    dtype = wider(tf, tg)
-    F = cast(F, dtype)
-    G = cast(G, dtype)
-    if check_finite:
-        require_finite(F, func, "F", all_finite)
-        require_finite(G, func, "g", all_finite)
+    F, G = cast_all([(F, "F"), (G, "g")], wider(tf, tg), check_finite, func, all_finite, cast)
     return F, G, damping, vector
 
 
 def lowrank_solve_args(
-    J: Any,
-    g: Any,
-    damping: Any,
-    weights: Any,
-    check_finite: bool,
-    all_finite: AllFinite,
-    cast: Cast = astype,
-    func: str = "lowrank_solve",
-    need_positive: bool = True,
+    J: Any, g: Any, damping: Any, weights: Any, check_finite: bool, all_finite: AllFinite,
+    cast: Cast = astype, func: str = "lowrank_solve", need_positive: bool = True,
 ) -> Tuple[Any, Optional[np.ndarray], Any, float, bool]:
     """Validate ``lowrank_solve`` arguments; returns ``(J, w, G, damping, vector)``.
 
@@ -656,24 +651,13 @@ def lowrank_solve_args(
         damping = nonnegative(damping, func, "damping")
     dtype = wider(tj, tg)
     w = normalized_weights(weights, n, dtype, func, against)
-    J = cast(J, dtype)
-    G = cast(G, dtype)
-    if check_finite:
-        require_finite(J, func, "J", all_finite)
-        require_finite(G, func, "g", all_finite)
+    J, G = cast_all([(J, "J"), (G, "g")], dtype, check_finite, func, all_finite, cast)
     return J, w, G, damping, vector
 
 
 def natural_gradient_args(
-    J: Any,
-    g: Any,
-    damping: Any,
-    weights: Any,
-    method: Any,
-    check_finite: bool,
-    all_finite: AllFinite,
-    cast: Cast = astype,
-    func: str = "natural_gradient",
+    J: Any, g: Any, damping: Any, weights: Any, method: Any, check_finite: bool, all_finite: AllFinite,
+    cast: Cast = astype, func: str = "natural_gradient",
 ) -> Tuple[Any, Optional[np.ndarray], Any, float, bool, str]:
     """Validate ``natural_gradient`` arguments; returns ``(J, w, G, damping, vector, method)``.
 
@@ -712,14 +696,8 @@ def kl_step_size_args(
 
 
 def kfac_args(
-    grad: Any,
-    A: Any,
-    S: Any,
-    damping: Any,
-    check_finite: bool,
-    all_finite: AllFinite,
-    cast: Cast = astype,
-    func: str = "kfac_precondition",
+    grad: Any, A: Any, S: Any, damping: Any, check_finite: bool, all_finite: AllFinite,
+    cast: Cast = astype, func: str = "kfac_precondition",
 ) -> Tuple[Any, Any, Any, float]:
     """Validate ``kfac_precondition`` arguments; returns ``(grad, A, S, damping)``.
 
@@ -735,12 +713,6 @@ def kfac_args(
     square_shape(A, n_in, func, "A", "(in, in)", against)
     square_shape(S, n_out, func, "S", "(out, out)", against)
     damping = nonnegative(damping, func, "damping")
-    dtype = wider(tg, ta, ts)
-    grad = cast(grad, dtype)
-    A = cast(A, dtype)
-    S = cast(S, dtype)
-    if check_finite:
-        require_finite(grad, func, "grad", all_finite)
-        require_finite(A, func, "A", all_finite)
-        require_finite(S, func, "S", all_finite)
+    named = [(grad, "grad"), (A, "A"), (S, "S")]
+    grad, A, S = cast_all(named, wider(tg, ta, ts), check_finite, func, all_finite, cast)
     return grad, A, S, damping

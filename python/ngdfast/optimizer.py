@@ -66,13 +66,16 @@ class StepInfo:
 
     Examples
     --------
+    F = 2 I and g = (1, 2): ñ = g / 2, q = gᵀñ = 2.5, and a KL radius of 1.25 gives β = 1:
+
     >>> import numpy as np
-    >>> import ngdfast
-    >>> rng = np.random.default_rng(0)
-    >>> J = rng.standard_normal((16, 4))
-    >>> new, info = ngdfast.natural_gradient_step(np.zeros(4), -J.mean(axis=0), J, damping=1e-3, kl_radius=1e-2)
-    >>> round(info.predicted_kl, 12), info.retries, info.clipped     # 1/2 beta^2 q = kl_radius
-    (0.01, 0, False)
+    >>> from ngdfast import natural_gradient_step
+    >>> J = np.array([[2.0, 0.0], [0.0, 2.0]])
+    >>> info = natural_gradient_step(np.zeros(2), np.array([1.0, 2.0]), J, damping=0.0, kl_radius=1.25)[1]
+    >>> [round(v, 12) for v in (info.beta, info.quadratic, info.predicted_kl, info.predicted_change)]
+    [1.0, 2.5, 1.25, -1.25]
+    >>> info.retries, info.clipped, info.refactored                  # 1/2 beta^2 q = kl_radius, no cap
+    (0, False, True)
     """
 
     beta: float

@@ -30,6 +30,7 @@ Non-finite values and overflow (the same in every kernel module):
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import numpy as np
@@ -138,11 +139,7 @@ def _check_gram(M: np.ndarray, J: np.ndarray, gram: str, func: str) -> None:
         raise _v.scores_not_finite(J, func, gram, _all_finite)
 
 
-def _finite_solution(X: np.ndarray, func: str, inputs, what: str = _v.SOLUTION) -> np.ndarray:
-    """X, unless it holds NaN/Inf: then name a non-finite input, else report the overflow."""
-    if not _all_finite(X):
-        raise _v.solution_not_finite(func, what, X.dtype, inputs, _all_finite)
-    return X
+_finite_solution = functools.partial(_v.finite_solution, all_finite=_all_finite)
 
 
 def _woodbury_solve(J: np.ndarray, w: Optional[np.ndarray], G: np.ndarray, damping: float, func: str) -> np.ndarray:
@@ -161,15 +158,10 @@ def _woodbury_solve(J: np.ndarray, w: Optional[np.ndarray], G: np.ndarray, dampi
     return (G - Jw.T @ _cholesky_solve(L, Jw @ G)) / damping
 
 
-def _result(X: np.ndarray, vector: bool) -> np.ndarray:
-    return X[:, 0] if vector else X
-
-
 def _answer(X: np.ndarray, vector: bool, return_info: bool):
     """The answer, with the info of a solve in the data dtype: the reference states
     the answer every ``precision`` must give, not a path."""
-    x = _result(X, vector)
-    return (x, _p.plain(X.dtype)) if return_info else x
+    return _p.answer(X, vector, return_info, _p.plain(X.dtype))
 
 
 

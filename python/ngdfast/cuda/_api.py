@@ -368,16 +368,9 @@ def kfac_precondition(
 
     Parameters
     ----------
-    grad : array (out, in)
-    A : array (in, in)
-        Input-activation factor.
-    S : array (out, out)
-        Output-gradient factor.
-    damping : float
-        λ >= 0.
-    factored_damping : bool
-    check_finite : bool
-        Reject NaN/Inf in grad, A and S.
+    grad, A, S, damping, factored_damping, check_finite
+        As in :func:`ngdfast.kfac_precondition`: grad (out, in), the input-activation factor
+        A (in, in) and the output-gradient factor S (out, out) as arrays on the host or device.
 
     Returns
     -------
