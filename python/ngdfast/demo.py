@@ -192,29 +192,24 @@ def run_ngd(problem, theta0, steps, settings, rng, bar) -> Run:
         adaptive_kl_radius=True,
         min_damping=problem.l2,
     )
-    run = Run(dict(settings, fisher="sampled", fisher_batch=FISHER_BATCH, decay=DECAY, max_step=MAX_STEP))
     theta = theta0.copy()
     n = len(problem.y)
-    elapsed = 0.0
-    for t in range(steps):
-        start = time.perf_counter()
+
+    def step(t):
         loss, grad = problem.objective(theta)
-        if t:
+        if t > 1:
             opt.report_loss(loss)
         stats = ()
-        if t % settings["every"] == 0:
+        if (t - 1) % settings["every"] == 0:
             X = problem.X[rng.choice(n, size=min(FISHER_BATCH, n), replace=False)]
             if settings["curvature"] == "kfac":
                 stats = model.kfac_stats(theta, X, None, "sampled", rng)
             else:
                 stats = model.scores(theta, X, None, "sampled", rng)
         opt.step(theta, grad, *stats, loss=loss)
-        elapsed += time.perf_counter() - start
-        run.record(problem, theta, elapsed)
-        bar.update()
-        if run.diverged:
-            break
-    return run
+
+    recorded = dict(settings, fisher="sampled", fisher_batch=FISHER_BATCH, decay=DECAY, max_step=MAX_STEP)
+    return timed_run(problem, theta, steps, recorded, bar, step)
 
 
 def train(problem, steps, seed, enabled, config, repeats=1) -> dict:

@@ -7,16 +7,11 @@ per-sample gradient of its parameters θ_m is the vector-Jacobian product
 ``∂⟨m(x_i), δ_i⟩ / ∂θ_m``, computed for all samples at once with
 ``torch.func.vmap(torch.func.grad(...))`` over ``functional_call(module, ...)`` on one sample
 at a time. The diagonal Fisher of θ_m is then ``mean_i (∂⟨m(x_i), δ_i⟩/∂θ_m)²``.
-
-BatchNorm couples the samples of a batch through its statistics; its per-sample gradients
-here treat the batch mean and variance as constants (the normalised input ``x̂`` is that of
-the batch), which is the usual diagonal approximation for it.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -30,13 +25,9 @@ def square_sums(module: nn.Module, names: list[str], args: tuple, deltas: list[t
     gradient (N, ...) shaped like the module's output. Sums come back in ``dtype``.
     """
     params = {n: module.get_parameter(n).detach() for n in names}
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        fn = _batchnorm_sample(module, args[0])
-        args = args[:1]
-    else:
 
-        def fn(p, *sample):
-            return functional_call(module, p, tuple(a.unsqueeze(0) for a in sample))
+    def fn(p, *sample):
+        return functional_call(module, p, tuple(a.unsqueeze(0) for a in sample))
 
     def inner(p, d, *sample):
         return (fn(p, *sample) * d.unsqueeze(0)).sum()
@@ -67,18 +58,3 @@ def layer_square_sums(layer: Layer, x: torch.Tensor, deltas, dtype, per_row: boo
         d_rows = layer.output_rows(d, dtype).reshape(g, -1, layer.out_dim)  # (N, T, out)
         total += torch.bmm(d_rows.transpose(1, 2), rows).square().sum(0)
     return layer.split(total)
-
-
-def _batchnorm_sample(m: nn.modules.batchnorm._BatchNorm, x: torch.Tensor):
-    """One sample through BatchNorm with the batch's (or the running) statistics as constants."""
-    if m.training or m.running_mean is None:
-        dims = [0] + list(range(2, x.ndim))
-        mean = x.mean(dims)
-        var = x.var(dims, unbiased=False)
-    else:
-        mean, var = m.running_mean, m.running_var
-
-    def fn(p, xi):
-        return F.batch_norm(xi.unsqueeze(0), mean, var, p.get("weight"), p.get("bias"), False, 0.0, m.eps)
-
-    return fn

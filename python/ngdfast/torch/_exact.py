@@ -28,7 +28,7 @@ import warnings
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jacrev, vmap
+from torch.func import functional_call, jacrev, vmap
 
 from . import _fisher
 from ._capture import _backpropagate, check_exact_size, quiet

@@ -26,8 +26,8 @@ KINDS = (nn.LayerNorm, nn.modules.batchnorm._BatchNorm, nn.GroupNorm) + _RMS
 
 
 def supported(module: nn.Module) -> bool:
-    """Whether ``module`` is a norm layer with a closed-form block (every parameter trainable)."""
-    return isinstance(module, KINDS) and all(p.requires_grad for p in module.parameters(recurse=False))
+    """Whether ``module`` is a norm layer with a closed-form block (for whichever of γ, β train)."""
+    return isinstance(module, KINDS)
 
 
 def normalised(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
