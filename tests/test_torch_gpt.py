@@ -224,3 +224,20 @@ def test_state_dict_resumes_bit_for_bit(settings):
         assert torch.equal(p, q)
     if "max_factor_dim" in settings:
         assert precond.factors["head"][1].ndim == 1 and precond.factors["block.fc"][1].ndim == 1
+
+
+def test_a_second_backward_through_one_forward_counts_once():
+    data = batches(1)
+    x, y = data[0]
+    once, twice = tiny_gpt(), tiny_gpt()
+    infos = []
+    for model, backwards in ((once, 1), (twice, 2)):
+        precond = ngt.Preconditioner(model, fisher="empirical", kl_radius=1e-2, damping=1e-2)
+        loss = loss_of(model(x), y)
+        for _ in range(backwards):
+            model.zero_grad()
+            loss.backward(retain_graph=True)
+        infos.append(precond.step())
+        assert infos[-1].n_samples == int((y != -100).sum())
+    for p, q in zip(once.parameters(), twice.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=0)

@@ -262,13 +262,14 @@ class Capture:
         if recording:
             if self.listener is not None:
                 self.listener.on_forward([])
-            out.register_hook(partial(self._on_output_grad, out, pending))
+            out.register_hook(partial(self._on_output_grad, out, pending, []))
         out.register_hook(self._mark)  # also in eval mode: a step then says what is missing
 
-    def _on_output_grad(self, out, pending, grad):
+    def _on_output_grad(self, out, pending, done, grad):
         owner = getattr(_LOCAL, "owner", None)
-        if _backpropagating() or not (owner is None or owner is self):
+        if _backpropagating() or done or not (owner is None or owner is self):
             return
+        done.append(True)  # a second backward through this output (retain_graph=True) adds nothing
         _LOCAL.backpropagating = True
         try:
             with torch.enable_grad():
