@@ -69,6 +69,10 @@ __all__ = ["Curvature", "DenseFisher", "DiagonalFisher", "KFACFisher", "LowRankF
 #: Smallest P for which ``DenseFisher`` reuses factors by default (float64).
 REUSE_MIN_PARAMS = 1024
 
+#: Most solves ``DenseFisher`` lets pass without trying its old factor after failed attempts
+#: (the wait doubles with each failure, 1, 2, 4, ..., up to this; a success resets it).
+REUSE_MAX_WAIT = 16
+
 
 class SolveReport(NamedTuple):
     """How a curvature's last ``solve`` ran (its ``last_solve`` attribute).
@@ -79,7 +83,16 @@ class SolveReport(NamedTuple):
         Whether the solve factored F + λI (False: an earlier factor served as the
         preconditioner of conjugate gradients).
     iterations : int
-        Preconditioned CG iterations (0 for a plain factor-and-solve).
+        Preconditioned CG iterations of the solve that gave the answer (0 for a plain
+        factor-and-solve).
+    reuse : str
+        What became of the old factor: ``"reused"`` (it preconditioned CG to the
+        answer), ``"abandoned"`` (CG with it was given up, then F + λI was factored),
+        ``"skipped"`` (not tried: recent attempts failed, see ``REUSE_MAX_WAIT``) or
+        ``"none"`` (no factor of this damping, or reuse off).
+    reuse_iterations : int
+        CG iterations run with the old factor: those of the answer when reused, the
+        ones spent in vain when abandoned, else 0.
 
     Examples
     --------
@@ -93,14 +106,16 @@ class SolveReport(NamedTuple):
     True
     >>> F.update(rng.standard_normal((100, 50)))            # F moves by 1 %
     >>> x = F.solve(np.ones(50), 1e-2)
-    >>> F.last_solve.refactored, 0 < F.last_solve.iterations <= 10   # CG with the old factor
-    (False, True)
+    >>> F.last_solve.refactored, F.last_solve.reuse, 0 < F.last_solve.iterations <= 10   # CG, old factor
+    (False, 'reused', True)
     >>> bool(np.allclose(F.mv(x) + 1e-2 * x, 1.0))
     True
     """
 
     refactored: bool = True
     iterations: int = 0
+    reuse: str = "none"
+    reuse_iterations: int = 0
 
 
 @runtime_checkable
@@ -249,7 +264,12 @@ class DenseFisher(_RunningFisher):
         D(F + λI)D (D the unit-diagonal scaling); the next solve, after the EMA has
         moved F a little, runs preconditioned conjugate gradients on the new
         F + λI with that old factor as preconditioner, and factors afresh only when
-        CG needs more than ``max_reuse_iters`` iterations or λ changed. A fresh
+        CG needs more than ``max_reuse_iters`` iterations or λ changed. An attempt is
+        given up as soon as CG's observed rate predicts that ``max_reuse_iters``
+        iterations cannot suffice (usually after one or two), and after a failed
+        attempt the next 1, 2, 4, ... (at most ``REUSE_MAX_WAIT``) solves refactor
+        without trying, so an F that moves too fast for reuse (small fresh batches,
+        a small λ) costs what a plain solve costs. A fresh
         factor is also refined by CG on its own matrix (mixed precision), and when
         float32 cannot hold F + λI (condition number beyond ~1e7) the solve is a
         float64 Cholesky solve. 0 turns reuse off (every solve factors in the
@@ -291,9 +311,13 @@ class DenseFisher(_RunningFisher):
         max_reuse_iters = _v.integer(max_reuse_iters, "DenseFisher", "max_reuse_iters", minimum=0)
         self.max_reuse_iters = max_reuse_iters
         self.reuse_tol = _v.open_unit(reuse_tol, "DenseFisher", "reuse_tol")
-        # (float32 factor, damping) of the last factored F + λI: immutable, replaced on
-        # refactoring, so snapshots hold it by reference and a restore brings it back.
+        # (float32 factor, damping, version) of the last factored F + λI: immutable, replaced
+        # on refactoring, so snapshots hold it by reference and a restore brings it back.
         self._reuse = None
+        # Failed attempts back off: solves left to refactor without trying, and the wait
+        # after the next failure (state, so a restore brings them back with the factor).
+        self._reuse_wait = 0
+        self._reuse_backoff = 1
         self.last_solve = SolveReport()
 
     @property
@@ -330,21 +354,38 @@ class DenseFisher(_RunningFisher):
 
     def _solve_reusing(self, g: np.ndarray, damping: float) -> np.ndarray:
         G = g.reshape(self.n_params, -1)
+        reuse, spent = "none", 0
         if self._reuse is not None and self._reuse[1] == damping:
-            X, iterations = _pcg_solve(self._F, damping, self._reuse[0], G, self.reuse_tol, self.max_reuse_iters)
-            if iterations >= 0:
-                self.last_solve = SolveReport(False, iterations)
-                return X.reshape(g.shape)
+            factor, _, version = self._reuse
+            if version == self._version:  # F unchanged since it was factored: its own factor
+                X, iterations, ok = _pcg_solve(self._F, damping, factor, G, self.reuse_tol, 30, True)
+                if ok:
+                    self.last_solve = SolveReport(False, iterations, "reused", iterations)
+                    return X.reshape(g.shape)
+            elif self._reuse_wait:
+                self._reuse_wait -= 1
+                reuse = "skipped"
+            else:
+                X, spent, ok = _pcg_solve(self._F, damping, factor, G, self.reuse_tol, self.max_reuse_iters)
+                if ok:
+                    self._reuse_backoff = 1
+                    self.last_solve = SolveReport(False, spent, "reused", spent)
+                    return X.reshape(g.shape)
+                # F moves too fast for this factor: refactor, and try again only after a wait
+                # that doubles with each failure in a row.
+                reuse = "abandoned"
+                self._reuse_wait = self._reuse_backoff
+                self._reuse_backoff = min(2 * self._reuse_backoff, REUSE_MAX_WAIT)
         self._reuse = None
         factor = _reuse_factor(self._F, damping)
         if factor is not None:  # CG on its own matrix: mixed-precision refinement
-            X, iterations = _pcg_solve(self._F, damping, factor, G, self.reuse_tol, 30)
-            if iterations >= 0:
-                self._reuse = (factor, damping)
-                self.last_solve = SolveReport(True, iterations)
+            X, iterations, ok = _pcg_solve(self._F, damping, factor, G, self.reuse_tol, 30, True)
+            if ok:
+                self._reuse = (factor, damping, self._version)
+                self.last_solve = SolveReport(True, iterations, reuse, spent)
                 return X.reshape(g.shape)
         # float32 cannot factor or precondition F + λI: float64 Cholesky (its errors too)
-        self.last_solve = SolveReport(True, 0)
+        self.last_solve = SolveReport(True, 0, reuse, spent)
         return damped_solve(self._F, g, damping, check_finite=False, precision="double")
 
     def mv(self, v) -> np.ndarray:
