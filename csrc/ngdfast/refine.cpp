@@ -449,7 +449,11 @@ double damped_norm_inf(const Strided<double>& F, double damping) {
 PcgResult pcg_solve(const Strided<double>& F, double damping, const MixedFactor& factor, const Strided<double>& G,
                     double tol, int max_iter, double* x, bool factor_of_F) {
     const index_t n = F.rows, m = G.cols;
-    const double anorm = factor_of_F ? factor.norm_inf : damped_norm_inf(F, damping);
+    // ||A||_inf costs a pass over F. Until the true residual is first checked, the factor's
+    // own norm (of an older matrix: a few per cent off) serves the recurrence's tests and the
+    // prediction, so an attempt given up early never pays for that pass.
+    double anorm = factor.norm_inf;
+    bool exact_norm = factor_of_F;
     const std::size_t size = static_cast<std::size_t>(n * m);
     std::vector<double> r(size), z(size), zold(size), p(size), q(size), zero(size, 0.0);
     std::vector<double> rz(static_cast<std::size_t>(m));
@@ -501,6 +505,10 @@ PcgResult pcg_solve(const Strided<double>& F, double damping, const MixedFactor&
             all = all && done[static_cast<std::size_t>(c)];
         }
         if (all) {  // the recurrence says so: check the true residual
+            if (!exact_norm) {
+                anorm = damped_norm_inf(F, damping);
+                exact_norm = true;
+            }
             damped_residual(F, damping, G, x, r.data(), m);
             bool ok = true;
             for (index_t c = 0; c < m; ++c) ok = ok && converged(c);

@@ -83,10 +83,10 @@ double damped_norm_inf(const Strided<double>& F, double damping);
 
 // Preconditioned conjugate gradients on A X = G, A = F + damping I,
 // preconditioned by `factor` (of an older matrix, or of A itself when
-// factor_of_F, whose ||A||_inf then serves and saves a pass over F), from
-// X = factor^-1 G, column by column in lockstep, until every column's normwise
-// backward error eta = ||r||_inf / (||A||_inf ||x||_inf) is at most tol
-// (checked on the true residual). Given up, X then holding the last iterate,
+// factor_of_F), from X = factor^-1 G, column by column in lockstep, until every
+// column's normwise backward error eta = ||r||_inf / (||A||_inf ||x||_inf) is at
+// most tol (checked on the true residual, with ||A||_inf computed then; the
+// factor's norm stands in before, and is exact when factor_of_F). Given up, X then holding the last iterate,
 // after max_iter iterations, or as soon as the observed rate predicts that
 // max_iter cannot suffice: after k iterations with eta_k = rho^k eta_0,
 // k + log(tol / eta_k) / log(rho) > max_iter (2 max_iter after the first
