@@ -48,7 +48,9 @@ two triangular solves; low-rank: the inverse of the N×N Woodbury core, so later
 solves are matrix-vector products); a trainer that refreshes the curvature every
 k steps pays for one factorisation per refresh. The diagonal keeps ``1 / (d + λ)`` from its first solve. K-FAC
 factors are small (layer widths) and are refactored on each solve by
-``kfac_precondition``.
+``kfac_precondition``. Across updates, ``DenseFisher`` (float64) lets its previous
+factor precondition CG on the new F + λI, and gives up an attempt, and waits before
+the next, as soon as F moves too fast for that to pay (its ``max_reuse_iters``).
 """
 
 from __future__ import annotations
