@@ -93,6 +93,24 @@ def test_natural_gradient_mixed(impl, alternating, bench_size, run_benchmark):
     assert peers.relative_error(x, expected) <= EXACT
 
 
+def _ema_solves(fish, batches, damping, rng):
+    """``(mean solve seconds, worst relative error, reports)``: per batch ``(J, w)`` an untimed
+    update, one timed solve, and its answer checked against a float64 solve (untimed)."""
+    import ngdfast
+
+    seconds, worst, reports = 0.0, 0.0, []
+    for J, w in batches:
+        fish.update(J, w)
+        g = rng.standard_normal(fish.n_params)
+        t0 = time.perf_counter()
+        x = fish.solve(g, damping)
+        seconds += time.perf_counter() - t0
+        reports.append(fish.last_solve)
+        exact = ngdfast.damped_solve(fish.to_dense(), g, damping, precision="double")
+        worst = max(worst, peers.relative_error(x, exact))
+    return seconds / len(reports), worst, reports
+
+
 @pytest.mark.parametrize("impl", ["DenseFisher-reuse", "DenseFisher-no-reuse", "scipy-cho-one-solve"])
 def test_dense_fisher_reuse(impl, bench_size, request, benchmark):
     """Mean solve time per step over 50 EMA steps (each step's update untimed)."""
@@ -116,17 +134,9 @@ def test_dense_fisher_reuse(impl, bench_size, request, benchmark):
         rng = np.random.default_rng(7)
         J = rng.standard_normal((n, p))
         fish = ngdfast.DenseFisher(p, decay=0.95, max_reuse_iters=max_reuse)
-        seconds, worst, reused = 0.0, 0.0, 0
-        for _ in range(steps):
-            fish.update(J, 1.0 + 0.1 * rng.random(n))
-            g = rng.standard_normal(p)
-            t0 = time.perf_counter()
-            x = fish.solve(g, damping)
-            seconds += time.perf_counter() - t0
-            reused += not fish.last_solve.refactored
-            exact = ngdfast.damped_solve(fish.to_dense(), g, damping, precision="double")
-            worst = max(worst, peers.relative_error(x, exact))
-        return seconds / steps, worst, reused
+        batches = ((J, 1.0 + 0.1 * rng.random(n)) for _ in range(steps))
+        mean, worst, reports = _ema_solves(fish, batches, damping, rng)
+        return mean, worst, sum(not r.refactored for r in reports)
 
     results = []
     benchmark.pedantic(lambda: results.append(run()), rounds=1, iterations=1)
@@ -154,18 +164,9 @@ def test_dense_fisher_fresh_minibatches(impl, bench_size, benchmark):
         fish = ngdfast.DenseFisher(p, decay=0.95, max_reuse_iters=max_reuse)
         fish.update(rng.standard_normal((2 * p, p)))  # full rank: F + λI well conditioned
         fish.solve(rng.standard_normal(p), damping)
-        seconds, worst, spent = 0.0, 0.0, []
-        for _ in range(steps):
-            fish.update(rng.standard_normal((p // 16, p)))
-            g = rng.standard_normal(p)
-            t0 = time.perf_counter()
-            x = fish.solve(g, damping)
-            seconds += time.perf_counter() - t0
-            if fish.last_solve.reuse == "abandoned":
-                spent.append(fish.last_solve.reuse_iterations)
-            exact = ngdfast.damped_solve(fish.to_dense(), g, damping, precision="double")
-            worst = max(worst, peers.relative_error(x, exact))
-        return seconds / steps, worst, spent
+        batches = ((rng.standard_normal((p // 16, p)), None) for _ in range(steps))
+        mean, worst, reports = _ema_solves(fish, batches, damping, rng)
+        return mean, worst, [r.reuse_iterations for r in reports if r.reuse == "abandoned"]
 
     results = []
     benchmark.pedantic(lambda: results.append(run()), rounds=1, iterations=1)
