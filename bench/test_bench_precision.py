@@ -10,6 +10,9 @@
   (the same score rows, weights jittered by 10 % a step): mean solve time per
   step vs one SciPy Cholesky solve of the same size; target <= 0.2x, every
   step's direction within 1e-10 of the exact solve (checked outside the timing).
+- The same over 20 steps of fresh batches (P/16 rows, λ = 1e-3), where reuse
+  cannot pay: with reuse against without (no slower: the attempts are given up
+  after at most 2 CG iterations and back off), every direction within 1e-10.
 
 Sizes: small by default; ``--bench-size medium`` for the target sizes.
 """
@@ -90,6 +93,24 @@ def test_natural_gradient_mixed(impl, alternating, bench_size, run_benchmark):
     assert peers.relative_error(x, expected) <= EXACT
 
 
+def _ema_solves(fish, batches, damping, rng):
+    """``(mean solve seconds, worst relative error, reports)``: per batch ``(J, w)`` an untimed
+    update, one timed solve, and its answer checked against a float64 solve (untimed)."""
+    import ngdfast
+
+    seconds, worst, reports = 0.0, 0.0, []
+    for J, w in batches:
+        fish.update(J, w)
+        g = rng.standard_normal(fish.n_params)
+        t0 = time.perf_counter()
+        x = fish.solve(g, damping)
+        seconds += time.perf_counter() - t0
+        reports.append(fish.last_solve)
+        exact = ngdfast.damped_solve(fish.to_dense(), g, damping, precision="double")
+        worst = max(worst, peers.relative_error(x, exact))
+    return seconds / len(reports), worst, reports
+
+
 @pytest.mark.parametrize("impl", ["DenseFisher-reuse", "DenseFisher-no-reuse", "scipy-cho-one-solve"])
 def test_dense_fisher_reuse(impl, bench_size, request, benchmark):
     """Mean solve time per step over 50 EMA steps (each step's update untimed)."""
@@ -113,17 +134,9 @@ def test_dense_fisher_reuse(impl, bench_size, request, benchmark):
         rng = np.random.default_rng(7)
         J = rng.standard_normal((n, p))
         fish = ngdfast.DenseFisher(p, decay=0.95, max_reuse_iters=max_reuse)
-        seconds, worst, reused = 0.0, 0.0, 0
-        for _ in range(steps):
-            fish.update(J, 1.0 + 0.1 * rng.random(n))
-            g = rng.standard_normal(p)
-            t0 = time.perf_counter()
-            x = fish.solve(g, damping)
-            seconds += time.perf_counter() - t0
-            reused += not fish.last_solve.refactored
-            exact = ngdfast.damped_solve(fish.to_dense(), g, damping, precision="double")
-            worst = max(worst, peers.relative_error(x, exact))
-        return seconds / steps, worst, reused
+        batches = ((J, 1.0 + 0.1 * rng.random(n)) for _ in range(steps))
+        mean, worst, reports = _ema_solves(fish, batches, damping, rng)
+        return mean, worst, sum(not r.refactored for r in reports)
 
     results = []
     benchmark.pedantic(lambda: results.append(run()), rounds=1, iterations=1)
@@ -132,3 +145,33 @@ def test_dense_fisher_reuse(impl, bench_size, request, benchmark):
     assert worst <= EXACT
     if max_reuse:
         assert reused >= steps // 2
+
+
+@pytest.mark.parametrize("impl", ["DenseFisher-reuse", "DenseFisher-no-reuse"])
+def test_dense_fisher_fresh_minibatches(impl, bench_size, benchmark):
+    """Mean solve time per step over 20 EMA steps of fresh batches (P/16 rows, decay 0.95,
+    λ = 1e-3), where reuse cannot pay: with reuse no slower than without (the attempts are
+    given up after at most 2 CG iterations and back off), answers as exact."""
+    import ngdfast
+
+    p = _sizes(bench_size)["reuse"]
+    max_reuse = 10 if impl == "DenseFisher-reuse" else 0
+    steps, damping = 20, 1e-3
+    benchmark.group = f"DenseFisher(P={p}, decay=0.95) solve per step, {steps} fresh minibatches"
+
+    def run():
+        rng = np.random.default_rng(8)
+        fish = ngdfast.DenseFisher(p, decay=0.95, max_reuse_iters=max_reuse)
+        fish.update(rng.standard_normal((2 * p, p)))  # full rank: F + λI well conditioned
+        fish.solve(rng.standard_normal(p), damping)
+        batches = ((rng.standard_normal((p // 16, p)), None) for _ in range(steps))
+        mean, worst, reports = _ema_solves(fish, batches, damping, rng)
+        return mean, worst, [r.reuse_iterations for r in reports if r.reuse == "abandoned"]
+
+    results = []
+    benchmark.pedantic(lambda: results.append(run()), rounds=1, iterations=1)
+    mean, worst, spent = results[-1]
+    benchmark.extra_info.update({"mean_solve_seconds": mean, "worst_relative_error": worst,
+                                 "abandoned_attempts": len(spent), "abandoned_iterations": sum(spent)})
+    assert worst <= EXACT
+    assert all(k <= 2 for k in spent) and len(spent) <= 5

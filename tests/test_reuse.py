@@ -1,9 +1,11 @@
 """Factor reuse in ``DenseFisher``: preconditioned CG with the previous float32 factor.
 
 Every solve's answer must equal the exact (float64 Cholesky) solve of the current
-F + λI to 1e-10 relative, whether the step reused a factor or refactored; a
-slowly changing F must be solved without refactoring, a sudden change or a new
-damping must refactor; snapshots bring the cached factor back with the state.
+F + λI to 1e-10 relative (1e-12 where F + λI is well conditioned), whether the
+step reused a factor or refactored; a slowly changing F must be solved without
+refactoring, a sudden change or a new damping must refactor; an F that moves too
+fast for reuse (fresh minibatches) must refactor without paying for failed
+attempts; snapshots bring the cached factor back with the state.
 """
 
 import numpy as np
@@ -31,6 +33,26 @@ def _slow_batches(rng, steps):
         yield base, 1.0 + 0.1 * rng.random(N)
 
 
+def _fresh_batches(rng, steps):
+    """A fresh minibatch each step, the usual running Fisher: with decay 0.95 and a small
+    damping every update brings new directions, and CG with the old factor would need far
+    more than max_reuse_iters iterations."""
+    for _ in range(steps):
+        yield rng.standard_normal((N, P)), None
+
+
+def _run(fish, batches, damping, rng, tol=1e-12):
+    """The reports of one solve after each update; every answer checked against a fresh solve."""
+    reports = []
+    for J, w in batches:
+        fish.update(J, w)
+        g = rng.standard_normal(P)
+        x = fish.solve(g, damping)
+        assert _rel(x, _exact(fish, g, damping)) <= tol
+        reports.append(fish.last_solve)
+    return reports
+
+
 def test_slow_change_reuses_the_factor():
     rng = np.random.default_rng(0)
     fish = DenseFisher(P, decay=0.95, max_reuse_iters=10)
@@ -45,6 +67,47 @@ def test_slow_change_reuses_the_factor():
     assert reports[0].refactored
     assert not any(r.refactored for r in reports[1:]), reports
     assert all(1 <= r.iterations <= fish.max_reuse_iters for r in reports[1:])
+
+
+def test_fresh_minibatches_refactor_without_paying_for_failed_attempts():
+    rng = np.random.default_rng(8)
+    fish = DenseFisher(P, decay=0.95, max_reuse_iters=10)
+    fish.update(rng.standard_normal((4 * P, P)))  # full rank: F + λI well conditioned
+    reports = _run(fish, _fresh_batches(rng, 14), 1e-3, rng)
+    assert all(r.refactored for r in reports), reports
+    assert reports[0].reuse == "none"  # nothing factored before
+    # Each attempt is given up once CG's rate shows it cannot reach reuse_tol within
+    # max_reuse_iters (after 1 or 2 of its 10 iterations), and each failure doubles the
+    # wait before the next attempt: the solves in between refactor at once.
+    a, s = "abandoned", "skipped"
+    assert [r.reuse for r in reports[1:]] == [a, s, a, s, s, a, s, s, s, s, a, s, s], reports
+    assert all(r.reuse_iterations <= 2 for r in reports if r.reuse == a), reports
+    assert all(r.reuse_iterations == 0 for r in reports if r.reuse != a), reports
+
+
+@pytest.mark.parametrize("decay, damping", [(0.999, 1e-3), (0.95, 10.0)])
+def test_slow_drift_still_reuses(decay, damping):
+    """Fresh minibatches on a mature F: with a slow EMA, or a damping that dominates the
+    newest directions, F + λI moves little and every solve after the first reuses."""
+    rng = np.random.default_rng(9)
+    fish = DenseFisher(P, decay=decay, max_reuse_iters=10)
+    fish.update(rng.standard_normal((4 * P, P)))
+    fish.solve(np.ones(P), damping)
+    reports = _run(fish, _fresh_batches(rng, 8), damping, rng)
+    assert all(r.reuse == "reused" and not r.refactored for r in reports), reports
+    assert all(1 <= r.iterations == r.reuse_iterations <= fish.max_reuse_iters for r in reports)
+
+
+def test_the_wait_doubles_only_for_failures_in_a_row():
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((2 * P, P))
+    fish = DenseFisher(P, decay=0.95, max_reuse_iters=10)
+    batches = [(base, 1.0 + 0.1 * rng.random(2 * P)) for _ in range(14)]
+    batches[4] = batches[10] = (10.0 * rng.standard_normal((2 * P, P)), None)  # two sudden changes
+    reuse = [r.reuse for r in _run(fish, batches, 1e-3, rng)]
+    # after each failure one solve refactors without trying; the reuses in between reset the wait
+    assert reuse[4:7] == reuse[10:13] == ["abandoned", "skipped", "reused"], reuse
+    assert reuse.count("reused") == 9, reuse
 
 
 def test_sudden_change_and_new_damping_refactor():
@@ -63,7 +126,7 @@ def test_sudden_change_and_new_damping_refactor():
     assert fish.last_solve.refactored
     assert _rel(x, _exact(fish, g, 1e-2)) <= 1e-10
     x = fish.solve(g, 1e-2)  # same F, same damping: its own factor preconditions
-    assert not fish.last_solve.refactored
+    assert not fish.last_solve.refactored and fish.last_solve.reuse == "reused"
     assert _rel(x, _exact(fish, g, 1e-2)) <= 1e-10
 
 

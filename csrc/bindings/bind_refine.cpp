@@ -81,17 +81,18 @@ NGDFAST_BIND(refine) {
     m.def(
         "pcg_solve",
         [](const py::array& F, double damping, const MixedFactor& factor, const py::array& G, double tol,
-           int max_iter) {
+           int max_iter, bool factor_of_F) {
             require_double(F, "pcg_solve");
             if (F.ndim() != 2 || factor.n != F.shape(0) || factor.info != 0)
                 throw std::invalid_argument("pcg_solve: a valid factor of the size of F expected");
             auto solve = [&](const auto& f, const auto& g, double* xp) {
-                return pcg_solve(f, damping, factor, g, tol, max_iter, xp);
+                return pcg_solve(f, damping, factor, g, tol, max_iter, xp, factor_of_F);
             };
-            auto [x, iterations] = call_with_square<double>("pcg_solve", F, G, solve);
-            return py::make_tuple(std::move(x), iterations);
+            auto [x, res] = call_with_square<double>("pcg_solve", F, G, solve);
+            return py::make_tuple(std::move(x), res.iterations, res.converged);
         },
-        py::arg("F"), py::arg("damping"), py::arg("factor"), py::arg("G"), py::arg("tol"), py::arg("max_iter"));
+        py::arg("F"), py::arg("damping"), py::arg("factor"), py::arg("G"), py::arg("tol"), py::arg("max_iter"),
+        py::arg("factor_of_F") = false);
 }
 
 }  // namespace ngdfast::bindings

@@ -446,14 +446,19 @@ double damped_norm_inf(const Strided<double>& F, double damping) {
     return damped_norm_pass(F, damping, [](index_t, index_t, double) {});
 }
 
-int pcg_solve(const Strided<double>& F, double damping, const MixedFactor& factor, const Strided<double>& G,
-              double tol, int max_iter, double* x) {
+PcgResult pcg_solve(const Strided<double>& F, double damping, const MixedFactor& factor, const Strided<double>& G,
+                    double tol, int max_iter, double* x, bool factor_of_F) {
     const index_t n = F.rows, m = G.cols;
-    const double anorm = damped_norm_inf(F, damping);
+    // ||A||_inf costs a pass over F. Until the true residual is first checked, the factor's
+    // own norm (of an older matrix: a few per cent off) serves the recurrence's tests and the
+    // prediction, so an attempt given up early never pays for that pass.
+    double anorm = factor.norm_inf;
+    bool exact_norm = factor_of_F;
     const std::size_t size = static_cast<std::size_t>(n * m);
     std::vector<double> r(size), z(size), zold(size), p(size), q(size), zero(size, 0.0);
     std::vector<double> rz(static_cast<std::size_t>(m));
     std::vector<char> done(static_cast<std::size_t>(m), 0);
+    std::vector<double> eta0(static_cast<std::size_t>(m), 0.0);
     const Strided<double> Z{zero.data(), n, m, 1, n};
     auto dot = [&](const double* a, const double* b) {
         double s = 0;
@@ -464,9 +469,27 @@ int pcg_solve(const Strided<double>& F, double damping, const MixedFactor& facto
     auto converged = [&](index_t c) {
         return column_max_abs(r.data() + c * n, n) <= tol * anorm * column_max_abs(x + c * n, n);
     };
+    auto eta = [&](index_t c) {  // 0 when undefined (x = 0): no prediction from it
+        const double den = anorm * column_max_abs(x + c * n, n);
+        return den > 0 ? column_max_abs(r.data() + c * n, n) / den : 0.0;
+    };
+    // Whether the rate observed over `it` iterations predicts that max_iter cannot reach tol.
+    auto hopeless = [&](int it) {
+        const double limit = it == 1 ? 2.0 * max_iter : double(max_iter);
+        for (index_t c = 0; c < m; ++c) {
+            const std::size_t cc = static_cast<std::size_t>(c);
+            if (done[cc] || !(eta0[cc] > 0)) continue;
+            const double e = eta(c);
+            if (!(e > 0)) continue;
+            const double rate = std::pow(e / eta0[cc], 1.0 / it);
+            if (!(rate < 1) || double(it) + std::log(tol / e) / std::log(rate) > limit) return true;
+        }
+        return false;
+    };
     copy_to(G, x, n);
     mixed_factor_solve(factor, x, m);
     damped_residual(F, damping, G, x, r.data(), m);
+    for (index_t c = 0; c < m; ++c) eta0[static_cast<std::size_t>(c)] = eta(c);
     bool restart = true;
     for (int it = 0;; ++it) {
         if (restart) {  // p = z = M^-1 r
@@ -482,13 +505,17 @@ int pcg_solve(const Strided<double>& F, double damping, const MixedFactor& facto
             all = all && done[static_cast<std::size_t>(c)];
         }
         if (all) {  // the recurrence says so: check the true residual
+            if (!exact_norm) {
+                anorm = damped_norm_inf(F, damping);
+                exact_norm = true;
+            }
             damped_residual(F, damping, G, x, r.data(), m);
             bool ok = true;
             for (index_t c = 0; c < m; ++c) ok = ok && converged(c);
-            if (ok) return it;
+            if (ok) return {it, true};
             restart = true;
         }
-        if (it >= max_iter) return -1;
+        if (it >= max_iter || (it >= 1 && hopeless(it))) return {it, false};
         if (restart) continue;
         // q = A p, through the residual of a zero right-hand side: q = -(0 - A p).
         damped_residual(F, damping, Z, p.data(), q.data(), m);
@@ -497,7 +524,7 @@ int pcg_solve(const Strided<double>& F, double damping, const MixedFactor& facto
             double* pc = p.data() + c * n;
             double* qc = q.data() + c * n;
             const double pq = -dot(pc, qc);
-            if (!(pq > 0)) return -1;  // the operator is not positive definite along p
+            if (!(pq > 0)) return {it, false};  // the operator is not positive definite along p
             const double alpha = rz[static_cast<std::size_t>(c)] / pq;
             double* xc = x + c * n;
             double* rc = r.data() + c * n;

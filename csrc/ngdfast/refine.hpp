@@ -82,13 +82,22 @@ void damped_residual(const Strided<double>& F, double damping, const Strided<dou
 double damped_norm_inf(const Strided<double>& F, double damping);
 
 // Preconditioned conjugate gradients on A X = G, A = F + damping I,
-// preconditioned by `factor` (of an older matrix), from X = factor^-1 G,
-// column by column in lockstep, until every column's normwise backward error
-// is at most tol: ||r||_inf <= tol ||A||_inf ||x||_inf (checked on the true
-// residual). Returns the iterations taken (matrix
-// products after the first), or -1 when max_iter iterations did not reach tol
-// (X then holds the last iterate).
-int pcg_solve(const Strided<double>& F, double damping, const MixedFactor& factor, const Strided<double>& G,
-              double tol, int max_iter, double* x);
+// preconditioned by `factor` (of an older matrix, or of A itself when
+// factor_of_F), from X = factor^-1 G, column by column in lockstep, until every
+// column's normwise backward error eta = ||r||_inf / (||A||_inf ||x||_inf) is at
+// most tol (checked on the true residual, with ||A||_inf computed then; the
+// factor's norm stands in before, and is exact when factor_of_F). Given up, X then holding the last iterate,
+// after max_iter iterations, or as soon as the observed rate predicts that
+// max_iter cannot suffice: after k iterations with eta_k = rho^k eta_0,
+// k + log(tol / eta_k) / log(rho) > max_iter (2 max_iter after the first
+// iteration, whose rate is the least reliable). CG on a slowly drifting F
+// converges at a steady rate, so an attempt that cannot succeed usually costs
+// two or three products with F instead of max_iter.
+struct PcgResult {
+    int iterations = 0;  // iterations run (matrix products after the first)
+    bool converged = false;
+};
+PcgResult pcg_solve(const Strided<double>& F, double damping, const MixedFactor& factor, const Strided<double>& G,
+                    double tol, int max_iter, double* x, bool factor_of_F = false);
 
 }  // namespace ngdfast

@@ -134,7 +134,10 @@ def mixed_factor(F: np.ndarray, damping: float) -> tuple[MixedFactor, int]:
     """``(factor, info)``; info > 0: not positive definite in float32 (or a diagonal entry <= 0)."""
 
 def pcg_solve(
-    F: np.ndarray, damping: float, factor: MixedFactor, G: np.ndarray, tol: float, max_iter: int
-) -> tuple[np.ndarray, int]:
-    """``(X, iterations)`` of CG on (F + damping I) X = G preconditioned by ``factor``, to a
-    normwise backward error of ``tol``; iterations = -1 when ``max_iter`` did not suffice."""
+    F: np.ndarray, damping: float, factor: MixedFactor, G: np.ndarray, tol: float, max_iter: int,
+    factor_of_F: bool = False,
+) -> tuple[np.ndarray, int, bool]:
+    """``(X, iterations, converged)`` of CG on (F + damping I) X = G preconditioned by ``factor``,
+    to a normwise backward error of ``tol``; given up after ``max_iter`` iterations, or once the
+    observed rate predicts that ``max_iter`` cannot suffice. ``factor_of_F``: ``factor`` is of
+    this F + damping I, whose norm it holds."""

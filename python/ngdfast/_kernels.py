@@ -123,11 +123,13 @@ def _reuse_factor(F: np.ndarray, damping: float):
     return factor if info == 0 else None
 
 
-def _pcg_solve(F: np.ndarray, damping: float, factor, G: np.ndarray, tol: float, max_iter: int):
-    """``(X, iterations)``: CG on ``(F + damping I) X = G`` (float64) preconditioned by
-    ``factor`` to a normwise backward error of ``tol``; iterations is -1 when ``max_iter``
-    did not suffice."""
-    return _core.pcg_solve(F, damping, factor, G, tol, max_iter)
+def _pcg_solve(F: np.ndarray, damping: float, factor, G: np.ndarray, tol: float, max_iter: int,
+               factor_of_F: bool = False):
+    """``(X, iterations, converged)``: CG on ``(F + damping I) X = G`` (float64) preconditioned by
+    ``factor`` to a normwise backward error of ``tol``, given up after ``max_iter`` iterations or
+    as soon as the observed rate predicts that they cannot suffice (``iterations`` is what was
+    spent). ``factor_of_F``: the factor is of this very F + damping I (its norm serves)."""
+    return _core.pcg_solve(F, damping, factor, G, tol, max_iter, factor_of_F)
 
 
 def fisher(J, weights=None, *, out=None, decay=0.0, check_finite=True):

@@ -137,6 +137,12 @@ def print_reuse(reuse: dict[str, Any], out) -> None:
         r = reuse[label]
         print(f"  {label:<9} mean solve {format_time(r['mean_solve_seconds']):>10}  reused {r['reused_steps']:>3} "
               f"steps  CG iterations/step {r['mean_cg_iterations']:.1f}  max err {r['max_error']:.1e}", file=out)
+    fresh = reuse["fresh"]
+    print(f"  fresh batches of P/16 rows (P={fresh['p']}, {fresh['steps']} steps, damping 1e-3): mean solve "
+          f"{format_time(fresh['reuse_seconds'])} with reuse, {format_time(fresh['no_reuse_seconds'])} without "
+          f"(ratio {fresh['ratio']:.3f}, target <= {REUSE_TARGET['fresh_ratio']:g}: "
+          f"{'met' if fresh['ratio'] <= REUSE_TARGET['fresh_ratio'] else 'MISSED'}); {fresh['abandoned']} attempts "
+          f"given up after {fresh['abandoned_iterations']} CG iterations in all", file=out)
     if "ratio" in reuse:
         print(f"  one scipy cho_factor+cho_solve {format_time(reuse['scipy_cho_seconds'])}: mean solve / that = "
               f"{reuse['ratio']:.3f} (speed target <= {REUSE_TARGET['ratio']:g} within "
