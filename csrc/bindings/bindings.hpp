@@ -19,10 +19,6 @@
 #include "ngdfast/matrix.hpp"
 #include "ngdfast/parallel.hpp"
 
-#if defined(__GLIBCXX__)
-#include <cxxabi.h>
-#endif
-
 namespace ngdfast::bindings {
 
 namespace py = pybind11;
@@ -38,8 +34,8 @@ inline unsigned long& main_thread_id() {
 // it: CPython (3.8 to 3.13) ends it on the spot with pthread_exit(), which
 // unwinds its stack as a "forced unwind" exception, and py::gil_scoped_release
 // asks from its destructor, which is noexcept: std::terminate ("terminate
-// called without an active exception"), SIGABRT, the whole process dies
-// (issue 21). NumPy's C code unwinds without a noexcept frame in the way.
+// called without an active exception"), SIGABRT, the whole process dies.
+// NumPy's C code unwinds without a noexcept frame in the way.
 // Here the thread is parked instead, as CPython 3.14 itself does: the forced
 // unwind is caught right where it starts and the thread sleeps until the
 // process ends. It holds no lock of Python's or ours at that point (the
@@ -52,16 +48,15 @@ inline unsigned long& main_thread_id() {
     for (;;) pause();
 }
 
+// catch (...) rather than abi::__forced_unwind&: a forced unwind carries no
+// exception object to bind a reference to (UBSan reports the null binding),
+// and nothing else can leave this C function.
 inline void take_gil_back(PyThreadState* state) noexcept {
-#if defined(__GLIBCXX__)
     try {
         PyEval_RestoreThread(state);
-    } catch (abi::__forced_unwind&) {
+    } catch (...) {
         park_thread();  // never returns: ending the handler would resume the unwind
     }
-#else
-    PyEval_RestoreThread(state);
-#endif
 }
 
 // The thread state this thread gave up with the GIL (ReleasedGil), for the

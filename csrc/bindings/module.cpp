@@ -15,7 +15,7 @@ PYBIND11_MODULE(_core, m) {
     // and gives the GIL up and takes it back around that one-time lookup with
     // py::gil_scoped_release, whose destructor is noexcept: a daemon thread
     // whose first call met the interpreter's finalisation there aborted the
-    // process (issue 21; see take_gil_back in bindings.hpp). Done here, by
+    // process (see take_gil_back in bindings.hpp). Done here, by
     // the importing thread, no kernel call does it later.
     type_num_of<float>();
     type_num_of<double>();

@@ -52,7 +52,7 @@ constexpr double kBorrowMinFlops = 2.0e7;
 std::atomic<int> g_in_flight{0};
 std::atomic<bool> g_forking{false};
 
-// The end of the process closes the same gate, for good (issue 21). exit()
+// The end of the process closes the same gate, for good. exit()
 // runs OpenBLAS's library destructor (gotoblas_quit) after every atexit
 // handler; it stops and joins the library's workers, and a parallel call in
 // flight from another thread at that moment can clear the stop request, so
