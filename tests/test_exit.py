@@ -273,7 +273,7 @@ TORCH_AT_EXIT = """
 def test_torch_preconditioner_alive_at_exit():
     pytest.importorskip("torch")
     code = prelude("fisher") + textwrap.dedent(TORCH_AT_EXIT)
-    check_exit(code, 0, repeats=3, must_print=("exit",))
+    check_exit(code, 0, repeats=2, must_print=("exit",))
 
 
 @pytest.mark.skipif(not SANITIZED, reason="checks the sanitizer build's children (tools/sanitize.sh)")
