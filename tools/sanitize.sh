@@ -42,9 +42,11 @@ preload="$libasan $libstdcxx"
 
 if [ "$#" -eq 0 ]; then
   # Every blocking threshold of csrc/ against the reference (both tile
-  # engines, 1-2 threads, borrowed products), concurrent callers, and the
-  # large-size / fork / Ctrl-C cases: a few minutes on 2 cores.
-  set -- tests/test_backends.py tests/test_threads.py tests/test_safety.py
+  # engines, 1-2 threads, borrowed products), concurrent callers, the
+  # large-size / fork / Ctrl-C cases, and the end of the process (daemon
+  # threads inside kernels at exit, sys.exit, os._exit, Ctrl-C: children that
+  # inherit this environment, the preload included): a few minutes on 2 cores.
+  set -- tests/test_backends.py tests/test_threads.py tests/test_safety.py tests/test_exit.py
 fi
 
 log=$dir/pytest.log

@@ -89,7 +89,7 @@ NGDFAST_BIND(runtime) {
         [](index_t a, index_t b, std::size_t elem) { return checked_mul(a, b, elem); },
         py::arg("a"), py::arg("b"), py::arg("elem"), "Checked workspace size (tests only): a * b or MemoryError.");
     m.def("other_thread_running", [] {
-        py::gil_scoped_release release;
+        ReleasedGil release;
         return other_thread_running();
     });
     m.def("build_info", [] {

@@ -8,6 +8,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <unistd.h>
+
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -27,6 +29,57 @@ inline unsigned long& main_thread_id() {
     return id;
 }
 
+// Taking the GIL back at the end of the interpreter. A thread that asks for
+// the GIL after Python's finalisation has begun on another thread never gets
+// it: CPython (3.8 to 3.13) ends it on the spot with pthread_exit(), which
+// unwinds its stack as a "forced unwind" exception, and py::gil_scoped_release
+// asks from its destructor, which is noexcept: std::terminate ("terminate
+// called without an active exception"), SIGABRT, the whole process dies.
+// NumPy's C code unwinds without a noexcept frame in the way.
+// Here the thread is parked instead, as CPython 3.14 itself does: the forced
+// unwind is caught right where it starts and the thread sleeps until the
+// process ends. It holds no lock of Python's or ours at that point (the
+// kernel returned; CPython released its GIL mutex before exiting the thread),
+// and letting the unwind go on is no option: the binding's locals would
+// touch Python objects without the GIL. Asking (rather than checking
+// Py_IsFinalizing() first) is exact: the finalising thread itself, a __del__
+// or an atexit handler calling a kernel, gets the GIL back as usual.
+[[noreturn]] inline void park_thread() noexcept {
+    for (;;) pause();
+}
+
+// catch (...) rather than abi::__forced_unwind&: a forced unwind carries no
+// exception object to bind a reference to (UBSan reports the null binding),
+// and nothing else can leave this C function.
+inline void take_gil_back(PyThreadState* state) noexcept {
+    try {
+        PyEval_RestoreThread(state);
+    } catch (...) {
+        park_thread();  // never returns: ending the handler would resume the unwind
+    }
+}
+
+// The thread state this thread gave up with the GIL (ReleasedGil), for the
+// signal poll to take it back.
+inline thread_local PyThreadState* t_released_state = nullptr;
+
+// The GIL released for a kernel call: py::gil_scoped_release's job, with
+// take_gil_back at the end.
+class ReleasedGil {
+public:
+    ReleasedGil() : state_(PyEval_SaveThread()), outer_(t_released_state) { t_released_state = state_; }
+    ~ReleasedGil() {
+        t_released_state = outer_;
+        take_gil_back(state_);
+    }
+    ReleasedGil(const ReleasedGil&) = delete;
+    ReleasedGil& operator=(const ReleasedGil&) = delete;
+
+private:
+    PyThreadState* state_;
+    PyThreadState* outer_;
+};
+
 // Ctrl-C during a long call: the poll of the kernel's InterruptScope (see
 // parallel.hpp) takes the GIL back for a moment and runs Python's pending
 // signal handlers; when one raises (KeyboardInterrupt from the default SIGINT
@@ -35,10 +88,14 @@ inline unsigned long& main_thread_id() {
 // translator in module.cpp turns back into that exception. No signal handler
 // is installed or replaced. Polls happen at most every 0.1 s and only on the
 // main thread; with no other Python thread running, taking the free GIL costs
-// about a microsecond.
+// about a microsecond. The GIL is taken as at the end of the call (a main
+// thread polling while another thread finalises is parked, not unwound
+// through the pool's catch-all handlers).
 inline bool poll_python_signals() {
-    py::gil_scoped_acquire gil;
-    return PyErr_CheckSignals() != 0;
+    take_gil_back(t_released_state);
+    const bool raised = PyErr_CheckSignals() != 0;
+    PyEval_SaveThread();
+    return raised;
 }
 
 // Used instead of py::gil_scoped_release around every kernel call.
@@ -50,7 +107,7 @@ public:
 
 private:
     std::optional<InterruptScope> scope_;  // destroyed after the GIL is back
-    py::gil_scoped_release release_;
+    ReleasedGil release_;
 };
 
 // NumPy type numbers through pybind11's public dtype API (a read of the

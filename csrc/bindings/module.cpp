@@ -11,6 +11,14 @@ PYBIND11_MODULE(_core, m) {
     m.doc() = "ngdfast compiled kernels (low level; use the ngdfast package functions)";
     using namespace ngdfast::bindings;
     main_thread_id() = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+    // pybind11 looks NumPy's C API up on first use (so do our dtype numbers),
+    // and gives the GIL up and takes it back around that one-time lookup with
+    // py::gil_scoped_release, whose destructor is noexcept: a daemon thread
+    // whose first call met the interpreter's finalisation there aborted the
+    // process (see take_gil_back in bindings.hpp). Done here, by
+    // the importing thread, no kernel call does it later.
+    type_num_of<float>();
+    type_num_of<double>();
     // A call interrupted by a Python signal handler's exception: that
     // exception is already set (see poll_python_signals).
     py::register_exception_translator([](std::exception_ptr p) {

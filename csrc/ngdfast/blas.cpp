@@ -3,10 +3,12 @@
 #include "ngdfast/fortran_blas.hpp"
 
 #include <dlfcn.h>
+#include <time.h>
 
 #include <Eigen/Dense>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <initializer_list>
 #include <limits>
 #include <mutex>
@@ -27,6 +29,41 @@ std::mutex g_load_mutex;
 template <class T>
 const fortran::Table<T, fint>& table() {
     return g_lib.of<T>();
+}
+
+// The end of the process. exit() runs the library's destructor
+// (gotoblas_quit) after every atexit handler, and it unmaps the buffers the
+// library's routines work in: a tile call still running on a Python daemon
+// thread's kernel then crashes (SIGSEGV in dpotrf). So every call into the
+// library is counted, and an atexit handler (registered by load_blas) closes
+// the gate and waits for the calls in flight, each one short and
+// single-threaded; a call about to start afterwards waits for the process
+// to end. The same gate guards NumPy's BLAS (host_blas.cpp).
+std::atomic<int> g_in_flight{0};
+std::atomic<bool> g_exiting{false};
+
+void pause_briefly() {
+    timespec ts{0, 100000};  // 0.1 ms
+    nanosleep(&ts, nullptr);
+}
+
+struct TileCall {
+    TileCall() {
+        for (;;) {
+            while (g_exiting.load()) pause_briefly();
+            g_in_flight.fetch_add(1);
+            if (!g_exiting.load()) return;
+            g_in_flight.fetch_sub(1);
+        }
+    }
+    ~TileCall() { g_in_flight.fetch_sub(1); }
+    TileCall(const TileCall&) = delete;
+    TileCall& operator=(const TileCall&) = delete;
+};
+
+void close_at_exit() {
+    g_exiting.store(true);
+    while (g_in_flight.load() != 0) pause_briefly();
 }
 
 // Small products stay on Eigen: an external call's fixed cost (argument
@@ -101,6 +138,7 @@ bool load_blas(const std::string& path, const std::string& prefix) {
     if (auto f = reinterpret_cast<name_fn>(sym("openblas_get_corename"))) g_corename = f() ? f() : "";
     g_lib = lib;
     g_path = path;
+    std::atexit(close_at_exit);  // before the library's destructor: see g_exiting
     g_loaded = true;
     g_enabled = true;
     return true;
@@ -123,6 +161,7 @@ void gemm(char transa, char transb, index_t m, index_t n, index_t k, T alpha, co
     if (use_external(double(m) * double(n) * double(k), {m, n, k, lda, ldb, ldc})) {
         fint fm = static_cast<fint>(m), fn = static_cast<fint>(n), fk = static_cast<fint>(k);
         fint la = static_cast<fint>(lda), lb = static_cast<fint>(ldb), lc = static_cast<fint>(ldc);
+        TileCall in_flight;
         table<T>().gemm(&transa, &transb, &fm, &fn, &fk, &alpha, a, &la, b, &lb, &beta, c, &lc, 1, 1);
         return;
     }
@@ -153,6 +192,7 @@ void syrk_lower(char trans, index_t n, index_t k, T alpha, const T* a, index_t l
         const char uplo = 'L';
         fint fn = static_cast<fint>(n), fk = static_cast<fint>(k), la = static_cast<fint>(lda),
              lc = static_cast<fint>(ldc);
+        TileCall in_flight;
         table<T>().syrk(&uplo, &trans, &fn, &fk, &alpha, a, &la, &beta, c, &lc, 1, 1);
         return;
     }
@@ -179,6 +219,7 @@ void trsm_lower(char side, char trans, index_t m, index_t n, const T* l, index_t
         const T one = 1;
         fint fm = static_cast<fint>(m), fn = static_cast<fint>(n), ll = static_cast<fint>(ldl),
              lb = static_cast<fint>(ldb);
+        TileCall in_flight;
         table<T>().trsm(&side, &uplo, &trans, &diag, &fm, &fn, &one, l, &ll, b, &lb, 1, 1, 1, 1);
         return;
     }
@@ -206,6 +247,7 @@ index_t potrf_lower(index_t n, T* a, index_t lda) {
     if (use_external(double(n) * double(n) * double(n) / 3.0, {n, lda})) {
         const char uplo = 'L';
         fint fn = static_cast<fint>(n), la = static_cast<fint>(lda), info = 0;
+        TileCall in_flight;
         table<T>().potrf(&uplo, &fn, a, &la, &info, 1);
         if (info != 0) return info;
         // OpenBLAS's potrf lets a NaN pivot through; LAPACK's contract does not.

@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <cstdint>
 #include <mutex>
 
@@ -51,6 +52,17 @@ constexpr double kBorrowMinFlops = 2.0e7;
 std::atomic<int> g_in_flight{0};
 std::atomic<bool> g_forking{false};
 
+// The end of the process closes the same gate, for good. exit()
+// runs OpenBLAS's library destructor (gotoblas_quit) after every atexit
+// handler; it stops and joins the library's workers, and a parallel call in
+// flight from another thread at that moment can clear the stop request, so
+// that the join, and the process, never end. Python's daemon threads may be
+// inside an ngdfast kernel then, the GIL released. So an atexit handler
+// (registered by load_host_blas, and so run before the library destructors)
+// raises g_exiting and waits for ngdfast's host calls in flight; a call about
+// to start afterwards waits until the process is gone.
+std::atomic<bool> g_exiting{false};
+
 void pause_briefly() {
     timespec ts{0, 100000};  // 0.1 ms
     nanosleep(&ts, nullptr);
@@ -59,9 +71,9 @@ void pause_briefly() {
 struct HostCall {
     HostCall() {
         for (;;) {
-            while (g_forking.load()) pause_briefly();
+            while (g_forking.load() || g_exiting.load()) pause_briefly();
             g_in_flight.fetch_add(1);
-            if (!g_forking.load()) return;
+            if (!g_forking.load() && !g_exiting.load()) return;
             g_in_flight.fetch_sub(1);
         }
     }
@@ -78,6 +90,11 @@ void fork_parent() { g_forking.store(false); }
 void fork_child() {
     g_in_flight.store(0);
     g_forking.store(false);
+}
+
+void close_at_exit() {
+    g_exiting.store(true);
+    while (g_in_flight.load() != 0) pause_briefly();
 }
 
 }  // namespace
@@ -99,6 +116,7 @@ bool load_host_blas(const std::string& path, const std::string& prefix, const st
     g_lib = lib;
     g_path = path;
     pthread_atfork(fork_prepare, fork_parent, fork_child);  // after the library's own: see fork_prepare
+    std::atexit(close_at_exit);                             // before the library's destructor: see g_exiting
     g_loaded = true;  // the handle stays open for the life of the process
     return true;
 }

@@ -30,9 +30,11 @@ std::atomic<unsigned long> g_fork_generation{0};
 long this_tid() { return static_cast<long>(syscall(SYS_gettid)); }
 
 // Kernel thread ids of every ngdfast worker alive (all pools: a replaced pool
-// lives on while a run() holds it).
-std::mutex g_tids_mutex;
-std::vector<long> g_worker_tids;
+// lives on while a run() holds it). Never destroyed, like the pool (see
+// g_pool): a kernel still running on a daemon thread while exit() runs the
+// static destructors reads it (other_thread_running).
+std::mutex g_tids_mutex;  // trivially destructible
+std::vector<long>& g_worker_tids = *new std::vector<long>;
 
 void register_worker(long tid, bool alive) {
     std::lock_guard<std::mutex> lock(g_tids_mutex);
@@ -226,8 +228,18 @@ int default_threads() {
     return hw == 0 ? 1 : static_cast<int>(hw);
 }
 
-std::mutex g_pool_mutex;
-std::shared_ptr<ThreadPool> g_pool;
+// The pool in use, never destroyed: deliberately leaked, like the workers'
+// ids above. At the end of the process a static std::shared_ptr would be
+// destroyed by exit() while Python's daemon threads may still be inside a
+// kernel, their GIL released (CPython stops them only when they ask for the
+// GIL back): the destructor would join workers in the middle of another
+// thread's run(), or free a pool that a call in flight then finds through
+// num_threads() or a new Team. Left alone, the workers sleep on their
+// condition variable until the process ends, as OpenBLAS's do. A pool
+// replaced by set_num_threads is destroyed (its workers joined) when its last
+// run() returns.
+std::mutex g_pool_mutex;  // trivially destructible
+std::shared_ptr<ThreadPool>& g_pool = *new std::shared_ptr<ThreadPool>;
 
 // fork() while other threads run ngdfast: the child has only the forking
 // thread. Prepare takes the two global locks so that the child gets them in a
