@@ -241,3 +241,40 @@ def test_a_second_backward_through_one_forward_counts_once():
         assert infos[-1].n_samples == int((y != -100).sum())
     for p, q in zip(once.parameters(), twice.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=0)
+
+
+class Lookup(nn.Module):
+    def __init__(self, max_norm=None):
+        super().__init__()
+        self.emb = nn.Embedding(V, D, max_norm=max_norm)
+        self.head = nn.Linear(D, V)
+
+    def forward(self, idx):
+        return self.head(torch.tanh(self.emb(idx)))
+
+
+def test_embedding_max_norm_is_the_lookup_of_the_renormalised_rows():
+    """``max_norm``: the forward renormalises the looked-up rows in place, then looks them up;
+    the step is that of a plain Embedding whose rows were renormalised beforehand."""
+    x, y = batches(1)[0]
+    torch.manual_seed(0)
+    renorming = Lookup(max_norm=0.5).double()
+    with torch.no_grad():
+        renorming.emb.weight.mul_(3.0)  # rows well over the norm bound
+    plain = Lookup().double()
+    plain.load_state_dict(renorming.state_dict())
+    with torch.no_grad():
+        torch.embedding_renorm_(plain.emb.weight, x.reshape(-1), 0.5, 2.0)
+    steps = []
+    for model in (renorming, plain):
+        precond = ngt.Preconditioner(model, generator=torch.Generator().manual_seed(4), kl_radius=1e-2)
+        loss_of(model(x), y).backward()
+        steps.append((precond.step(), [p.grad.clone() for p in model.parameters()], precond.factors))
+    (info_a, grads_a, factors_a), (info_b, grads_b, factors_b) = steps
+    assert info_a.beta == pytest.approx(info_b.beta, rel=1e-12)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    for name in factors_a:
+        for a, b in zip(factors_a[name], factors_b[name]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(renorming.emb.weight, plain.emb.weight)  # the forward renormalised alike
