@@ -77,7 +77,7 @@ class Preconditioner:
     ----------
     model : nn.Module
         Returns logits for ``loss="cross_entropy"`` or the Gaussian mean for ``loss="mse"``:
-        (N, C), or with positions (N, *, C) (a language model's (B, T, V)), or (N, C, *) with
+        ``(N, C)``, or with positions ``(N, *, C)`` (a language model's (B, T, V)), or ``(N, C, *)`` with
         ``class_dim=1``. Every position is a sample of the Fisher (F is the mean over the
         positions the loss counts); a tuple, dict or ``ModelOutput`` is read through ``output``.
     curvature : {"kfac", "exact", "diagonal"}
@@ -131,7 +131,7 @@ class Preconditioner:
         attribute (``"logits"`` for a Hugging Face ``ModelOutput``), a tuple index, a callable.
     class_dim : {-1, 1}
         Where the classes (mse: the values) are: last (default), or dimension 1 as in
-        ``F.cross_entropy``'s (N, C, *) layout.
+        ``F.cross_entropy``'s ``(N, C, *)`` layout.
     ignore_index : int
         Targets equal to it count nowhere (``curvature="exact"``, whose :meth:`step` gets the
         targets). K-FAC and diagonal read the counted positions off the loss's gradient at the

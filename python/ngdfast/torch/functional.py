@@ -30,11 +30,11 @@ def natural_gradient(model: nn.Module, inputs, targets, *, loss="cross_entropy",
     Parameters
     ----------
     model : nn.Module
-        Returns (N, C) or (N, *, C) logits (cross-entropy) or means (mse); see
+        Returns ``(N, C)`` or ``(N, *, C)`` logits (cross-entropy) or means (mse); see
         :class:`ngdfast.torch.Preconditioner` for ``output`` and ``class_dim``.
     inputs : Tensor (N, ...)
     targets : Tensor
-        Class indices shaped like the output's positions ((N,), (N, *)) or values shaped like
+        Class indices shaped like the output's positions (``(N,)``, ``(N, *)``) or values shaped like
         the output for mse; they set g and which positions count (``ignore_index``).
     loss : {"cross_entropy", "mse"}
     curvature : {"kfac", "exact", "diagonal"}
