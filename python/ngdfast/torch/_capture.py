@@ -176,9 +176,11 @@ class Capture:
     generator : callable() -> torch.Generator
     force : bool
         Record whatever the model's mode (the functional primitive).
+    stats_samples : int or None
+        Statistics from at most this many samples of each forward (None: all).
     """
 
-    def __init__(self, model, blocks, outputs, fisher, stats_dtype, generator, *, force=False):
+    def __init__(self, model, blocks, outputs, fisher, stats_dtype, generator, *, force=False, stats_samples=None):
         self.model = model
         self.layers = blocks.layers
         self.diagonal = blocks.diagonal
@@ -189,6 +191,7 @@ class Capture:
         self.stats_dtype = stats_dtype
         self.generator = generator
         self.force = force
+        self.stats_samples = stats_samples
         self.enabled = False
         self.backward_seen = False
         self.listener = None  # ngdfast.torch._distributed.FactorReducer: forward/backward events

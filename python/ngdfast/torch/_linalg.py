@@ -20,6 +20,9 @@ from .. import _kernels, _policy, _validation
 from .._backend import not_borrowing
 from .._errors import NotPositiveDefiniteError
 
+#: How the damped K-FAC factors are inverted (``Preconditioner(inverse=...)``).
+INVERSES = ("cholesky", "eigh")
+
 _FORCE_TORCH_OPS = False
 _CUDA_KERNELS: object = None  # None: not tried yet; False: unavailable; else the module
 

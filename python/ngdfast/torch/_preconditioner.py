@@ -144,6 +144,16 @@ class Preconditioner:
     max_factor_dim : int or None
         A K-FAC factor side with more features than this (an LM head's V outputs) keeps only
         its diagonal; None: never.
+    stats_samples : int or None
+        K-FAC and diagonal statistics from at most this many samples of each recorded forward
+        (chosen at random with ``generator``); the gradient still uses the whole batch. None: all.
+    inverse : {"cholesky", "eigh"}
+        How the damped factors are inverted on refresh steps: Cholesky of ``A + π√λ I``, or an
+        eigendecomposition of A and S, after which any damping (adaptive, retries) costs no
+        refactorisation.
+    overlap : bool
+        Compute a refresh's inverses in a background thread while the next forward and backward
+        run; they are used one step later (the step that triggered them uses the previous ones).
     generator : torch.Generator, optional
         For the sampled labels; default: a private generator seeded from torch's global RNG.
         Its state is part of :meth:`state_dict`.
@@ -231,7 +241,8 @@ class Preconditioner:
                  inverse_interval=1, adaptive_damping=False, fallback="diagonal", generator=None,
                  max_retries=3, min_damping=1e-8, max_damping=1e4, distributed=None, process_group=None,
                  distribute="inverses", bucket_mb=25.0, output=None, class_dim=-1, ignore_index=-100,
-                 kfac_approx="expand", max_factor_dim=4096):
+                 kfac_approx="expand", max_factor_dim=4096, stats_samples=None, inverse="cholesky",
+                 overlap=False):
         _checks.module(model, _FUNC)
         self.curvature = _checks.choice(curvature, _fisher.CURVATURES, "curvature", _FUNC)
         self.loss = _checks.choice(loss, _fisher.LOSSES, "loss", _FUNC)
@@ -241,6 +252,10 @@ class Preconditioner:
         self.max_factor_dim = (None if max_factor_dim is None
                                else _validation.integer(max_factor_dim, _FUNC, "max_factor_dim"))
         self._outputs = Outputs(self.loss, output, class_dim, ignore_index, _FUNC)
+        self.stats_samples = (None if stats_samples is None
+                              else _validation.integer(stats_samples, _FUNC, "stats_samples"))
+        self.inverse = _checks.choice(inverse, _linalg.INVERSES, "inverse", _FUNC)
+        self.overlap = bool(overlap)
         # the same validators (and messages) as ngdfast.NaturalGradient and the curvature objects
         self.kl_radius = _validation.positive(kl_radius, _FUNC, "kl_radius")
         self.damping = _validation.nonnegative(damping, _FUNC, "damping")
@@ -275,7 +290,7 @@ class Preconditioner:
         self._stats_dtype = _fisher.stats_dtype
         self._generator = generator if generator is not None else _default_generator(model)
         self._capture = Capture(model, blocks, self._outputs, self.fisher, _fisher.stats_dtype,
-                                lambda: self._generator)
+                                lambda: self._generator, stats_samples=self.stats_samples)
         self.n_steps = 0
         self.n_factor_updates = 0
         self._A: dict[int, torch.Tensor] = {}
@@ -295,7 +310,7 @@ class Preconditioner:
     def _fingerprint(self) -> dict:
         settings = ("curvature", "loss", "fisher", "fallback", "kl_radius", "damping", "max_step", "decay",
                     "factor_interval", "inverse_interval", "adaptive_damping", "max_retries", "distribute",
-                    "kfac_approx", "max_factor_dim")
+                    "kfac_approx", "max_factor_dim", "stats_samples", "inverse", "overlap")
         out = {k: getattr(self, k) for k in settings}
         out["parameters"] = [(n, tuple(p.shape), str(p.dtype)) for n, p in zip(self._names, self._params)]
         out["kfac_layers"] = list(self.kfac_layers)
