@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -185,6 +186,71 @@ def damped_inverses(layers, A, S, damping):
     return out
 
 
+class FactorEigen(NamedTuple):
+    """A K-FAC layer's factors in their eigenbases: ``A = Q_A diag(a) Q_Aᵀ``, ``S = Q_S diag(s) Q_Sᵀ``
+    (``Q`` None for a diagonal factor, whose values are the factor itself), with the traces that set
+    the damping split π."""
+
+    QA: torch.Tensor | None
+    a: torch.Tensor
+    trace_a: float
+    QS: torch.Tensor | None
+    s: torch.Tensor
+    trace_s: float
+
+
+def factor_eigh(M: torch.Tensor, what: str):
+    """``(Q, w)`` with ``M = Q diag(w) Qᵀ`` (``torch.linalg.eigh``), or ``(None, M)`` for a diagonal
+    factor (a vector)."""
+    if M.ndim == 1:
+        return None, M
+    w, Q = torch.linalg.eigh(M)
+    if not (finite(w) and finite(Q)):
+        raise ValueError(f"{what}: its eigendecomposition is not finite")
+    return Q, w
+
+
+def eigen_decompositions(layers, A, S):
+    """``{i: FactorEigen}`` of every layer with factors (no damping: any λ applies later)."""
+    out = {}
+    for i, layer in enumerate(layers):
+        if i not in A:
+            continue
+        QA, a = factor_eigh(A[i], f"layer {layer.name!r}, factor A")
+        QS, s = factor_eigh(S[i], f"layer {layer.name!r}, factor S")
+        out[i] = FactorEigen(QA, a, trace(A[i]), QS, s, trace(S[i]))
+    return out
+
+
+def _damped_values(w: torch.Tensor, shift: float, what: str) -> torch.Tensor:
+    """``w + shift``, refused as ``damped_factor_inverse`` refuses: not positive anywhere."""
+    shifted = w + shift
+    if not bool((shifted > 0).all()):
+        raise NotPositiveDefiniteError(f"{what}: an eigenvalue of the factor plus its damping is not positive "
+                                       f"(damping {shift}); increase the damping",
+                                       pivot=int(torch.nonzero((shifted <= 0).reshape(-1))[0, 0]) + 1, damping=shift)
+    return shifted
+
+
+def eigen_apply(E: FactorEigen, G: torch.Tensor, damping: float, layer) -> torch.Tensor:
+    """``S̃⁻¹ G Ã⁻¹`` from the eigenbases, with the damping of this call (same split and value as
+    :func:`damped_inverses` + :func:`kfac_apply`)::
+
+        S̃⁻¹ G Ã⁻¹ = Q_S [(Q_Sᵀ G Q_A) ⊘ ((s + d_S) (a + d_A)ᵀ)] Q_Aᵀ.
+    """
+    n_out, n_in = layer.shape
+    da, ds = _policy.kfac_damping(E.trace_a, n_in, E.trace_s, n_out, damping, True)
+    a = _damped_values(E.a, da, f"layer {layer.name!r}, factor A + damping_a*I")
+    s = _damped_values(E.s, ds, f"layer {layer.name!r}, factor S + damping_s*I")
+    X = G if E.QS is None else E.QS.T @ G
+    if E.QA is not None:
+        X = X @ E.QA
+    X = X / (s[:, None] * a[None, :])
+    if E.QS is not None:
+        X = E.QS @ X
+    return X if E.QA is None else X @ E.QA.T
+
+
 def kfac_apply(S_inv: torch.Tensor, G: torch.Tensor, A_inv: torch.Tensor) -> torch.Tensor:
     """``S̃⁻¹ G Ã⁻¹``, a diagonal inverse (a vector) scaling rows or columns instead of a product."""
     X = S_inv[:, None] * G if S_inv.ndim == 1 else S_inv @ G
@@ -205,9 +271,13 @@ __all__ = [
     "damped_inverse",
     "damped_factor_inverse",
     "damped_inverses",
+    "eigen_apply",
+    "eigen_decompositions",
+    "factor_eigh",
     "diagonal_solve",
     "finite",
     "fisher_into",
+    "FactorEigen",
     "kfac_apply",
     "kl_beta",
     "numpy_view",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,47 @@ class StepInfo(_NumpyStepInfo):
     factors_updated: bool = False
     inverses_updated: bool = False
     n_samples: int = 0
+
+
+class _Refresh:
+    """A refresh step's inverses (``Preconditioner(overlap=True)``) computed by a background thread
+    while the next forward and backward run; ngdfast's kernels and torch's linear algebra release
+    the GIL. ``wait()`` joins it: then ``value`` holds the inverses, or ``error`` what stopped them.
+    The factors it reads are never modified in place (every update makes new tensors)."""
+
+    def __init__(self, invert=None, A=None, S=None, damping=None, *, value=None):
+        self.damping, self.value, self.error = damping, value, None
+        self._thread = None
+        if invert is not None:
+            self._thread = threading.Thread(target=self._run, args=(invert, A, S, damping),
+                                            name="ngdfast-refresh")
+            self._thread.start()
+
+    def _run(self, invert, A, S, damping):
+        try:
+            self.value = invert(A, S, damping)
+        except Exception as e:  # noqa: BLE001 -- the step that waits for it recomputes (and raises) in its own thread
+            self.error = e
+
+    def wait(self) -> _Refresh:
+        if self._thread is not None:
+            self._thread.join()
+        return self
+
+
+def _saved_inverses(inverses, device_of=None):
+    """Copies of the inverses keyed as they are, as plain tuples (``FactorEigen`` becomes a tuple, so
+    that ``torch.load(weights_only=True)`` reads them); ``device_of(key)`` moves them."""
+    if inverses is None:
+        return None
+
+    def copy(t, key):
+        if not isinstance(t, torch.Tensor):
+            return t
+        t = t.clone()
+        return t if device_of is None else t.to(device_of(key))
+
+    return {k: tuple(copy(t, k) for t in v) for k, v in inverses.items()}
 
 
 def _default_generator(model: nn.Module) -> torch.Generator:
@@ -276,6 +318,9 @@ class Preconditioner:
         self.distribute = _checks.choice(distribute, _distributed.DISTRIBUTE, "distribute", _FUNC)
         self.bucket_mb = _validation.positive(bucket_mb, _FUNC, "bucket_mb")
         use_dist = _distributed.enabled(distributed, _FUNC)
+        if use_dist and (self.inverse != "cholesky" or self.overlap):
+            raise ValueError(f"{_FUNC}: inverse='eigh' and overlap=True are single-process options for now; "
+                             "with torch.distributed use inverse='cholesky', overlap=False")
         ddp = isinstance(model, nn.parallel.DistributedDataParallel)
         if ddp:
             model = model.module  # hooks and torch.func on the module; DDP averages the gradients
@@ -296,8 +341,10 @@ class Preconditioner:
         self._A: dict[int, torch.Tensor] = {}
         self._S: dict[int, torch.Tensor] = {}
         self._D: dict[int, list[torch.Tensor]] = {}
-        self._inverses = None  # {layer: (A_inv, S_inv)} and the damping they used
+        # {layer: (A_inv, S_inv)} and the damping they used; inverse="eigh": {layer: FactorEigen}
+        self._inverses = None
         self._inverse_damping = None
+        self._refresh = None  # overlap: the _Refresh computing the next inverses
         self.last_step: StepInfo | None = None
         self._dist = None
         if use_dist:
@@ -397,12 +444,23 @@ class Preconditioner:
             A, S, D, n_samples = self._updated_curvature(func)
         refresh = self.curvature == "kfac" and (self._inverses is None or update and self.n_factor_updates == 0
                                                 or self.n_steps % self.inverse_interval == 0)
+        # overlap: the inverses started on the last refresh step are used now (computed here if that
+        # failed), and this refresh step's start in the background after the commit
+        current, finished, launch = self._inverses, None, False
+        if self._refresh is not None:
+            finished = self._refresh.wait()
+            if finished.error is None:
+                current = finished.value
+            else:
+                refresh = True
+        if self.overlap and refresh and current is not None and (finished is None or finished.error is None):
+            refresh, launch = False, True
         if self.curvature == "exact":
             if inputs is None or (self.fisher == "empirical" and targets is None):
                 raise ValueError(f"{func}: curvature='exact' needs step(inputs, targets) (targets for fisher='empirical')")
             nat, lam, retries, inverses = self._exact_direction(inputs, targets, grads)
         else:
-            nat, lam, retries, inverses = self._solve(A, S, D, grads, refresh)
+            nat, lam, retries, inverses = self._solve(A, S, D, grads, refresh, current)
         # parameters without a gradient (unused in this forward) are left alone, as optimizers do
         nat = [None if g is None else v for g, v in zip(grads, nat)]
         q = math.fsum(float(torch.dot(g.reshape(-1).double(), v.reshape(-1).double()))
@@ -419,8 +477,14 @@ class Preconditioner:
         if update:
             self._A, self._S, self._D = A, S, D
             self.n_factor_updates += 1
+        if finished is not None:
+            self._refresh = None
+            if finished.error is None:
+                self._inverses, self._inverse_damping = finished.value, finished.damping
         if inverses is not None:
             self._inverses, self._inverse_damping = inverses, lam
+        if launch:
+            self._refresh = _Refresh(self._invert, A, S, lam)
         if self.adaptive_damping and retries:
             self.damping = min(max(lam, self.min_damping), self.max_damping)
         uncapped = math.sqrt(2.0 * self.kl_radius / q) if q > 0 else 0.0
@@ -429,7 +493,8 @@ class Preconditioner:
             clipped=bool(self.max_step is not None and uncapped > self.max_step),
             step_norm=beta * math.sqrt(math.fsum(float(v.double().square().sum()) for v in nat if v is not None)),
             predicted_change=-beta * q + 0.5 * beta * beta * q,
-            factors_updated=update, inverses_updated=inverses is not None, n_samples=n_samples,
+            factors_updated=update, n_samples=n_samples,
+            inverses_updated=inverses is not None or (finished is not None and finished.error is None),
         )
         if loss is not None:
             value = loss.detach() if isinstance(loss, torch.Tensor) else loss
@@ -465,16 +530,30 @@ class Preconditioner:
                     else [self.decay * o + (1 - self.decay) * d for o, d in zip(self._D[j], ds)])
         return A, S, D, n
 
-    def _solve(self, A, S, D, grads, refresh):
-        """Directions for every parameter, with damping retries: ``(nat, λ, retries, inverses)``."""
+    def _invert(self, A, S, lam):
+        """What a refresh computes from the factors: the damped inverses at ``lam``, or (``"eigh"``)
+        the eigendecompositions, which serve any damping."""
+        if self.inverse == "eigh":
+            return _linalg.eigen_decompositions(self._layers, A, S)
+        return _linalg.damped_inverses(self._layers, A, S, lam)
+
+    def _solve(self, A, S, D, grads, refresh, current):
+        """Directions for every parameter, with damping retries: ``(nat, λ, retries, inverses)``;
+        ``current``: the inverses to use when not ``refresh``."""
         by_param = {id(p): k for k, p in enumerate(self._params)}
+        eigh = self.inverse == "eigh"
+        if eigh and refresh and self._layers:  # no damping in it: computed once, whatever the retries
+            current, refresh = _linalg.eigen_decompositions(self._layers, A, S), False
+            fresh = current
+        else:
+            fresh = None
 
         def solve(lam):
             nat = [None] * len(self._params)
             inverses = None
             if self._layers:
                 if not refresh:
-                    inverses = self._inverses
+                    inverses = current
                 elif self._dist is None:
                     inverses = _linalg.damped_inverses(self._layers, A, S, lam)
                 else:
@@ -491,9 +570,13 @@ class Preconditioner:
                     if i not in inverses:
                         raise RuntimeError(f"Preconditioner.step: no statistics for layer {layer.name!r} yet "
                                            "(was it used in a training-mode forward?)")
-                    Ai, Si = inverses[i]
                     g = [torch.zeros_like(p) if t is None else t for p, t in zip(layer.params, g)]
-                    mine[i] = _linalg.kfac_apply(Si, layer.grad_matrix(g, Ai.dtype), Ai)
+                    if eigh:
+                        E = inverses[i]
+                        mine[i] = _linalg.eigen_apply(E, layer.grad_matrix(g, E.a.dtype), lam, layer)
+                    else:
+                        Ai, Si = inverses[i]
+                        mine[i] = _linalg.kfac_apply(Si, layer.grad_matrix(g, Ai.dtype), Ai)
                 if split:
                     dtype = self._stats_dtype(self._params[0])
                     mine = self._dist.share_directions(
@@ -515,7 +598,7 @@ class Preconditioner:
                 for pname in names:
                     k = by_param[id(module.get_parameter(pname))]
                     nat[k] = grads[k]
-            return nat, (inverses if refresh else None)
+            return nat, (inverses if refresh else fresh)
 
         (nat, inverses), lam, retries = _solve_with_retries(solve, self.damping, self.max_retries, self.min_damping)
         return nat, lam, retries, inverses
@@ -547,8 +630,7 @@ class Preconditioner:
         generator state and every inverse, and loads on every rank of a run of the same size.
         """
         state = {
-            "config": {"curvature": self.curvature, "loss": self.loss, "fisher": self.fisher,
-                       "kfac_layers": list(self.kfac_layers), "fallback_modules": list(self.fallback_modules)},
+            "config": self._config(),
             "n_steps": self.n_steps,
             "n_factor_updates": self.n_factor_updates,
             "damping": self.damping,
@@ -556,11 +638,16 @@ class Preconditioner:
             "A": {self._layers[i].name: t.clone() for i, t in self._A.items()},
             "S": {self._layers[i].name: t.clone() for i, t in self._S.items()},
             "D": {self._diagonal[j][0]: [t.clone() for t in ts] for j, ts in self._D.items()},
-            "inverses": None if self._inverses is None else
-            {self._layers[i].name: (a.clone(), s.clone()) for i, (a, s) in self._inverses.items()},
+            "inverses": _saved_inverses(None if self._inverses is None else
+                                        {self._layers[i].name: v for i, v in self._inverses.items()}),
             "inverse_damping": self._inverse_damping,
             "generator": self._generator.get_state(),
         }
+        if self._refresh is not None:  # overlap: the inverses in flight are part of the state
+            done = self._refresh.wait()
+            state["refresh"] = {"failed": done.error is not None, "damping": done.damping,
+                                "inverses": None if done.error is not None else
+                                _saved_inverses({self._layers[i].name: v for i, v in done.value.items()})}
         if self._dist is not None:
             state["generators"] = self._dist.comm.all_gather_object(self._generator.get_state())
             if self.distribute == "gradients" and self._layers:
@@ -570,11 +657,16 @@ class Preconditioner:
                     self._layers[i].name: (a.clone(), s.clone()) for i, (a, s) in inverses.items()}
         return state
 
+    def _config(self) -> dict:
+        return {"curvature": self.curvature, "loss": self.loss, "fisher": self.fisher, "inverse": self.inverse,
+                "kfac_layers": list(self.kfac_layers), "fallback_modules": list(self.fallback_modules)}
+
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict` (of a preconditioner with the same settings and model layout)."""
-        config = {"curvature": self.curvature, "loss": self.loss, "fisher": self.fisher,
-                  "kfac_layers": list(self.kfac_layers), "fallback_modules": list(self.fallback_modules)}
-        if state.get("config") != config:
+        config = self._config()
+        saved = dict(state.get("config") or {})
+        saved.setdefault("inverse", "cholesky")  # saved before the option existed
+        if saved != config:
             raise ValueError(f"{_FUNC}.load_state_dict: saved for {state.get('config')}, this one is {config}")
         layer_index = {layer.name: i for i, layer in enumerate(self._layers)}
         diag_index = {name: j for j, (name, *_) in enumerate(self._diagonal)}
@@ -585,9 +677,14 @@ class Preconditioner:
         A = {layer_index[k]: v.clone().to(device_of(layer_index[k])) for k, v in state["A"].items()}
         S = {layer_index[k]: v.clone().to(device_of(layer_index[k])) for k, v in state["S"].items()}
         D = {diag_index[k]: [t.clone() for t in v] for k, v in state["D"].items()}
-        inverses = None if state["inverses"] is None else {
-            layer_index[k]: (a.clone().to(device_of(layer_index[k])), s.clone().to(device_of(layer_index[k])))
-            for k, (a, s) in state["inverses"].items()}
+        def restored(saved):
+            if saved is None:
+                return None
+            out = _saved_inverses({layer_index[k]: v for k, v in saved.items()}, device_of)
+            return {i: _linalg.FactorEigen(*v) for i, v in out.items()} if self.inverse == "eigh" else out
+
+        inverses = restored(state["inverses"])
+        refresh = state.get("refresh")
         if inverses is not None and self._dist is not None and self.distribute == "gradients":
             inverses = {i: v for i, v in inverses.items() if self._dist.owns(i)}  # the owned layers only
         generator = state["generator"]
@@ -598,6 +695,11 @@ class Preconditioner:
             generator = state["generators"][self._dist.rank]
         self._generator.set_state(generator)
         self._A, self._S, self._D, self._inverses = A, S, D, inverses
+        self._refresh = None
+        if refresh is not None:
+            self._refresh = _Refresh(value=restored(refresh["inverses"]), damping=refresh["damping"])
+            if refresh["failed"]:  # the next step recomputes them, as the saved run would have
+                self._refresh.error = RuntimeError("the background refresh failed before the state was saved")
         self._inverse_damping = state["inverse_damping"]
         self.n_steps = int(state["n_steps"])
         self.n_factor_updates = int(state["n_factor_updates"])
