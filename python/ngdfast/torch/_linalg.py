@@ -268,6 +268,7 @@ def diagonal_solve(d: torch.Tensor, g: torch.Tensor, damping: float, name: str) 
 
 
 __all__ = [
+    "FactorEigen",
     "damped_inverse",
     "damped_factor_inverse",
     "damped_inverses",
@@ -277,7 +278,6 @@ __all__ = [
     "diagonal_solve",
     "finite",
     "fisher_into",
-    "FactorEigen",
     "kfac_apply",
     "kl_beta",
     "numpy_view",
