@@ -476,12 +476,14 @@ def test_model_output_must_be_a_tensor():
         model(x)
 
 
-def test_ngd_optimizer_is_preconditioner_plus_sgd():
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_ngd_optimizer_is_preconditioner_plus_sgd(momentum):
+    """``NGD(momentum=μ)`` is the preconditioner and ``SGD(lr=1 − μ, momentum=μ)``, exactly."""
     x, y = data()
     model_a, model_b = mlp(), mlp()
-    opt_a = ngt.NGD(model_a, fisher="exact", kl_radius=1e-2)
+    opt_a = ngt.NGD(model_a, fisher="exact", kl_radius=1e-2, momentum=momentum)
     pre_b = ngt.Preconditioner(model_b, fisher="exact", kl_radius=1e-2)
-    sgd_b = torch.optim.SGD(model_b.parameters(), lr=1.0)
+    sgd_b = torch.optim.SGD(model_b.parameters(), lr=1.0 - momentum, momentum=momentum)
     for _ in range(3):
         opt_a.zero_grad()
         F.cross_entropy(model_a(x), y).backward()
@@ -491,11 +493,20 @@ def test_ngd_optimizer_is_preconditioner_plus_sgd():
         pre_b.step()
         sgd_b.step()
     for p, q in zip(model_a.parameters(), model_b.parameters()):
-        assert torch.equal(p, q)
+        torch.testing.assert_close(p, q, rtol=1e-14, atol=1e-15)
     sd = opt_a.state_dict()
-    opt_c = ngt.NGD(mlp(), fisher="exact", kl_radius=1e-2)
+    opt_c = ngt.NGD(mlp(), fisher="exact", kl_radius=1e-2, momentum=momentum)
     opt_c.load_state_dict(sd)
     assert opt_c.preconditioner.n_steps == 3
+    if momentum:  # the running average resumes with the rest
+        assert all(torch.equal(opt_c.state[p]["momentum_buffer"], opt_a.state[q]["momentum_buffer"])
+                   for p, q in zip(opt_c.param_groups[0]["params"], opt_a.param_groups[0]["params"]))
+
+
+@pytest.mark.parametrize("momentum", [-0.1, 1.0, "0.9"])
+def test_ngd_refuses_a_bad_momentum(momentum):
+    with pytest.raises((TypeError, ValueError), match="momentum"):
+        ngt.NGD(mlp(), momentum=momentum)
 
 
 def test_sampled_kfac_factor_estimates_the_exact_one():

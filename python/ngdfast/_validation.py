@@ -348,20 +348,20 @@ def positive(x: Any, func: str, name: str, why: str = "") -> float:
     return v
 
 
-def decay_arg(decay: Any, func: str, *, has_out: bool = True, running: bool = False) -> float:
+def decay_arg(decay: Any, func: str, *, has_out: bool = True, running: bool = False, name: str = "decay") -> float:
     """EMA decay of ``F <- decay*F + (1 - decay)*F_batch``.
 
     For the ``fisher`` kernel (``running=False``) decay is in [0, 1], and non-zero only
     when there is an ``out`` to decay; decay = 1 is a legal no-op on ``out``.  For a
     running estimate (``running=True``: the curvature objects) decay is in [0, 1): with
     decay = 1 every update after the first would be discarded, so the estimate would
-    never change.
+    never change. ``name``: the argument's name in messages (a momentum is such a decay too).
     """
-    d = real_scalar(decay, func, "decay")
+    d = real_scalar(decay, func, name)
     if running:
         if not (0.0 <= d < 1.0):
             raise ValueError(
-                f"{func}: decay must be in [0, 1) for a running estimate (decay = 1 would never "
+                f"{func}: {name} must be in [0, 1) for a running estimate ({name} = 1 would never "
                 f"update it), got {d!r}"
             )
         return d

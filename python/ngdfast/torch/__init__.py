@@ -12,7 +12,8 @@ Five added lines::
         precond.step()      # .grad <- β ñ,  ñ = (F + λI)⁻¹ g,  β = sqrt(2ε / gᵀñ)
         opt.step()          # θ <- θ − β ñ: the output distribution moves by KL ≈ ε
 
-``ngt.NGD(model, kl_radius=1e-3)`` is the same as one ``torch.optim.Optimizer`` (``lr=1``), and
+``ngt.NGD(model)`` is the same as one ``torch.optim.Optimizer`` (with a running average of the
+steps: ``momentum=0.9``), and
 a function for trainers that keep their own loop::
 
     nat = ngt.natural_gradient(model, x, y, curvature="exact", fisher="empirical", damping=1e-3)

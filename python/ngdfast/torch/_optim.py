@@ -8,21 +8,32 @@ from torch import nn
 from .. import _validation
 from ._preconditioner import Preconditioner
 
+#: ``NGD``'s default momentum μ (see docs/performance.md, "Defaults").
+MOMENTUM = 0.9
+
 
 class NGD(torch.optim.Optimizer):
-    r"""All-in-one optimizer: :class:`Preconditioner` then ``θ ← θ − lr · β ñ``.
+    r"""All-in-one optimizer: :class:`Preconditioner`, then a step along a running average of the
+    natural-gradient steps::
 
-    ``lr=1`` (the default) is the KL-sized natural-gradient step itself; the loop is the
-    usual one::
+        m ← μ m + (1 − μ) β ñ,        θ ← θ − lr · m
 
-        opt = ngdfast.torch.NGD(model, kl_radius=1e-3, damping=1e-3)
+    (``torch.optim.SGD(lr=1 − μ, momentum=μ)`` on the preconditioned gradient, exactly). With
+    ``momentum=0`` and ``lr=1`` each step is the KL-sized natural-gradient step itself; with
+    momentum, steps that keep their direction still add up to β ñ each (the average of equal
+    steps is that step) and steps that keep changing it partly cancel. The loop is the usual
+    one::
+
+        opt = ngdfast.torch.NGD(model)
         opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()
 
     Parameters
     ----------
     model : nn.Module
     lr : float
-        Multiplies the step (1: exactly ε of predicted KL).
+        Multiplies the step (1: the average of KL-sized steps).
+    momentum : float in [0, 1)
+        μ.
     **kwargs
         :class:`Preconditioner` settings (curvature, loss, fisher, kl_radius, damping, ...).
 
@@ -49,10 +60,11 @@ class NGD(torch.optim.Optimizer):
     True
     """
 
-    def __init__(self, model: nn.Module, lr: float = 1.0, **kwargs):
+    def __init__(self, model: nn.Module, lr: float = 1.0, momentum: float = MOMENTUM, **kwargs):
         lr = _validation.nonnegative(lr, "NGD", "lr")
+        momentum = _validation.decay_arg(momentum, "NGD", running=True, name="momentum")
         self.preconditioner = Preconditioner(model, **kwargs)
-        super().__init__([p for p in model.parameters() if p.requires_grad], {"lr": lr})
+        super().__init__([p for p in model.parameters() if p.requires_grad], {"lr": lr, "momentum": momentum})
 
     @torch.no_grad()
     def step(self, closure=None, *, inputs=None, targets=None):
@@ -63,9 +75,19 @@ class NGD(torch.optim.Optimizer):
                 loss = closure()
         self.preconditioner.step(inputs, targets)
         for group in self.param_groups:
+            mu = group["momentum"]
             for p in group["params"]:
-                if p.grad is not None:
+                if p.grad is None:
+                    continue
+                if mu == 0.0:
                     p.add_(p.grad, alpha=-group["lr"])
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"]
+                buf.mul_(mu).add_(p.grad, alpha=1.0 - mu)
+                p.add_(buf, alpha=-group["lr"])
         return loss
 
     def state_dict(self) -> dict:
