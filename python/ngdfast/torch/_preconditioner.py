@@ -48,6 +48,14 @@ class StepInfo(_NumpyStepInfo):
     n_samples: int = 0
 
 
+def _flat(tensors) -> torch.Tensor:
+    """The tensors' elements in one vector (one dtype: torch's promotion; on the first one's device)."""
+    if not tensors:
+        return torch.zeros(0)
+    device = tensors[0].device
+    return torch.cat([t.reshape(-1).to(device) for t in tensors])
+
+
 class _Refresh:
     """A refresh step's inverses (``Preconditioner(overlap=True)``) computed by a background thread
     while the next forward and backward run; ngdfast's kernels and torch's linear algebra release
@@ -434,9 +442,10 @@ class Preconditioner:
                 "with grad enabled, then loss.backward(), then step())")
         if self._dist is not None:
             self._dist.average_gradients(grads)
-        for name, g in zip(self._names, grads):
-            if g is not None:
-                _checks.finite(g, func, f"the gradient of {name!r}")
+        present = [k for k, g in enumerate(grads) if g is not None]
+        if not _linalg.finite(_flat([grads[k] for k in present])):  # one check; the culprit by name
+            for k in present:
+                _checks.finite(grads[k], func, f"the gradient of {self._names[k]!r}")
         A, S, D = self._A, self._S, self._D
         update = self.curvature != "exact" and self.n_steps % self.factor_interval == 0
         n_samples = 0
@@ -463,17 +472,20 @@ class Preconditioner:
             nat, lam, retries, inverses = self._solve(A, S, D, grads, refresh, current)
         # parameters without a gradient (unused in this forward) are left alone, as optimizers do
         nat = [None if g is None else v for g, v in zip(grads, nat)]
-        q = math.fsum(float(torch.dot(g.reshape(-1).double(), v.reshape(-1).double()))
-                      for g, v in zip(grads, nat) if g is not None)
+        # all parameters at once: a few large ops rather than several small ones per parameter
+        g_flat = _flat([grads[k] for k in present]).double()
+        v_flat = _flat([nat[k] for k in present]).double()
+        q = float(torch.dot(g_flat, v_flat))
         beta = _linalg.kl_beta(q, self.kl_radius, self.max_step, func)
-        new = [None if v is None else (beta * v).to(p.dtype) for p, v in zip(self._params, nat)]
-        for name, t in zip(self._names, new):
-            if t is not None and not _linalg.finite(t):
-                raise ValueError(f"{func}: the step for {name!r} is not finite; lower kl_radius or max_step")
+        steps = _flat([nat[k] for k in present]) * beta
+        if not _linalg.finite(steps):
+            for k in present:
+                if not _linalg.finite(beta * nat[k]):
+                    raise ValueError(f"{func}: the step for {self._names[k]!r} is not finite; lower kl_radius "
+                                     "or max_step")
         # commit
-        for p, t in zip(self._params, new):
-            if t is not None:
-                p.grad.copy_(t)
+        for k, t in zip(present, steps.split([nat[k].numel() for k in present])):
+            self._params[k].grad.copy_(t.view(self._params[k].grad.shape))
         if update:
             self._A, self._S, self._D = A, S, D
             self.n_factor_updates += 1
@@ -491,7 +503,7 @@ class Preconditioner:
         info = StepInfo(
             beta=beta, quadratic=q, predicted_kl=0.5 * beta * beta * q, damping=lam, retries=retries,
             clipped=bool(self.max_step is not None and uncapped > self.max_step),
-            step_norm=beta * math.sqrt(math.fsum(float(v.double().square().sum()) for v in nat if v is not None)),
+            step_norm=beta * math.sqrt(float(torch.dot(v_flat, v_flat))),
             predicted_change=-beta * q + 0.5 * beta * beta * q,
             factors_updated=update, n_samples=n_samples,
             inverses_updated=inverses is not None or (finished is not None and finished.error is None),
