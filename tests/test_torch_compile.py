@@ -25,13 +25,13 @@ def train(order, steps=3):
     model = cnn()
     gen = torch.Generator().manual_seed(1)
     if order == "eager":
-        precond, run = ngt.Preconditioner(model, generator=gen, kl_radius=1e-2), model
+        precond, run = ngt.Preconditioner(model, generator=gen, kl_radius=1e-2, factor_interval=1, inverse_interval=1), model
     elif order == "after":
-        precond = ngt.Preconditioner(model, generator=gen, kl_radius=1e-2)
+        precond = ngt.Preconditioner(model, generator=gen, kl_radius=1e-2, factor_interval=1, inverse_interval=1)
         run = torch.compile(model)
     else:
         run = torch.compile(model)
-        precond = ngt.Preconditioner(run, generator=gen, kl_radius=1e-2)
+        precond = ngt.Preconditioner(run, generator=gen, kl_radius=1e-2, factor_interval=1, inverse_interval=1)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     data = torch.Generator().manual_seed(2)
     infos = []

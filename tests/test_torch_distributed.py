@@ -77,7 +77,7 @@ CASES = {
     "kfac_gpt_ddp_exact": ("gpt", dict(fisher="exact", distribute="gradients"), True),
     "exact_gpt": ("gpt", dict(curvature="exact", fisher="empirical"), False),
 }
-COMMON = dict(kl_radius=1e-2, damping=1e-2)
+COMMON = dict(kl_radius=1e-2, damping=1e-2, factor_interval=1, inverse_interval=1)
 
 
 def batch(model, world, seed=1):
@@ -157,7 +157,7 @@ def run_cases(rank, world, out):
     for case, (name, settings, ddp) in CASES.items():
         model = MODELS[name]()
         wrapped = DDP(model) if ddp else model
-        precond = ngt.Preconditioner(wrapped, **COMMON, **settings)
+        precond = ngt.Preconditioner(wrapped, **dict(COMMON, **settings))
         assert precond._dist is not None
         train(wrapped, precond, step_batches(name, world, rank))
         early = precond._dist.reducer.launched_in_backward if precond._dist.reducer else None
@@ -190,7 +190,7 @@ def run_cases(rank, world, out):
     # state_dict saved on rank 0, loaded on every rank, resumes identically (sampled Fisher)
     for distribute in ("inverses", "gradients"):
         model = mlp()
-        precond = ngt.Preconditioner(model, **COMMON, distribute=distribute, inverse_interval=2)
+        precond = ngt.Preconditioner(model, **dict(COMMON, inverse_interval=2), distribute=distribute)
         train(model, precond, step_batches("mlp", world, rank), steps=2)
         state = precond.state_dict()  # collective
         path = Path(out) / f"state_{distribute}.pt"
@@ -202,7 +202,7 @@ def run_cases(rank, world, out):
         straight = params(model)
         model2 = mlp(seed=5)
         model2.load_state_dict(saved["model"])
-        precond2 = ngt.Preconditioner(model2, **COMMON, distribute=distribute, inverse_interval=2)
+        precond2 = ngt.Preconditioner(model2, **dict(COMMON, inverse_interval=2), distribute=distribute)
         precond2.load_state_dict(saved["precond"])
         train(model2, precond2, lambda s: step_batches("mlp", world, rank)(s + 2), steps=1)
         results[f"resume_{distribute}"] = {"straight": straight, "resumed": params(model2)}
@@ -270,7 +270,7 @@ def run(request, tmp_path_factory):
 def single_process(case, world):
     name, settings, _ = CASES[case]
     model = MODELS[name]()
-    precond = ngt.Preconditioner(model, **COMMON, **settings)
+    precond = ngt.Preconditioner(model, **dict(COMMON, **settings))
     train(model, precond, step_batches(name, world))
     return params(model)
 

@@ -161,7 +161,8 @@ def test_three_steps_equal_the_hand_computation():
     lam, eps, decay = 1e-2, 1e-2, 0.7
     data = batches(3)
     model = tiny_gpt()
-    precond = ngt.Preconditioner(model, fisher="empirical", damping=lam, kl_radius=eps, decay=decay)
+    precond = ngt.Preconditioner(model, factor_interval=1, inverse_interval=1, fisher="empirical", damping=lam,
+                                 kl_radius=eps, decay=decay)
     assert precond.fallback_modules == []
     assert sorted(precond.kfac_layers) == sorted(
         ["tok", "pos", "block.q", "block.k", "block.v", "block.o", "block.fc", "block.proj", "head"])

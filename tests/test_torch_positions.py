@@ -115,7 +115,8 @@ def test_ignored_positions_have_no_effect(kind):
     grads, infos, factors = [], [], []
     for loss_fn in (ce, lambda out, yy: F.cross_entropy(out[mask], yy[mask])):
         model = copy.deepcopy(base)
-        precond = ngt.Preconditioner(model, fisher=kind, generator=torch.Generator().manual_seed(3))
+        precond = ngt.Preconditioner(model, factor_interval=1, inverse_interval=1, fisher=kind, damping=1e-3,
+                                     generator=torch.Generator().manual_seed(3))
         info, _ = loss_step(model, precond, x, y, loss_fn=loss_fn)
         infos.append(info)
         grads.append([p.grad.clone() for p in model.parameters()])
@@ -329,7 +330,7 @@ def test_tiny_gpt_every_parameter_has_a_block(curvature, approx):
     torch.manual_seed(0)
     model = TinyGPT()
     x, y = tokens(4, 5, 7, ignored=[(0, 4)])
-    precond = ngt.Preconditioner(model, curvature=curvature, kfac_approx=approx,
+    precond = ngt.Preconditioner(model, factor_interval=1, inverse_interval=1, curvature=curvature, kfac_approx=approx,
                                  generator=torch.Generator().manual_seed(0))
     assert precond.fallback_modules == []
     blocks = set(precond.kfac_layers) | set(precond.diagonal_blocks)
@@ -396,7 +397,7 @@ def test_a_loss_ignoring_every_position_is_refused_and_changes_nothing():
     torch.manual_seed(0)
     model = TinySeq().double()
     x, y = tokens(3, 4, 5)
-    precond = ngt.Preconditioner(model, fisher="empirical")
+    precond = ngt.Preconditioner(model, factor_interval=1, inverse_interval=1, fisher="empirical")
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     loss_step(model, precond, x, y)
     opt.step()

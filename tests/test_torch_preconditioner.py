@@ -138,10 +138,10 @@ def test_hooks_ignore_eval_mode_and_no_grad():
     x, y = data()
     x2, _ = data(seed=9)
     ref_model = copy.deepcopy(model)
-    ref = ngt.Preconditioner(ref_model, fisher="exact")
+    ref = ngt.Preconditioner(ref_model, factor_interval=1, inverse_interval=1, fisher="exact")
     one_step(ref_model, ref, x, y)
 
-    precond = ngt.Preconditioner(model, fisher="exact")
+    precond = ngt.Preconditioner(model, factor_interval=1, inverse_interval=1, fisher="exact")
     with torch.no_grad():
         model(x2)  # ignored: no grad
     model.eval()
@@ -267,7 +267,7 @@ def test_factor_and_inverse_intervals():
 
 def test_stale_inverses_precondition_between_refreshes():
     model = mlp()
-    precond = ngt.Preconditioner(model, fisher="exact", inverse_interval=2)
+    precond = ngt.Preconditioner(model, factor_interval=1, fisher="exact", inverse_interval=2)
     x0, y0 = data(seed=0)
     one_step(model, precond, x0, y0)
     inverses = precond.state_dict()["inverses"]
@@ -353,7 +353,7 @@ def test_non_finite_gradients_are_rejected():
 def test_non_finite_statistics_are_rejected():
     model = mlp()
     x, y = data()
-    precond = ngt.Preconditioner(model, fisher="empirical")
+    precond = ngt.Preconditioner(model, factor_interval=1, inverse_interval=1, fisher="empirical")
     one_step(model, precond, x, y)
     for p in model.parameters():
         p.grad = None

@@ -155,7 +155,8 @@ def test_overlap_equals_the_synchronous_refresh_one_step_later(inverse, inverse_
     """Same batches, parameters held fixed: the overlapped step t preconditions with what the
     synchronous preconditioner held after step t − 1."""
     sync_model, lap_model = model_of("cnn"), model_of("cnn")
-    kwargs = dict(inverse=inverse, damping=1e-2, inverse_interval=inverse_interval)
+    kwargs = dict(inverse=inverse, damping=1e-2, factor_interval=1, inverse_interval=inverse_interval,
+                  kl_radius=1e-3)
     sync = ngt.Preconditioner(sync_model, generator=torch.Generator().manual_seed(3), **kwargs)
     lap = ngt.Preconditioner(lap_model, overlap=True, generator=torch.Generator().manual_seed(3), **kwargs)
     held = None
@@ -186,7 +187,8 @@ def test_overlap_equals_the_synchronous_refresh_one_step_later(inverse, inverse_
 
 def test_overlap_state_dict_resumes_with_the_refresh_in_flight():
     ref_model = model_of("mlp")
-    ref = ngt.Preconditioner(ref_model, overlap=True, inverse="eigh", generator=torch.Generator().manual_seed(3))
+    ref = ngt.Preconditioner(ref_model, factor_interval=1, inverse_interval=1, overlap=True, inverse="eigh",
+                             generator=torch.Generator().manual_seed(3))
     opt = torch.optim.SGD(ref_model.parameters(), lr=1.0)
     data = batches("mlp", 6)
     for x, y in data[:3]:
@@ -203,7 +205,7 @@ def test_overlap_state_dict_resumes_with_the_refresh_in_flight():
         expected.append(grads(ref_model))
     model = model_of("mlp")
     model.load_state_dict(model_state)
-    resumed = ngt.Preconditioner(model, overlap=True, inverse="eigh")
+    resumed = ngt.Preconditioner(model, factor_interval=1, inverse_interval=1, overlap=True, inverse="eigh")
     resumed.load_state_dict(saved)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     for (x, y), want in zip(data[3:], expected):
@@ -215,8 +217,9 @@ def test_overlap_state_dict_resumes_with_the_refresh_in_flight():
 
 def test_overlap_falls_back_to_a_synchronous_refresh_when_the_background_one_fails(monkeypatch):
     sync_model, lap_model = model_of("mlp"), model_of("mlp")
-    sync = ngt.Preconditioner(sync_model, generator=torch.Generator().manual_seed(3))
-    lap = ngt.Preconditioner(lap_model, overlap=True, generator=torch.Generator().manual_seed(3))
+    kwargs = dict(factor_interval=1, inverse_interval=1, generator=torch.Generator().manual_seed(3))
+    sync = ngt.Preconditioner(sync_model, **kwargs)
+    lap = ngt.Preconditioner(lap_model, overlap=True, **dict(kwargs, generator=torch.Generator().manual_seed(3)))
     data = batches("mlp", 2)
     for model, precond in ((sync_model, sync), (lap_model, lap)):
         backward(model, *data[0])

@@ -29,7 +29,7 @@ def next_token_loss(logits, idx):
 
 def test_gpt2_model_output_every_parameter_preconditioned():
     model = gpt2()
-    precond = ngt.Preconditioner(model, output="logits", kl_radius=1e-2)
+    precond = ngt.Preconditioner(model, factor_interval=1, inverse_interval=1, output="logits", kl_radius=1e-2)
     assert precond.fallback_modules == []
     assert "transformer.h.0.attn.c_attn" in precond.kfac_layers  # Conv1D
     assert "transformer.wte" in precond.diagonal_blocks  # tied with lm_head: its own block
