@@ -123,7 +123,7 @@ class Preconditioner:
         for x, y in loader:
             opt.zero_grad(); F.cross_entropy(model(x), y).backward(); precond.step(); opt.step()
 
-    The defaults (``kl_radius=1e-2``, ``damping=3e-3``, statistics and inverses every 10 steps)
+    The defaults (``kl_radius=1e-2``, ``damping=1e-3``, statistics and inverses every 10 steps)
     were chosen by measurement (docs/performance.md, "The defaults of the torch layer") for the
     loop of :class:`NGD`: this preconditioner, then ``torch.optim.SGD(lr=0.1, momentum=0.9)``.
     With plain ``SGD(lr=1)`` every step moves the full ε: choose ``kl_radius=1e-3`` there.
@@ -292,7 +292,7 @@ class Preconditioner:
     """
 
     def __init__(self, model: nn.Module, *, curvature="kfac", loss="cross_entropy", fisher="sampled",
-                 kl_radius=1e-2, damping=3e-3, max_step=None, decay=0.95, factor_interval=10,
+                 kl_radius=1e-2, damping=1e-3, max_step=None, decay=0.95, factor_interval=10,
                  inverse_interval=10, adaptive_damping=False, fallback="diagonal", generator=None,
                  max_retries=3, min_damping=1e-8, max_damping=1e4, distributed=None, process_group=None,
                  distribute="inverses", bucket_mb=25.0, output=None, class_dim=-1, ignore_index=-100,
