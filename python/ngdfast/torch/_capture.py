@@ -36,6 +36,44 @@ rows, S = (1/n) Σ δ δᵀ over all n positions), i.e. the statistics of the co
 forward without a backward through its output, and forwards in eval mode or under
 ``torch.no_grad()``, are ignored. Running mean products use ``ngdfast.fisher`` on zero-copy
 views for CPU tensors.
+
+**Statistics from a sub-batch** (``stats_samples=m``). A *sample* is an index along the first
+dimension of the output (N samples of P positions each). A recorded forward with more than m
+samples keeps the statistics of m of them (:class:`Samples`): drawn without replacement with
+the preconditioner's generator, before any label, as the first m of a ``torch.randperm`` over
+the samples with at least one counted position, in increasing order (when there are at most m
+such samples, those, and nothing is drawn; with N <= m, everything is as without the option).
+Then
+
+* the score rows (sampled labels, the exact kind's C blocks, or the loss's gradient for
+  ``"empirical"``) are formed at the chosen samples' positions only and are zero elsewhere,
+  so the extra backward gives the output gradients of the chosen samples' scores;
+* n counts the chosen samples' counted positions (``StepInfo.n_samples``); the empirical δ
+  are scaled by the loss's own count, ``n_loss ∂L/∂z`` (L the mean over all n_loss counted
+  positions), S and D by 1/n;
+* each block keeps the rows of the chosen samples when they are its own: its input has a
+  leading sample dimension of N·k entries (k per sample) and its output gradients are exactly
+  zero at the other samples, which holds wherever the model does not mix samples. Then its A,
+  S and diagonal cost m/N of the whole batch's. Otherwise the block keeps all its rows: an
+  input shared by every sample (positional ids ``arange(T)``, even when T = N: its gradient
+  then is not zero elsewhere) has the same A as on the sub-batch; below a BatchNorm in
+  training mode, whose batch statistics carry the chosen samples' scores to every sample, A is
+  the whole batch's and S, D sum the chosen scores' gradients over every row (an unbiased
+  estimate of the whole batch's for the sampled and exact kinds). The BatchNorm's own diagonal
+  normalises by the whole batch, as its forward did, then takes the chosen rows;
+* loose parameters get ``ĝ`` of the chosen samples' scores (the backward sums them).
+
+For a model that does not mix samples this is exactly (to rounding) the statistics of a forward
+without ``stats_samples`` on the chosen samples alone, for every Fisher kind; each forward of a
+gradient accumulation draws its own m; under ``torch.distributed`` each rank draws m of its
+own batch with its own generator and the reduction (weighted by the chosen counts) gives the
+statistics of the union of the ranks' choices. The gradient g is untouched: the loss's.
+
+What it saves: the products and copies of the statistics (A, S, the diagonal blocks' rows, the
+labels) scale with m/N. What it does not: the extra backward still runs over the whole batch
+and graph, as does the user's forward: autograd cannot run a slice of a recorded graph, and a
+second forward on the sub-batch would be the model's forward twice, with BatchNorm statistics
+and dropout masks of its own.
 """
 
 from __future__ import annotations
@@ -117,27 +155,50 @@ def check_exact_size(classes: int, rows: int, dtype, func: str) -> None:
 
 
 class RunningMean:
-    """The mean of ``rowsᵀrows / R`` (or of its diagonal) over all rows added so far."""
+    """The mean of ``rowsᵀrows / R`` (or of its diagonal) over all rows added so far.
+
+    Rows may come without the ones column of a bias (``ones=True``): the ones column's entries
+    of ``āᵀā / R`` are then the rows' mean and 1, formed from the rows themselves instead of
+    from a copy of them with a column of ones appended.
+    """
 
     def __init__(self, diagonal: bool = False):
         self.mean = None
         self.rows = 0
         self.diagonal = diagonal
 
-    def add(self, rows: torch.Tensor) -> None:
-        if self.diagonal:
-            self.add_sum(rows.square().sum(0), rows.shape[0])
-            return
+    def add(self, rows: torch.Tensor, ones: bool = False) -> None:
         r = rows.shape[0]
+        if self.diagonal:
+            total = rows.square().sum(0)
+            if ones:
+                total = torch.cat([total, total.new_full((1,), r)])
+            self.add_sum(total, r)
+            return
         if r == 0:
             return
+        d = rows.shape[1] + int(ones)
         if self.mean is None:
-            d = rows.shape[1]
             self.mean = torch.empty((d, d), dtype=rows.dtype, device=rows.device)
             decay = 0.0
         else:
             decay = self.rows / (self.rows + r)
-        _linalg.fisher_into(rows, self.mean, decay)
+        if ones and r <= d:  # a copy with the ones column costs less than assembling A below
+            rows = torch.cat([rows, rows.new_ones(r, 1)], dim=1)
+            ones = False
+        if not ones:
+            _linalg.fisher_into(rows, self.mean, decay)
+        else:
+            batch = self.mean if decay == 0.0 else torch.empty_like(self.mean)
+            gram = torch.empty((d - 1, d - 1), dtype=rows.dtype, device=rows.device)
+            _linalg.fisher_into(rows, gram, 0.0)
+            batch[:-1, :-1] = gram
+            mean = rows.mean(0)
+            batch[:-1, -1] = mean
+            batch[-1, :-1] = mean
+            batch[-1, -1] = 1.0
+            if decay != 0.0:
+                self.mean.mul_(decay).add_(batch, alpha=1.0 - decay)
         self.rows += r
 
     def add_sum(self, total: torch.Tensor, r: int) -> None:
@@ -155,11 +216,65 @@ class Batch:
     """Statistics of the forwards since the last step."""
 
     def __init__(self):
-        self.n = 0  # counted output positions
+        self.n = 0  # counted output positions of the samples behind the statistics
+        self.n_loss = 0  # counted output positions of every forward (the loss's mean runs over them)
         self.forwards = 0  # recording forwards whose backward reached the output
         self.A: dict[int, RunningMean] = {}
         self.S: dict[int, RunningMean] = {}
         self.D: dict[int, list[torch.Tensor]] = {}
+
+    def scaled_S(self, s: RunningMean, empirical: bool) -> torch.Tensor:
+        """S from the running mean of δ δᵀ: ``(1/n) Σ δ δᵀ``, or for the empirical Fisher, whose
+        δ are ∂L/∂z of the mean loss over ``n_loss`` positions, ``(1/n) Σ (n_loss δ)(n_loss δ)ᵀ``."""
+        return s.mean * (s.rows * self.n_loss * self.n_loss / self.n if empirical else s.rows / self.n)
+
+    def scaled_D(self, total: torch.Tensor, empirical: bool) -> torch.Tensor:
+        """A diagonal block from its sum of squared row gradients, scaled as :meth:`scaled_S`."""
+        return total * (self.n_loss * self.n_loss / self.n) if empirical else total / self.n
+
+
+class Samples:
+    """The samples of one forward whose statistics are kept (``stats_samples``): sample i is
+    index i along the first dimension of the output (N samples of P positions each, the output
+    rows i·P ... (i+1)·P − 1), and of every per-sample tensor whose first dimension is N·k
+    (entries i·k ... (i+1)·k − 1)."""
+
+    def __init__(self, index: torch.Tensor, n: int, positions: int):
+        self.index = index  # (m,) sorted
+        self.n = n
+        self.positions = positions
+        self.rows = (index[:, None] * positions + torch.arange(positions, device=index.device)).reshape(-1)
+        self._others = None  # 1 at the samples not chosen (float, by dtype)
+
+    def fits(self, t: torch.Tensor) -> bool:
+        """Whether ``t``'s first dimension is N·k for some k >= 1."""
+        return t.ndim >= 1 and t.shape[0] >= self.n and t.shape[0] % self.n == 0
+
+    def select(self, t: torch.Tensor) -> torch.Tensor:
+        """The chosen samples' entries of ``t`` (first dimension N·k), in order."""
+        if t.shape[0] == self.n:
+            return t.index_select(0, self.index)
+        return t.unflatten(0, (self.n, -1)).index_select(0, self.index).flatten(0, 1)
+
+    def zero_elsewhere(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` is exactly zero at every sample not chosen (an output gradient from score
+        rows that are zero there: true wherever the model does not mix samples)."""
+        if t.numel() == 0:
+            return True
+        v = t.unflatten(0, (self.n, -1))
+        # per-sample largest magnitudes (two reductions, no temporary as large as t; any() is
+        # several times slower here) weighted by the mask of the others; NaN or Inf anywhere
+        # reads as not zero
+        dims = tuple(range(1, v.ndim))
+        peak = torch.maximum(v.amax(dims), v.amin(dims).neg_())
+        if self._others is None or self._others.dtype != peak.dtype:
+            self._others = torch.ones(self.n, dtype=peak.dtype, device=peak.device).index_fill_(0, self.index, 0.0)
+        return float(torch.dot(peak, self._others)) == 0.0
+
+    def spread(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows (m·P, C) of the chosen samples as the (N·P, C) rows of the whole output, zero elsewhere."""
+        full = rows.new_zeros((self.n * self.positions, rows.shape[1]))
+        return full.index_copy_(0, self.rows, rows)
 
 
 class Capture:
@@ -282,36 +397,53 @@ class Capture:
 
     def _collect(self, out, pending, grad) -> None:
         """Fold one forward's statistics, now that the loss's gradient at the output is known."""
-        self.batch.forwards += 1
+        b = self.batch
+        b.forwards += 1
         grad_rows = self.outputs.rows(grad.detach())
         counted = (grad_rows != 0).any(dim=1)
-        n = int(counted.sum())
-        if n == 0:
+        n_loss = int(counted.sum())
+        if n_loss == 0:
             return  # the loss ignores every position of this forward
-        self.batch.n += n
-        for key, args, _ in pending:
-            if key[0] == "k":
-                self._add_inputs(key[1], args[0])
+        choice = self._choose(out, counted)
+        n = n_loss if choice is None else int(counted.index_select(0, choice.rows).sum())
+        b.n += n
+        b.n_loss += n_loss
         live = [(key, args, o) for key, args, o in pending if o.requires_grad]
         loose = [(j, ps) for j, ps in self._loose]
-        if not live and not loose:
-            return
-        rows_out = self.outputs.rows(out.detach())
-        self._rows_out = rows_out.shape[0]
-        if self.fisher == "empirical":
-            blocks = [_fisher.working(grad_rows)]
-        else:
+        per_block = []
+        if live or loose:
+            rows_out = self.outputs.rows(out.detach())
+            self._rows_out = rows_out.shape[0]
             if self.fisher == "exact":
                 check_exact_size(rows_out.shape[1], rows_out.shape[0], _fisher.working(rows_out).dtype,
                                  "ngdfast.torch")
-            blocks = _fisher.output_rows(self.loss, self.fisher, rows_out, None, self.generator())
-            if n < counted.numel():
-                blocks = [b * counted[:, None].to(b.dtype) for b in blocks]
-        blocks = [self.outputs.unrows(b, out).to(out.dtype) for b in blocks]
-        targets = [o for _, _, o in live] + [p for _, ps in loose for p in ps]
-        per_block = _backpropagate(out, targets, blocks)
-        for j, (key, args, _) in enumerate(live):
-            self._add_deltas(key, args, [g[j] for g in per_block if g[j] is not None])
+            if choice is not None:  # labels for the chosen samples' rows only; the other rows stay zero
+                grad_rows = grad_rows.index_select(0, choice.rows)
+                rows_out = rows_out.index_select(0, choice.rows)
+                counted = counted.index_select(0, choice.rows)
+            if self.fisher == "empirical":
+                blocks = [_fisher.working(grad_rows)]
+            else:
+                blocks = _fisher.output_rows(self.loss, self.fisher, rows_out, None, self.generator())
+                if n < counted.numel():
+                    blocks = [t * counted[:, None].to(t.dtype) for t in blocks]
+            if choice is not None:
+                blocks = [choice.spread(t) for t in blocks]
+            blocks = [self.outputs.unrows(t, out).to(out.dtype) for t in blocks]
+            targets = [o for _, _, o in live] + [p for _, ps in loose for p in ps]
+            per_block = _backpropagate(out, targets, blocks)
+        j = 0
+        for key, args, o in pending:
+            deltas = []
+            if o.requires_grad:
+                deltas = [g[j].detach() for g in per_block if g[j] is not None]
+                j += 1
+            rows = choice if choice is not None and self._per_sample(key, args, deltas, choice) else None
+            if key[0] == "k":
+                if rows is not None:
+                    args, deltas = (rows.select(args[0]),), [rows.select(d) for d in deltas]
+                self._add_inputs(key[1], args[0])
+            self._add_deltas(key, args, deltas, rows)
         k = len(live)
         for j, ps in loose:
             sums = []
@@ -322,6 +454,47 @@ class Capture:
                 k += 1
             self._add_diagonal(j, sums)
 
+    def _choose(self, out, counted) -> Samples | None:
+        """The samples of this forward whose statistics are kept: all (None) without
+        ``stats_samples`` or with at most that many samples; else that many drawn without
+        replacement with the preconditioner's generator (the first m of a ``torch.randperm``,
+        in increasing order) among the samples with a counted position."""
+        m = self.stats_samples
+        n = out.shape[0]
+        if m is None or n <= m:
+            return None
+        candidates = counted.reshape(n, -1).any(1).nonzero().squeeze(1)
+        if candidates.numel() > m:
+            gen = self.generator()
+            pick = torch.randperm(candidates.numel(), generator=gen, device=gen.device)[:m]
+            candidates = candidates.index_select(0, pick.to(candidates.device)).sort().values
+        return Samples(candidates, n, counted.numel() // n)
+
+    def _per_sample(self, key, args, deltas, samples: Samples) -> bool:
+        """Whether a block's rows belong to the samples along the first dimension: its input is
+        batched with a first dimension N·k (as are its output gradients), and the gradients from
+        the chosen samples' score rows are exactly zero at the other samples. Otherwise (an input
+        shared by every sample, such as positional ids ``arange(T)``; a layer below a BatchNorm
+        in training mode, whose batch statistics mix the samples) all its rows count."""
+        kind, i = key
+        if kind == "k":
+            tensors, batched = [args[0]], self.layers[i].batched(args[0])
+        else:
+            _, module, _ = self.diagonal[i]
+            how = self.kinds[i]
+            if how == "norm":
+                tensors, batched = [args[0]], _norms.batched(module, args[0])
+            elif how == "layer":
+                tensors, batched = [args[0]], _diagonal.layer_of(module).batched(args[0])
+            else:
+                tensors, batched = list(args), bool(args)
+        if not batched or not samples.fits(tensors[0]):
+            return False
+        lead = tensors[0].shape[0]
+        if any(t.ndim == 0 or t.shape[0] != lead for t in tensors[1:] + deltas):
+            return False
+        return all(samples.zero_elsewhere(d) for d in deltas)
+
     def _add_inputs(self, i, x) -> None:
         layer = self.layers[i]
         dtype = self.stats_dtype(layer.params[0])
@@ -329,9 +502,11 @@ class Capture:
         if layer.embedding:
             mean.add_sum(layer.token_counts(x, dtype), x.numel())
         else:
-            mean.add(layer.a_rows(x, dtype))
+            mean.add(layer.a_rows(x, dtype), ones=layer.has_bias)
 
-    def _add_deltas(self, key, args, deltas) -> None:
+    def _add_deltas(self, key, args, deltas, rows=None) -> None:
+        """Fold output gradients; ``rows`` (a :class:`Samples`): only the chosen samples' rows
+        count (a K-FAC layer's ``args`` and ``deltas`` come already restricted to them)."""
         if not deltas:
             return
         kind, i = key
@@ -340,17 +515,21 @@ class Capture:
             dtype = self.stats_dtype(layer.params[0])
             mean = self.batch.S.setdefault(i, RunningMean(layer.s_diag))
             for d in deltas:
-                mean.add(layer.s_rows(d.detach(), args[0], dtype))
+                mean.add(layer.s_rows(d, args[0], dtype))
             return
         _, module, names = self.diagonal[i]
         dtype = self.stats_dtype(module.get_parameter(names[0]))
-        deltas = [d.detach() for d in deltas]
         how = self.kinds[i]
-        if how == "norm":
-            sums = _norms.square_sums(module, names, args[0], deltas, dtype)
-        elif how == "layer":
+        select = None if rows is None else rows.select
+        if how == "norm":  # BatchNorm's x̂ needs the whole batch's statistics: it selects after normalising
+            self._add_diagonal(i, _norms.square_sums(module, names, args[0], deltas, dtype, select))
+            return
+        if select is not None:
+            args, deltas = tuple(select(a) for a in args), [select(d) for d in deltas]
+        if how == "layer":
             layer = _diagonal.layer_of(module)
-            per_row = deltas[0].numel() // layer.out_dim == self._rows_out  # a row per output position
+            rows_out = self._rows_out if rows is None else rows.rows.numel()
+            per_row = deltas[0].numel() // layer.out_dim == rows_out  # a row per output position
             sums = _diagonal.layer_square_sums(layer, args[0], deltas, dtype, per_row)
         else:
             with quiet():
@@ -375,13 +554,12 @@ class Capture:
         b = self.batch
         if b.n == 0:
             return None
-        n = b.n
         empirical = self.fisher == "empirical"
         A, S, D = {}, {}, {}
         for i, s in b.S.items():
             if i in b.A and s.mean is not None:
                 A[i] = b.A[i].mean
-                S[i] = s.mean * (s.rows * n if empirical else s.rows / n)
+                S[i] = b.scaled_S(s, empirical)
         for j, sums in b.D.items():
-            D[j] = [t * n if empirical else t / n for t in sums]
-        return n, A, S, D
+            D[j] = [b.scaled_D(t, empirical) for t in sums]
+        return b.n, A, S, D

@@ -245,7 +245,7 @@ class FactorReducer:
                 s = b.S.get(i)
                 if i in b.A and s is not None and s.mean is not None and n:
                     a = b.A[i]
-                    S = s.mean * (s.rows * n if empirical else s.rows / n)
+                    S = b.scaled_S(s, empirical)
                     parts += [pack_factor(a.mean).to(dtype) * a.rows, pack_factor(S).to(dtype) * n]
                     counts.append(float(a.rows))
                 else:
@@ -260,7 +260,7 @@ class FactorReducer:
                     if ds is None or not n:
                         parts.append(torch.zeros(p.numel(), dtype=dtype, device=device))
                     else:
-                        parts.append((ds[m] * n if empirical else ds[m] / n).reshape(-1).to(dtype) * n)
+                        parts.append(b.scaled_D(ds[m], empirical).reshape(-1).to(dtype) * n)
                 counts.append(1.0 if ds is not None else 0.0)
         return torch.cat([t.to(device) for t in parts] + [torch.tensor(counts, dtype=dtype, device=device)])
 

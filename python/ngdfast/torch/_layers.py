@@ -6,7 +6,11 @@ an extra input column of ones, as in ``ngdfast.models``): ``z = ā W̄ᵀ``.
 * ``nn.Linear``: ``W̄ = [W, b]``; every leading position of the input (N, *, in) is a row.
 * ``nn.Conv1d`` / ``nn.Conv2d`` (groups = 1): ``W̄ = [W.reshape(out, C_in·k), b]``; the rows
   are the unfolded input patches (Grosse & Martens' KFC), one per sample and output location,
-  with the layer's own stride, padding (any mode, also ``"same"``) and dilation.
+  with the layer's own stride, padding (any mode, also ``"same"``) and dilation. The patches
+  are a strided view of the (padded) input, copied once, in the statistics dtype, into the
+  (C_in·k, R) layout whose inner loop runs along the input's rows; ``ngdfast.fisher`` reads
+  its transpose as the (R, C_in·k) rows (faster than ``F.unfold`` and a transposed copy, which
+  it replaced, and equal to them bit for bit).
 * ``nn.Embedding``: ``W̄ = Wᵀ`` (d, V); a row is the one-hot token, so A is diagonal (the token
   frequencies of the batch) and no V × V matrix ever exists.
 * Hugging Face's ``Conv1D`` (GPT-2's projections: ``z = x W + b`` with W of shape (in, out)):
@@ -26,7 +30,16 @@ and with ``"reduce"`` (positions summed before the outer products: ``â_i = mean
 
 so that ``F_layer ≈ S ⊗ A`` for the row-major flattening of ``W̄``. A side of more than
 ``max_factor_dim`` features (an LM head's V outputs, 50 000 flattened inputs) keeps only the
-diagonal of its factor: ``diag A`` or ``diag S`` (Embedding's A always is).
+diagonal of its factor: ``diag A`` or ``diag S`` (Embedding's A always is). The bias's column
+of ones is not appended to the rows when there are more rows than inputs: A's last row and
+column are then the rows' mean and 1, set beside the Gram block that ``ngdfast.fisher`` forms
+from the rows themselves (a view of a Linear layer's input).
+
+With ``stats_samples`` (``ngdfast.torch._capture``) a layer's rows are those of the chosen
+samples when its input has a leading sample dimension (:meth:`Layer.batched`: a Linear's
+``(N, *, in)``, a Conv's ``(N, C, *)``, an Embedding's ids) and its output gradients are zero
+at the other samples; a shared input (positional ids ``arange(T)``, without a batch
+dimension) keeps all its rows, as on the sub-batch.
 
 **Diagonal blocks** (``diag F`` of the module's own parameters, running average like the
 factors): ``nn.LayerNorm``, ``nn.RMSNorm``, ``nn.BatchNorm1d/2d/3d`` and ``nn.GroupNorm`` in
@@ -105,6 +118,13 @@ class Layer:
         return d if diag else d * (d + 1) // 2
 
     # ------------------------------------------------------------- rows
+    def batched(self, x: torch.Tensor) -> bool:
+        """Whether the layer input ``x`` has a leading sample dimension (Linear: (N, *, in);
+        Conv: (N, C, *) rather than an unbatched (C, *); Embedding: any ids of at least 1-D)."""
+        if self.conv:
+            return x.ndim == (3 if isinstance(self.module, nn.Conv1d) else 4)
+        return x.ndim >= (1 if self.embedding else 2)
+
     def input_rows(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Rows ``ā`` (R, in) of the layer input ``x``, in ``dtype``, with the ones column."""
         rows = self.weight_rows(x, dtype)
@@ -113,28 +133,42 @@ class Layer:
         return rows
 
     def weight_rows(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Rows ``a`` (R, in − bias) of the layer input ``x``, in ``dtype``, without the ones column."""
+        """Rows ``a`` (R, in − bias) of the layer input ``x``, in ``dtype``, without the ones
+        column; C-contiguous (a view of ``x`` where it can be)."""
         x = x.detach()
         if self.embedding:
             return F.one_hot(x.reshape(-1), self.in_dim).to(dtype)
         if not self.conv:
             return x.reshape(-1, x.shape[-1]).to(dtype)
+        patches = self._patches(x)  # (C, kh, kw, N, Ho, Wo)
+        rows = torch.empty(patches.shape[3:] + patches.shape[:3], dtype=dtype, device=x.device)
+        rows.copy_(patches.permute(3, 4, 5, 0, 1, 2))
+        return rows.view(-1, self.in_dim - int(self.has_bias))
+
+    def _patches(self, x: torch.Tensor) -> torch.Tensor:
+        """A convolution's unfolded input patches as a strided *view* (C, kh, kw, N, Ho, Wo) of
+        its (padded) input: KFC's rows without ``F.unfold``'s copy (a Conv1d is a Conv2d of
+        height 1; an unbatched input has N = 1)."""
         m = self.module
         one_d = isinstance(m, nn.Conv1d)
-        if one_d:  # a Conv1d is a Conv2d of height 1
+        if not self.batched(x):
+            x = x.unsqueeze(0)
+        if one_d:
             x = x.unsqueeze(-2)
         kernel, dilation, stride = (_as2d(v, one_d) for v in (m.kernel_size, m.dilation, m.stride))
         if isinstance(m.padding, str):
-            pad = (0, 0)
-            if m.padding == "same":
-                x = F.pad(x, _same_padding(kernel, dilation), mode=_pad_mode(m))
-        elif m.padding_mode != "zeros":
-            x = F.pad(x, tuple(p for p in reversed(_as2d(m.padding, one_d, 0)) for _ in range(2)), mode=_pad_mode(m))
-            pad = (0, 0)
+            pads = _same_padding(kernel, dilation) if m.padding == "same" else (0, 0, 0, 0)
         else:
-            pad = _as2d(m.padding, one_d, 0)
-        patches = F.unfold(x, kernel, dilation=dilation, padding=pad, stride=stride)
-        return patches.transpose(1, 2).reshape(-1, patches.shape[1]).to(dtype)
+            pads = tuple(p for p in reversed(_as2d(m.padding, one_d, 0)) for _ in range(2))
+        if any(pads):
+            x = F.pad(x, pads, mode=_pad_mode(m))
+        n, c, h, w = x.shape
+        ho = (h - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+        wo = (w - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+        sn, sc, sh, sw = x.stride()
+        return x.as_strided((c, kernel[0], kernel[1], n, ho, wo),
+                            (sc, sh * dilation[0], sw * dilation[1], sn, sh * stride[0], sw * stride[1]),
+                            x.storage_offset())
 
     def output_rows(self, delta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Rows (R, out) of an output gradient ``delta`` shaped like the layer output."""
@@ -145,25 +179,46 @@ class Layer:
     def groups(self, x: torch.Tensor) -> int:
         """Samples of the layer input (its first dimension; 1 for an unbatched input)."""
         if self.conv:
-            return x.shape[0] if x.ndim == (3 if isinstance(self.module, nn.Conv1d) else 4) else 1
+            return x.shape[0] if self.batched(x) else 1
         return x.shape[0] if x.ndim >= 2 else 1
 
     def a_rows(self, x: torch.Tensor, dtype) -> torch.Tensor:
-        """The rows whose second moment is A: every row (expand) or the per-sample means (reduce)."""
+        """The rows whose second moment is A, *without* the ones column of the bias (A's last row
+        and column are their mean and 1: see ``RunningMean``): every row (expand) or the
+        per-sample means (reduce). Possibly column-major: a convolution's patches are copied
+        once, straight from a strided view of its input into the (in, R) layout whose inner
+        loop runs along the input's rows."""
         if self.embedding:
             raise AssertionError("Embedding factors A from token counts")
-        rows = self.input_rows(x, dtype)
+        x = x.detach()
+        if not self.conv:
+            rows = x.reshape(-1, x.shape[-1]).to(dtype)
+            if self.approx == "reduce":
+                rows = rows.reshape(self.groups(x), -1, rows.shape[1]).mean(1)
+            return rows
+        patches = self._patches(x)  # (C, kh, kw, N, Ho, Wo)
+        cols = torch.empty(patches.shape, dtype=dtype, device=x.device)
+        cols.copy_(patches)
+        d = self.in_dim - int(self.has_bias)
         if self.approx == "reduce":
-            rows = rows.reshape(self.groups(x), -1, rows.shape[1]).mean(1)
-        return rows
+            return cols.view(d, self.groups(x), -1).mean(2).T
+        return cols.view(d, -1).T
 
     def token_counts(self, x: torch.Tensor, dtype) -> torch.Tensor:
         """Embedding: how often each of the V rows was looked up (the diagonal of Σ ā āᵀ)."""
         return torch.bincount(x.detach().reshape(-1), minlength=self.in_dim).to(dtype)
 
     def s_rows(self, delta: torch.Tensor, x: torch.Tensor, dtype) -> torch.Tensor:
-        """The rows whose (scaled) second moment is S: every row, or per-sample sums (reduce)."""
-        rows = self.output_rows(delta, dtype)
+        """The rows whose (scaled) second moment is S: every row, or per-sample sums (reduce);
+        a convolution's as the column-major (out, R) layout (its inner loop along locations)."""
+        if self.conv:
+            if not self.batched(x):
+                delta = delta.unsqueeze(0)
+            cols = delta.transpose(0, 1).reshape(self.out_dim, delta.shape[0], -1).to(dtype)
+            if self.approx == "reduce":
+                return cols.sum(2).T
+            return cols.reshape(self.out_dim, -1).T
+        rows = delta.reshape(-1, self.out_dim).to(dtype)
         if self.approx == "reduce":
             rows = rows.reshape(self.groups(x), -1, rows.shape[1]).sum(1)
         return rows

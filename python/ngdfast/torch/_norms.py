@@ -12,7 +12,9 @@ whatever the parameter is shared across within that row:
 * ``nn.GroupNorm``: x̂ per sample and group; each sample is a row, summed over its locations.
 
 :func:`square_sums` returns ``Σ_rows (row gradient)²`` per parameter, which the capture scales
-like every diagonal block (divided by the number of output positions counted).
+like every diagonal block (divided by the number of output positions counted). With
+``stats_samples`` it keeps the chosen samples' rows; a BatchNorm in training mode normalises by
+the whole batch's statistics first, as its forward did.
 """
 
 from __future__ import annotations
@@ -51,9 +53,18 @@ def normalised(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.batch_norm(x, mean, var, None, None, False, 0.0, module.eps)
 
 
-def row_grads(module: nn.Module, names: list[str], x: torch.Tensor, delta: torch.Tensor, dtype):
-    """Per-row gradients ``{name: (R, *param.shape)}`` of γ (``weight``) and β (``bias``)."""
-    xh = normalised(module, x).to(dtype)
+def batched(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the input has leading rows or samples: positions before LayerNorm's / RMSNorm's
+    ``normalized_shape``, samples before a BatchNorm's or GroupNorm's channels."""
+    if isinstance(module, (nn.LayerNorm,) + _RMS):
+        return x.ndim > len(module.normalized_shape)
+    return x.ndim >= 2
+
+
+def row_grads(module: nn.Module, names: list[str], xh: torch.Tensor, delta: torch.Tensor, dtype):
+    """Per-row gradients ``{name: (R, *param.shape)}`` of γ (``weight``) and β (``bias``), from
+    the normalised input ``xh`` (:func:`normalised`) and the output gradient ``delta``."""
+    xh = xh.to(dtype)
     d = delta.detach().to(dtype)
     out = {}
     if isinstance(module, (nn.LayerNorm,) + _RMS):
@@ -73,11 +84,25 @@ def row_grads(module: nn.Module, names: list[str], x: torch.Tensor, delta: torch
     return out
 
 
-def square_sums(module: nn.Module, names: list[str], x: torch.Tensor, deltas: list[torch.Tensor], dtype):
-    """``Σ_blocks Σ_rows (row gradient)²`` for each parameter ``names`` (in that order)."""
+def square_sums(module: nn.Module, names: list[str], x: torch.Tensor, deltas: list[torch.Tensor], dtype,
+                select=None):
+    """``Σ_blocks Σ_rows (row gradient)²`` for each parameter ``names`` (in that order).
+
+    ``select`` (optional): keeps the rows of some samples of x and of each δ (``stats_samples``).
+    A BatchNorm in training mode normalises by the statistics of the whole batch, as its forward
+    did, before the rows are selected; the other kinds normalise each row on its own.
+    """
+    if select is None:
+        xh = normalised(module, x)
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        xh = select(normalised(module, x))
+    else:
+        xh = normalised(module, select(x))
+    if select is not None:
+        deltas = [select(d) for d in deltas]
     sums = [torch.zeros(module.get_parameter(n).shape, dtype=dtype, device=x.device) for n in names]
     for d in deltas:
-        grads = row_grads(module, names, x, d, dtype)
+        grads = row_grads(module, names, xh, d, dtype)
         for s, n in zip(sums, names):
             s.add_(grads[n].square().sum(0))
     return sums
