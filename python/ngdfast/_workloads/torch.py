@@ -8,6 +8,7 @@ backward, preconditioner, optimizer step); evaluation and bookkeeping are not.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -301,41 +302,122 @@ def _windows(ids, n, context, generator):
 
 
 def run_lm(problem, state0, config, steps, settings, seed, bar, optimizer, preconditioner=None) -> Run:
+    """:func:`train_lm` with ``optimizer(model.parameters())``."""
+    return train_lm(problem, state0, config, steps, settings, seed, bar,
+                    lambda model: optimizer(model.parameters()), preconditioner)
+
+
+def train_lm(problem, state0, config, steps, settings, seed, bar, optimizer, preconditioner=None) -> Run:
     """Minibatch training of :class:`GPT`: ``opt.zero_grad(); loss.backward();
     [precond.step();] opt.step()``, evaluated every ``config["eval_every"]`` steps and after the last.
 
-    Each entry: ``loss``/``accuracy`` the mean training loss/accuracy of the minibatches
-    since the last entry, ``test_loss``/``test_accuracy`` on the held-out windows. The
-    minibatches come from ``seed``, the same for every method.
+    ``optimizer(model)`` and ``preconditioner(model)`` build them for the fresh model (any
+    torch optimizer, or several behind one ``zero_grad``/``step``). Each entry:
+    ``loss``/``accuracy`` the mean training loss/accuracy of the minibatches since the last
+    entry, ``test_loss``/``test_accuracy`` on the held-out windows. The minibatches come
+    from ``seed``, the same for every method. Timed: the optimisation work only
+    (:func:`optimisation_step`); evaluation runs in :func:`evaluation_mode`.
     """
     model = make_gpt(problem.vocab, config)
     model.load_state_dict(copy.deepcopy(state0))
-    opt = optimizer(model.parameters())
+    opt = optimizer(model)
     precond = preconditioner(model) if preconditioner is not None else None
+    training_mode(opt)
     batches = torch.Generator().manual_seed(seed)
     run = Run(settings)
     elapsed, losses, correct = 0.0, [], []
     for t in range(1, steps + 1):
         x, y = problem.sample(batches)
         start = time.perf_counter()
-        opt.zero_grad()
-        logits = model(x)
-        loss = lm_loss(logits, y)
-        loss.backward()
-        if precond is not None:
-            precond.step(loss=loss)
-        opt.step()
+        loss, logits = optimisation_step(model, opt, precond, lambda: _lm_forward(model, x, y), t)
         elapsed += time.perf_counter() - start
         losses.append(float(loss.detach()))
         correct.append(float((logits.detach().argmax(-1).view_as(y) == y).float().mean()))
         bar.update()
         if t % config["eval_every"] == 0 or t == steps or not math.isfinite(losses[-1]):
-            test_loss, test_accuracy = problem.evaluate(model) if math.isfinite(losses[-1]) else (math.nan, 0.0)
+            if math.isfinite(losses[-1]):
+                with evaluation_mode(opt):
+                    test_loss, test_accuracy = problem.evaluate(model)
+            else:
+                test_loss, test_accuracy = math.nan, 0.0
             run.add(elapsed, sum(losses) / len(losses), sum(correct) / len(correct), test_loss, test_accuracy,
                     step=t)
             losses, correct = [], []
             if run.diverged:
                 break
+    return run
+
+
+def _lm_forward(model, x, y):
+    logits = model(x)
+    return lm_loss(logits, y), logits
+
+
+def optimisation_step(model, opt, precond, forward, t):
+    """One step's optimisation work: ``opt.zero_grad()``, ``loss, out = forward()``,
+    ``loss.backward()``, ``precond.step(loss=loss)`` when there is a preconditioner, ``opt.step()``;
+    returns ``(loss, out)``.
+
+    With ``precond.adaptive_damping`` the loss of step t > 1 is first reported
+    (:meth:`~ngdfast.torch.Preconditioner.report_loss`): it is the loss after the last step,
+    as Levenberg-Marquardt needs (on a fresh minibatch, the estimate a minibatch user has).
+    """
+    opt.zero_grad()
+    loss, out = forward()
+    if precond is not None and t > 1 and getattr(precond, "adaptive_damping", False):
+        precond.report_loss(loss.detach())
+    loss.backward()
+    if precond is not None:
+        precond.step(loss=loss)
+    opt.step()
+    return loss, out
+
+
+@contextlib.contextmanager
+def evaluation_mode(optimizer):
+    """Evaluate where the optimizer says the model is: ``optimizer.eval()`` before and
+    ``optimizer.train()`` after, for optimizers that have both (Schedule-Free's protocol: its
+    parameters hold the gradient point y during training and the averaged point x after
+    ``eval()``); nothing for the others."""
+    swap = callable(getattr(optimizer, "eval", None)) and callable(getattr(optimizer, "train", None))
+    if swap:
+        optimizer.eval()
+    try:
+        yield
+    finally:
+        if swap:
+            optimizer.train()
+
+
+def training_mode(optimizer) -> None:
+    """``optimizer.train()`` for optimizers with ``train()``/``eval()`` (Schedule-Free: required
+    before the first step); nothing for the others."""
+    if callable(getattr(optimizer, "eval", None)) and callable(getattr(optimizer, "train", None)):
+        optimizer.train()
+
+
+def train_cnn(problem, state0, steps, settings, bar, optimizer, preconditioner=None) -> Run:
+    """Full-batch training of :func:`make_cnn` on ``problem.objective``, evaluated after every step.
+
+    ``optimizer(model)`` and ``preconditioner(model)`` as in :func:`train_lm`; each step is
+    :func:`optimisation_step` (the only part timed), each evaluation runs in
+    :func:`evaluation_mode`. Entry k follows step k + 1.
+    """
+    model = _fresh_cnn(state0)
+    opt = optimizer(model)
+    precond = preconditioner(model) if preconditioner is not None else None
+    training_mode(opt)
+    run = Run(settings)
+    elapsed = 0.0
+    for t in range(1, steps + 1):
+        start = time.perf_counter()
+        optimisation_step(model, opt, precond, lambda: (problem.objective(model), None), t)
+        elapsed += time.perf_counter() - start
+        with evaluation_mode(opt):
+            run.record(problem, model, elapsed)
+        bar.update()
+        if run.diverged:
+            break
     return run
 
 

@@ -37,9 +37,13 @@ that ran (:mod:`ngdfast.bench.targets`); ``--kernels torch`` adds
 ``ngdfast.torch`` beside the torch libraries (:mod:`ngdfast.bench.torch`, the
 only module that imports torch, and only then).
 
+``--race`` runs the race instead (:mod:`ngdfast.bench.race`): wall time to
+tuned AdamW's final loss on the digits CNN and the character GPT, ngdfast beside
+the optimizers torch users pick.
+
 Modules, one job each: ``timing`` (how a call is timed), ``peers`` (the
 hand-written peers, relative errors, tolerances), ``cases`` (the problems,
 the cases and the plans), ``targets``, ``interference``, ``reuse``,
-``report`` (printing and JSON), ``cli`` (options and the run), ``torch``.
-Nothing here imports SciPy, threadpoolctl or torch until a run needs it.
+``report`` (printing and JSON), ``cli`` (options and the run), ``torch``,
+``race``. Nothing here imports SciPy, threadpoolctl or torch until a run needs it.
 """

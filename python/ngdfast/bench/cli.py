@@ -40,6 +40,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="timed samples per call, median reported (default 5; 3 with --quick)")
     parser.add_argument("--threads", type=int, help="ngdfast.set_num_threads(THREADS) before timing")
     parser.add_argument("--json", metavar="PATH", help="also write every number to PATH as JSON")
+    parser.add_argument("--race", action="store_true", help="instead of the kernels: the race, wall time to "
+                        "tuned AdamW's final loss on the digits CNN and the character GPT beside SOAP, Shampoo, "
+                        "PSGD-Kron, Muon, SINGD and Schedule-Free AdamW (ngdfast.bench.race; needs the bench extra)")
+    parser.add_argument("--race-runs", type=int, default=3, metavar="N",
+                        help="with --race: runs of each optimizer's best configuration, medians reported (default 3)")
+    parser.add_argument("--plot", metavar="PATH", help="with --race: write loss against seconds to PATH (matplotlib)")
     args = parser.parse_args(argv)
     kernels = args.kernels.split(",") if args.kernels else list(KERNELS)
     unknown = sorted(set(kernels) - set(KERNELS) - set(OPTIONAL_SECTIONS))
@@ -61,6 +67,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--repeats must be at least 1")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be at least 1")
+    if args.race_runs < 1:
+        parser.error("--race-runs must be at least 1")
+    if args.plot and not args.race:
+        parser.error("--plot goes with --race")
     return args
 
 
@@ -68,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m ngdfast bench``: print the table, optionally write JSON.
 
     Returns 0, or 1 when some kernel's answer disagreed with a peer's beyond
-    the dtype's tolerance (timing targets never change the exit status).
+    the dtype's tolerance (timing targets never change the exit status). With
+    ``--race``: the race instead (:mod:`ngdfast.bench.race`); 1 when its bookkeeping,
+    recomputed from the recorded curves, disagrees.
     """
     args = parse_args(argv)
     out = sys.stdout
@@ -76,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads is not None:
         set_num_threads(args.threads)
+    if args.race:
+        return _race(args, out)
 
     gemm_n = 256 if args.quick else 2048
     # Every fraction divides by this rate: more samples than the kernels get, so
@@ -136,6 +150,21 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch_section,
         }, out)
     return 1 if bad or (torch_section and torch_section["mismatch"]) else 0
+
+
+def _race(args: argparse.Namespace, out) -> int:
+    from . import race  # imports torch: only when asked
+
+    result = race.run(args.quick, args.race_runs, out, show_progress=sys.stderr.isatty())
+    if args.json:
+        race.write_json(args.json, result, out)
+    if args.plot:
+        race.plot(result, args.plot, out)
+    problems = [f"{name}: {p}" for name, record in result["tasks"].items()
+                for p in race.verify(record, args.race_runs)]
+    for p in problems:  # the bookkeeping recomputed from the curves: a mismatch is a bug
+        print(f"RACE BOOKKEEPING: {p}", file=out)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
