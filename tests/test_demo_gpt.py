@@ -94,7 +94,7 @@ def test_quick_gpt_demo_runs_adamw_and_kfac(gpt_run):
         assert not run["diverged"] and all(math.isfinite(v) and v > 0 for v in run["test_loss"])
         assert all(0.0 <= a <= 1.0 for a in run["accuracy"] + run["test_accuracy"])
     assert doc["runs"]["adamw"]["settings"]["optimizer"] == "torch.optim.AdamW"
-    assert doc["runs"]["ngd-kfac"]["settings"]["optimizer"] == "torch.optim.SGD(lr=1)"
+    assert doc["runs"]["ngd-kfac"]["settings"]["optimizer"] == "ngdfast.torch.NGD"
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 

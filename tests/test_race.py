@@ -102,7 +102,10 @@ def test_ngdfast_grid_is_read_from_the_constructor():
     assert grid == [{"kl_radius": default * 0.1}, {}, {"kl_radius": default * 10}]
     defaults = next(c for c in race.CONTENDERS if c.name == "ngdfast defaults")
     model = torch.nn.Sequential(torch.nn.Linear(3, 2))
-    assert defaults.grid(task) == [{}] and defaults.preconditioner(model, {}).kl_radius == default
+    built = defaults.optimizer(model, {}, task)
+    assert defaults.grid(task) == [{}] and isinstance(built, ngt.NGD)
+    assert built.preconditioner.kl_radius == default
+    assert built.param_groups[0]["momentum"] == inspect.signature(ngt.NGD).parameters["momentum"].default
     # the default of the grid is the "ngdfast defaults" configuration: they share runs
     tuned = next(c for c in race.CONTENDERS if c.name == "ngdfast")
     assert tuned.key(grid[1]) == defaults.key({})

@@ -65,7 +65,7 @@ Fairness rules
   SINGD                      lr                          0.3, 1, 3              0.1, 0.3, 1
   Schedule-Free AdamW        lr                          0.01, 0.03, 0.1        0.003, 0.01, 0.03
   ngdfast                    kl_radius                   default × 0.1, 1, 10   default × 0.1, 1, 10
-  ngdfast defaults           none                        ``Preconditioner(model)``
+  ngdfast defaults           none                        ``NGD(model)``
   =========================  ==========================  =====================  ========================
 
   Why those values: each peer's grid is centred on the learning rate with the lowest final
@@ -74,9 +74,9 @@ Fairness rules
   GPT grid at 300), so that the tuned value lies inside the grid with a neighbour on each
   side; the sweep is not part of the race. The CNN's AdamW centre, 0.03, is also the
   torch demo's Adam winner. ngdfast's grid is read from the constructor's default KL
-  radius, never written here; "ngdfast defaults" is ``Preconditioner(model)`` with
-  nothing set, beside ``torch.optim.SGD(lr=1)``: the untuned entry, as Schedule-Free
-  AdamW (the AlgoPerf self-tuning winner) is the untuned peer.
+  radius, never written here; "ngdfast defaults" is ``ngdfast.torch.NGD(model)`` with
+  nothing set (the preconditioner's defaults and ``momentum=0.9``): the untuned entry, as
+  Schedule-Free AdamW (the AlgoPerf self-tuning winner) is the untuned peer.
 
 How each peer is wired
 ----------------------
@@ -101,9 +101,9 @@ How each peer is wired
   ``optimizer.train()`` before training and ``optimizer.eval()`` around every
   evaluation, as its documentation requires
   (:func:`ngdfast._workloads.torch.evaluation_mode`).
-* ngdfast: ``ngdfast.torch.Preconditioner(model, **config)`` between
-  ``loss.backward()`` and ``torch.optim.SGD(params, lr=1).step()``, given the loss
-  (``step(loss=loss)``; ``report_loss`` when its damping is adaptive).
+* ngdfast: ``ngdfast.torch.NGD(model, **config)``: its preconditioner, then
+  ``θ ← θ − m`` with ``m ← 0.9 m + 0.1 β ñ`` (``torch.optim.SGD(lr=0.1, momentum=0.9)`` on the
+  preconditioned gradient), everything else at its defaults.
 
 A peer that does not import (or fails on a task) is reported as skipped, with its
 error, never a crash. Timings come from a machine that may be shared: read the
@@ -355,16 +355,10 @@ def _build_schedulefree(model, config, task):
     return sf.AdamWScheduleFree(model.parameters(), lr=config["lr"], weight_decay=0.0)
 
 
-def _build_sgd(model, config, task):
-    import torch
-
-    return torch.optim.SGD(model.parameters(), lr=1.0)
-
-
-def _build_preconditioner(model, config):
+def _build_ngd(model, config, task):
     import ngdfast.torch as ngt
 
-    return ngt.Preconditioner(model, **config)
+    return ngt.NGD(model, **config)
 
 
 def _describe(optimizer, **fixed):
@@ -377,7 +371,10 @@ def _describe_rest(optimizer, **fixed):
 
 
 def _describe_ngdfast(config, task):
-    return {"optimizer": "ngdfast.torch.Preconditioner + torch.optim.SGD(lr=1)",
+    import ngdfast.torch as ngt
+
+    momentum = inspect.signature(ngt.NGD).parameters["momentum"].default
+    return {"optimizer": "ngdfast.torch.NGD", "momentum": momentum,
             **{k: v for k, v in preconditioner_defaults().items() if k in ("kl_radius", "damping", "decay",
                "factor_interval", "inverse_interval", "adaptive_damping", "max_step")}, **config}
 
@@ -399,10 +396,10 @@ CONTENDERS = (
                                              "loss_average": task.loss_average}),
     Contender("Schedule-Free AdamW", "schedulefree", _build_schedulefree, _lr_grid("Schedule-Free AdamW"),
               describe=_describe("schedulefree.AdamWScheduleFree", weight_decay=0.0)),
-    Contender("ngdfast defaults", "ngdfast.torch", _build_sgd, lambda task: [{}], family="ngdfast",
-              describe=_describe_ngdfast, preconditioner=_build_preconditioner),
-    Contender("ngdfast", "ngdfast.torch", _build_sgd, _ngdfast_grid, family="ngdfast",
-              describe=_describe_ngdfast, preconditioner=_build_preconditioner),
+    Contender("ngdfast defaults", "ngdfast.torch", _build_ngd, lambda task: [{}], family="ngdfast",
+              describe=_describe_ngdfast),
+    Contender("ngdfast", "ngdfast.torch", _build_ngd, _ngdfast_grid, family="ngdfast",
+              describe=_describe_ngdfast),
 )
 
 
