@@ -97,6 +97,8 @@ NGDFAST_BIND(runtime) {
         },
         py::arg("dtype"), py::arg("values"),
         "Set the blocking of the kernels of one dtype (ngdfast._tiles): fields of Tiles (tiles.hpp), the others kept.");
+    m.def("gram_deep", &gram_deep, py::arg("k"), py::arg("depth"),
+          "Whether the Gram of a contraction of k runs in tall blocks under a BLAS pass depth of `depth` (tiles.hpp).");
     m.def(
         "get_tiles",
         [](const std::string& dtype) {
