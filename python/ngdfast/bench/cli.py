@@ -17,7 +17,7 @@ from .report import (
     write_json,
 )
 from .targets import check_targets
-from .timing import gemm_rate
+from .timing import gemm_rate, restart_native
 
 #: The sections, in the order they run: the kernel table, then the two experiments.
 KERNELS = CASE_SECTIONS + ("alternating", "reuse")
@@ -40,6 +40,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="timed samples per call, median reported (default 5; 3 with --quick)")
     parser.add_argument("--threads", type=int, help="ngdfast.set_num_threads(THREADS) before timing")
     parser.add_argument("--json", metavar="PATH", help="also write every number to PATH as JSON")
+    parser.add_argument("--native", action="store_true",
+                        help="measure with the BLAS kernels each library picks for this CPU: when "
+                        "OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE is set (it forces the kernels of every "
+                        "OpenBLAS in the process, and is read when each loads), the bench re-executes "
+                        "itself without them; the header names every BLAS's core type either way")
     args = parser.parse_args(argv)
     kernels = args.kernels.split(",") if args.kernels else list(KERNELS)
     unknown = sorted(set(kernels) - set(KERNELS) - set(OPTIONAL_SECTIONS))
@@ -71,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     the dtype's tolerance (timing targets never change the exit status).
     """
     args = parse_args(argv)
+    if args.native:
+        restart_native(argv)  # returns only when no kernel variable is set
     out = sys.stdout
     from .. import get_num_threads, set_num_threads
 
