@@ -188,15 +188,16 @@ def test_float32_data_unchanged(solve, precision):
 
 
 def test_auto_picks_by_size():
-    assert not _precision.use_mixed("auto", np.float64, "dense", _precision.MIXED_MIN_DENSE - 1)
-    assert _precision.use_mixed("auto", np.float64, "dense", _precision.MIXED_MIN_DENSE)
+    limits = _precision.thresholds()  # chosen for the tile engine's kernels (ngdfast._tiles)
+    assert not _precision.use_mixed("auto", np.float64, "dense", limits.dense - 1)
+    assert _precision.use_mixed("auto", np.float64, "dense", limits.dense)
     assert _precision.use_mixed("mixed", np.float64, "dense", 1)
     assert not _precision.use_mixed("mixed", np.float32, "dense", 10**6)
     assert not _precision.use_mixed("double", np.float64, "lowrank", 10**4, 10**6)
     rng = np.random.default_rng(1)
     F = random_spd(rng, 8)
     assert ngdfast.damped_solve(F, np.ones(8), 0.0, return_info=True)[1].precision == "double"
-    big = (_precision.MIXED_MIN_SAMPLES, _precision.MIXED_MIN_PARAMS)
+    big = (limits.samples, limits.params)
     before = _core.get_borrow_mode()
     try:
         _core.set_borrow_mode("never")

@@ -5,6 +5,7 @@
 #include "ngdfast/checked.hpp"
 #include "ngdfast/host_blas.hpp"
 #include "ngdfast/parallel.hpp"
+#include "ngdfast/tiles.hpp"
 
 namespace ngdfast::bindings {
 
@@ -55,9 +56,58 @@ py::list cpu_features() {
     return out;
 }
 
+// The fields of Tiles, in one place for both directions.
+template <class F>
+void for_tile_fields(Tiles& t, F&& f) {
+    f("gram_split", t.gram_split);
+    f("gram_panel", t.gram_panel);
+    f("gram_rows", t.gram_rows);
+    f("gram_square", t.gram_square);
+    f("gram_depth", t.gram_depth);
+    f("chol_panel", t.chol_panel);
+    f("chol_rows", t.chol_rows);
+}
+
+bool is_double(const std::string& dtype) {
+    if (dtype == "float64") return true;
+    if (dtype == "float32") return false;
+    throw std::invalid_argument("tiles: dtype must be 'float64' or 'float32', got '" + dtype + "'");
+}
+
 }  // namespace
 
 NGDFAST_BIND(runtime) {
+    m.def(
+        "set_tiles",
+        [](const std::string& dtype, const py::dict& values) {
+            const bool dbl = is_double(dtype);
+            Tiles t = dbl ? tiles<double>() : tiles<float>();
+            std::size_t known = 0;
+            for_tile_fields(t, [&](const char* name, index_t& field) {
+                if (values.contains(name)) {
+                    field = values[name].cast<index_t>();
+                    ++known;
+                }
+            });
+            if (known != values.size()) throw std::invalid_argument("set_tiles: unknown field in " + std::string(py::repr(values)));
+            if (dbl)
+                set_tiles<double>(t);
+            else
+                set_tiles<float>(t);
+        },
+        py::arg("dtype"), py::arg("values"),
+        "Set the blocking of the kernels of one dtype (ngdfast._tiles): fields of Tiles (tiles.hpp), the others kept.");
+    m.def("gram_deep", &gram_deep, py::arg("k"), py::arg("depth"),
+          "Whether the Gram of a contraction of k runs in tall blocks under a BLAS pass depth of `depth` (tiles.hpp).");
+    m.def(
+        "get_tiles",
+        [](const std::string& dtype) {
+            Tiles t = is_double(dtype) ? tiles<double>() : tiles<float>();
+            py::dict d;
+            for_tile_fields(t, [&](const char* name, index_t& field) { d[name] = field; });
+            return d;
+        },
+        py::arg("dtype"));
     m.def("set_num_threads", &set_num_threads, py::arg("n"));
     m.def("get_num_threads", &num_threads);
     m.def("set_default_num_threads", &set_default_num_threads, py::arg("n"));

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "ngdfast/parallel.hpp"
+#include "ngdfast/tiles.hpp"
 
 namespace ngdfast {
 template <class T>
@@ -11,8 +12,10 @@ index_t cholesky(T* a, index_t n, index_t lda) {
     const double flops = double(n) * double(n) * double(n) / 3.0;
     if (flops < kParallelFlops || n <= 128) return potrf_lower<T>(n, a, lda);
     Team team(true);
-    constexpr index_t b = 192;  // panel width: the inner dimension of every update GEMM
-    constexpr index_t rb = 512;  // row chunk of the update and solve tasks
+    // Panel width (the inner dimension of every update GEMM) and row chunk of
+    // the update and solve tasks, chosen for the BLAS in use (tiles.hpp).
+    const Tiles shape = tiles<T>();
+    const index_t b = shape.chol_panel, rb = shape.chol_rows;
     auto A = [&](index_t i, index_t j) { return a + i + j * lda; };
     for (index_t k0 = 0; k0 < n; k0 += b) {
         const index_t kb = std::min(b, n - k0);

@@ -6,6 +6,7 @@
 
 #include "ngdfast/host_blas.hpp"
 #include "ngdfast/parallel.hpp"
+#include "ngdfast/tiles.hpp"
 
 namespace ngdfast {
 namespace {
@@ -64,27 +65,35 @@ void tile_product(const GramOperand<T>& x, index_t i0, index_t bi, index_t j0, i
         gemm<T>('N', 'T', bi, bj, bk, alpha, x.at(i0, k0), x.ld, x.at(j0, k0), x.ld, T(0), t, bi);
 }
 
-// Width of a column panel of the output: the tile GEMM runs near peak from
-// about this size on, and 256, 384 and 512 measured within noise of each other
-// at N=512, P=4096.
-constexpr index_t kTileMax = 384;
-
 // Widest SYRK handed to the host library (see gram's on_host path).
 constexpr index_t kHostSyrkMax = 2048;
 
-// Tallest block of a column panel computed by one GEMM call. Tall blocks let
-// the BLAS pack the panel's right operand once and stream the rows past it:
-// 384 x 384 tiles reached 0.75 of the GEMM rate at N=512, P=4096, blocks of
-// 1536-4096 rows 0.83-0.86 (same process, alternating, 2 threads). The block
-// buffer (2048 x 384 doubles, 6 MiB) is kept per thread between calls, as the
-// BLAS keeps its packing buffers.
-constexpr index_t kBlockRowsMax = 2048;
+// The blocks of the tiled path come in two shapes (Tiles, tiles.hpp, chosen
+// at run time for the BLAS in use):
+//
+// - tall blocks: column panels of about gram_panel, each cut into blocks of
+//   up to gram_rows rows, so that the BLAS packs a panel's right operand once
+//   and streams the rows past it (Haswell kernels, N=512, P=4096: 384 x 384
+//   tiles reached 0.75 of the GEMM rate, blocks of 1536-4096 rows 0.83-0.86).
+//   The block buffer (2048 x 384 doubles, 6 MiB) is larger than the caches:
+//   the BLAS writes it once per pass over the contraction (OpenBLAS: its
+//   GEMM_Q deep), and the store reads it again;
+// - square tiles of gram_square, small enough to stay in L2 through those
+//   passes and the store: more packing per flop, far less memory traffic.
+//
+// Which one: tall blocks when the BLAS's passes over this contraction run at
+// least 3/4 of their design depth (gram_deep). A shallower pass updates the
+// buffer more often per flop, and with faster kernels the product becomes
+// bound by that traffic (Haswell kernels, 2 threads, CPU time: square tiles
+// 0.89x the tall blocks' at N=128, 1.12x at N=512).
+bool use_tall_blocks(index_t k, const Tiles& t) { return gram_deep(k, t.gram_depth); }
 
-// Panel width for outputs larger than one tile: as large as possible while the
-// lower triangle still holds several square tiles per thread for load balance.
-index_t choose_block(index_t n, int threads) {
+// Panel width for outputs larger than one tile: as large as possible (up to
+// `widest`) while the lower triangle still holds several square tiles per
+// thread for load balance.
+index_t choose_block(index_t n, int threads, index_t widest) {
     constexpr index_t kMin = 96;
-    index_t nb = (n + kTileMax - 1) / kTileMax;
+    index_t nb = (n + widest - 1) / widest;
     while (nb * (nb + 1) / 2 < 4 * threads && (n + nb) / (nb + 1) >= kMin) ++nb;
     index_t b = (n + nb - 1) / nb;
     return (b + 7) / 8 * 8;
@@ -97,15 +106,15 @@ struct Block {
 };
 
 // Column panels of width b, each cut into its diagonal block and the blocks
-// below it (at most kBlockRowsMax rows, equal heights), largest first so that
+// below it (at most rows_max rows, equal heights), largest first so that
 // the dynamic hand-out ends with small blocks.
-std::vector<Block> lower_blocks(index_t n, index_t b) {
+std::vector<Block> lower_blocks(index_t n, index_t b, index_t rows_max) {
     std::vector<Block> blocks;
     for (index_t j0 = 0; j0 < n; j0 += b) {
         const index_t bj = std::min(b, n - j0), below = n - j0 - bj;
         blocks.push_back({j0, bj, j0, bj});
         if (below <= 0) continue;
-        const index_t parts = (below + kBlockRowsMax - 1) / kBlockRowsMax;
+        const index_t parts = (below + rows_max - 1) / rows_max;
         const index_t h = ((below + parts - 1) / parts + 7) / 8 * 8;
         for (index_t i0 = j0 + bj; i0 < n; i0 += h) blocks.push_back({i0, std::min(h, n - i0), j0, bj});
     }
@@ -114,8 +123,8 @@ std::vector<Block> lower_blocks(index_t n, index_t b) {
     return blocks;
 }
 
-bool split_path(index_t n, index_t k, index_t split_max_n) {
-    return n <= kTileMax || (n <= split_max_n && k >= 4 * n);
+bool split_path(index_t n, index_t k, index_t split_max_n, const Tiles& t) {
+    return n <= t.gram_split || (n <= split_max_n && k >= 4 * n);
 }
 
 // Contraction chunks of the split path: several per thread for dynamic
@@ -171,6 +180,7 @@ bool gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
           const GramAlong* along, bool on_host) {
     const index_t n = x.n, k = x.k;
     if (n <= 0) return false;
+    const Tiles shape = tiles<T>();
     if (on_host) {
         // Never one SYRK over the whole output: OpenBLAS's threaded SYRK
         // (driver/level3/level3_syrk_threaded.c) packs each thread's whole
@@ -197,7 +207,7 @@ bool gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
     Team team(parallel_gram(n, k));
     const int threads = team.slots();
 
-    if (split_path(n, k, split_max_n)) {
+    if (split_path(n, k, split_max_n, shape)) {
         // Split the contraction into chunks handed out dynamically, each into
         // its own n x n buffer, summed in chunk order afterwards: bitwise
         // reproducible for a given thread count, yet a thread slowed by a
@@ -231,7 +241,9 @@ bool gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
     // Every element is computed by exactly one block with the full
     // contraction in one call: the result does not depend on which thread
     // takes which block.
-    const std::vector<Block> blocks = lower_blocks(n, choose_block(n, threads));
+    const bool tall = use_tall_blocks(k, shape);
+    const index_t b = choose_block(n, threads, tall ? shape.gram_panel : shape.gram_square);
+    const std::vector<Block> blocks = lower_blocks(n, b, tall ? shape.gram_rows : b);
     team.run(static_cast<std::ptrdiff_t>(blocks.size()), [&](std::ptrdiff_t i, int) {
         const Block& bl = blocks[static_cast<std::size_t>(i)];
         std::vector<T>& t = scratch<T>(static_cast<std::size_t>(bl.bi * bl.bj));

@@ -24,10 +24,12 @@ struct GramOperand {
 // dimension ldo). Every written element follows that formula exactly, so an
 // out that is not symmetric still gets the elementwise EMA; beta == 0 means
 // out is not read. With write_upper == false only the lower triangle (i >= j)
-// is written. Tiles of the lower triangle run on the thread team; when the
-// output is a single tile, or when k >= 4n and n <= split_max_n, the
-// contraction dimension k is split instead (one n x n buffer per thread), so
-// that a wide operand is streamed once rather than once per tile row.
+// is written. Blocks of the lower triangle run on the thread team, shaped for
+// the BLAS in use (tiles.hpp: tall blocks or square tiles, by the contraction
+// length); when the output is a single tile (n <= gram_split), or when
+// k >= 4n and n <= split_max_n, the contraction dimension k is split instead
+// (one n x n buffer per chunk), so that a wide operand is streamed once
+// rather than once per tile row.
 //
 // `along`, when given, is called on the split path only: once with the number
 // of contraction chunks before any runs (`chunk` < 0, k0 = chunks), then once

@@ -43,7 +43,7 @@ import os
 
 import numpy as np
 
-from . import _core, _settings
+from . import _core, _settings, _tiles
 
 
 def openblas32_library() -> str:
@@ -70,6 +70,7 @@ def _load_openblas() -> str:
 BLAS_PATH = _load_openblas()  # the private tile library, '' when Eigen runs the tiles
 BLAS_LOADED = bool(BLAS_PATH)
 _core.use_blas(BLAS_LOADED and _settings.tile_backend() == "blas")
+_tiles.apply(_tiles.detect())  # tile sizes for the kernels that engine runs
 
 
 # Spellings of NumPy's bundled OpenBLAS symbols (64-bit integers): NumPy >= 2
@@ -119,6 +120,7 @@ def set_tile_backend(name: str) -> None:
         note = _core.build_info().get("blas_note") or "scipy-openblas32 is not installed"
         raise RuntimeError(f"set_tile_backend('blas'): no OpenBLAS tile engine ({note}); Eigen stays in use")
     _core.use_blas(name == "blas")
+    _tiles.apply(_tiles.detect())
 
 
 def get_tile_backend() -> str:

@@ -103,6 +103,13 @@ def set_thread_borrow_never(on: bool) -> None:
 
 def thread_borrow_never() -> bool: ...
 
+def set_tiles(dtype: Literal["float64", "float32"], values: dict) -> None:
+    """Set fields of the blocking of one dtype (csrc/ngdfast/tiles.hpp; ngdfast._tiles derives them)."""
+
+def get_tiles(dtype: Literal["float64", "float32"]) -> dict: ...
+def gram_deep(k: int, depth: int) -> bool:
+    """Whether the Gram of a contraction of k runs in tall blocks under a BLAS pass depth of ``depth``."""
+
 def build_info() -> dict:
     """Compiler, flags, SIMD instruction sets (built and of this CPU), tile backend and the
     kernels OpenBLAS chose at run time, threads."""

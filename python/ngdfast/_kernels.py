@@ -246,7 +246,8 @@ def damped_solve(F, g, damping, *, check_finite=True, precision="auto", return_i
         For float64 data: "mixed" factors in float32 and refines to the float64 answer
         (falling back to the float64 factorisation when that fails, see
         ``ngdfast._precision``); "double" factors in float64; "auto" refines from
-        P >= ``MIXED_MIN_DENSE``. Ignored for float32 data.
+        P >= 512 (the crossover of the kernels in use: ``ngdfast._precision.thresholds``).
+        Ignored for float32 data.
     return_info : bool
         Also return a :class:`ngdfast.SolveInfo` (path taken, refinement steps, fallback).
 
@@ -305,8 +306,9 @@ def lowrank_solve(J, g, damping, weights=None, *, check_finite=True, precision="
     precision : {"auto", "double", "mixed"}
         For float64 data: "mixed" forms and factors the N x N Gram in float32 and
         refines the sample-space system with float64 residuals (one pass over J per
-        step); "double" runs in float64; "auto" refines from N >= ``MIXED_MIN_SAMPLES``
-        and P >= ``MIXED_MIN_PARAMS``. Ignored for float32 data.
+        step); "double" runs in float64; "auto" refines from N >= 128 (512 with AVX-512
+        kernels) and P >= 2048, the crossovers of the kernels in use
+        (``ngdfast._precision.thresholds``). Ignored for float32 data.
     return_info : bool
         Also return a :class:`ngdfast.SolveInfo`.
 

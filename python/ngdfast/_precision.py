@@ -16,17 +16,42 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+# The crossovers below are those of 256-bit (AVX2) kernels; the ones in use are chosen for
+# the tile engine's kernels at run time (``ngdfast._tiles``, :func:`thresholds`).
+
 #: Smallest P for which ``precision="auto"`` refines a dense solve (damped_solve,
 #: natural_gradient method="dense"): below it the refinement's passes over F cost
-#: more than the float32 factorisation saves (measured on 2 cores, same process:
-#: P=256 mixed/double time 1.4, P=512 0.57, P=1024 0.85, P=2048 0.79, P=4096 0.62).
+#: more than the float32 factorisation saves (measured on 2 cores with Haswell
+#: kernels, same process: P=256 mixed/double time 1.4, P=512 0.57, P=1024 0.85,
+#: P=2048 0.79, P=4096 0.62).
 MIXED_MIN_DENSE = 512
 #: Smallest N for which ``precision="auto"`` refines a Woodbury solve: the Gram
 #: (N²P) must outweigh the refinement's passes over J (a few NP each); measured
-#: mixed/double time N=32 P=4096 1.3, N=64 0.93, N=128 0.61, N=256 0.54 (P=16384).
+#: with Haswell kernels, mixed/double time N=32 P=4096 1.3, N=64 0.93, N=128 0.61,
+#: N=256 0.54 (P=16384). 512 with AVX-512 kernels (``ngdfast._tiles``).
 MIXED_MIN_SAMPLES = 128
 #: ...and P at least this (smaller problems take microseconds either way).
 MIXED_MIN_PARAMS = 2048
+
+
+class Thresholds(NamedTuple):
+    """The ``precision="auto"`` crossovers in use: P (dense), N and P (Woodbury)."""
+
+    dense: int
+    samples: int
+    params: int
+
+
+def thresholds() -> Thresholds:
+    """The crossovers chosen for the tile engine's kernels (``ngdfast._tiles``), or the
+    module's defaults while no compiled core is set up (the reference alone)."""
+    from . import _tiles  # imports no compiled code until a profile is applied
+
+    profile = _tiles.current()
+    if profile is None:
+        return Thresholds(MIXED_MIN_DENSE, MIXED_MIN_SAMPLES, MIXED_MIN_PARAMS)
+    c = profile.crossovers
+    return Thresholds(c["mixed_min_dense"], c["mixed_min_samples"], c["mixed_min_params"])
 
 _FALLBACK = {1: "float32 factorisation failed", 2: "refinement did not converge"}
 
@@ -71,14 +96,15 @@ def use_mixed(precision: str, dtype, kind: str, n: int, p: int = 0) -> bool:
         return False
     if precision == "mixed":
         return True
+    limits = thresholds()
     if kind == "dense":
-        return n >= MIXED_MIN_DENSE
+        return n >= limits.dense
     # Beside running NumPy threads the Woodbury products go to NumPy's BLAS (see
     # host_blas.hpp), where the refinement's fused passes over J become two
     # products each: the float64 solve is then the faster.
     from . import _backend  # here: the reference imports this module without the compiled core
 
-    return n >= MIXED_MIN_SAMPLES and p >= MIXED_MIN_PARAMS and not _backend.borrowing_now()
+    return n >= limits.samples and p >= limits.params and not _backend.borrowing_now()
 
 
 def plain(dtype, precision: str = "auto", where: str = "") -> SolveInfo:

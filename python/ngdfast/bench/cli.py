@@ -17,7 +17,7 @@ from .report import (
     write_json,
 )
 from .targets import check_targets
-from .timing import gemm_rate
+from .timing import gemm_rate, restart_native
 
 #: The sections, in the order they run: the kernel table, then the two experiments.
 KERNELS = CASE_SECTIONS + ("alternating", "reuse")
@@ -46,6 +46,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--race-runs", type=int, default=3, metavar="N",
                         help="with --race: runs of each optimizer's best configuration, medians reported (default 3)")
     parser.add_argument("--plot", metavar="PATH", help="with --race: write loss against seconds to PATH (matplotlib)")
+    parser.add_argument("--native", action="store_true",
+                        help="measure with the BLAS kernels each library picks for this CPU: when "
+                        "OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE is set (it forces the kernels of every "
+                        "OpenBLAS in the process, and is read when each loads), the bench re-executes "
+                        "itself without them; the header names every BLAS's core type either way")
     args = parser.parse_args(argv)
     kernels = args.kernels.split(",") if args.kernels else list(KERNELS)
     unknown = sorted(set(kernels) - set(KERNELS) - set(OPTIONAL_SECTIONS))
@@ -83,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     recomputed from the recorded curves, disagrees.
     """
     args = parse_args(argv)
+    if args.native:
+        restart_native(argv)  # returns only when no kernel variable is set
     out = sys.stdout
     from .. import get_num_threads, set_num_threads
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from .peers import scipy
 from .targets import REUSE_TARGET, measure_label, reuse_met
-from .timing import peer_thread_share
+from .timing import kernel_settings, peer_thread_share
 
 #: ``(name, width, alignment)`` of the kernel table's columns (width 0: as long as it needs).
 COLUMNS = (("kernel", 24, "<"), ("size", 16, "<"), ("dtype", 7, "<"), ("time", 10, ">"),
@@ -55,15 +55,31 @@ def _blas_pools() -> list[dict[str, Any]]:
     return threadpool_info()
 
 
+def describe_kernels(kernels: dict[str, Any]) -> str:
+    """Which BLAS kernels this run measures (:func:`ngdfast.bench.timing.kernel_settings`), in words."""
+    forced = " ".join(f"{k}={v}" for k, v in kernels["forced"].items())
+    if forced:
+        return (f"forced by {forced} for every OpenBLAS in the process (each pool's core type below; "
+                "--native measures without them)")
+    text = "each OpenBLAS's own choice for this CPU (OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE not set)"
+    if kernels.get("unset"):
+        text += f"; --native restarted the bench without {kernels['unset']}"
+    return text
+
+
 def print_header(gemm: dict[str, dict[str, Any]], out) -> dict[str, Any]:
     """Print versions, build, thread pools, the SciPy peer check, the load and the GEMM rate;
     return them as the JSON's ``machine``."""
     from .. import __version__
     from ..info import describe_pools
 
+    from .. import _tiles
+
     build = _build_info()
     sp = scipy()
     pools = _blas_pools()
+    kernels = kernel_settings()
+    profile = _tiles.current()
     machine = {
         "ngdfast": __version__,
         "python": platform.python_version(),
@@ -72,15 +88,20 @@ def print_header(gemm: dict[str, dict[str, Any]], out) -> dict[str, Any]:
         "platform": platform.platform(),
         "build": build,
         "thread_pools": pools,
+        "blas_kernels": kernels,
+        "tiles": profile.as_dict() if profile is not None else None,
     }
     print(f"ngdfast {__version__} bench: python {machine['python']}, numpy {machine['numpy']}, "
           f"scipy {machine['scipy'] or 'not installed (SciPy peers skipped)'}", file=out)
     print("build: " + ", ".join(f"{k}={_flat(v)}" for k, v in build.items()), file=out)
+    print(f"BLAS kernels: {describe_kernels(kernels)}", file=out)
     if pools:
         for line in describe_pools(pools):
             print(f"thread pool: {line}", file=out)
     else:
-        print("thread pools: threadpoolctl not installed", file=out)
+        print("thread pools: threadpoolctl not installed (core types of NumPy's and SciPy's BLAS unknown)", file=out)
+    if profile is not None:
+        print(f"ngdfast tiles: {profile.summary()}", file=out)
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # not on every platform

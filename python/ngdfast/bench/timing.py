@@ -13,15 +13,57 @@ from __future__ import annotations
 import gc
 import os
 import statistics
+import sys
 import threading
 import time
+import warnings
 from typing import Any, Callable
 
 import numpy as np
 
+#: Variables that choose OpenBLAS's kernels (``OPENBLAS_CORETYPE``) or their blocking
+#: (``OPENBLAS_L2_SIZE``) for every OpenBLAS in the process, each library reading them when
+#: it loads: NumPy's, SciPy's and ngdfast's private copy alike.
+KERNEL_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+#: Set by :func:`restart_native` in the process it starts: the settings it removed.
+NATIVE_MARK = "_NGDFAST_BENCH_NATIVE_UNSET"
+
 #: Seconds to wait before each timed block: longer than the ~0.1 s that NumPy's
 #: OpenBLAS workers spin after a call (their ``THREAD_TIMEOUT``).
 SETTLE = 0.15
+
+
+def kernel_settings() -> dict[str, Any]:
+    """The BLAS kernel settings of this process: ``forced`` (the :data:`KERNEL_VARIABLES`
+    set, name to value) and ``unset`` (what ``--native`` removed before this run, or None)."""
+    forced = {name: os.environ[name] for name in KERNEL_VARIABLES if name in os.environ}
+    return {"forced": forced, "unset": os.environ.get(NATIVE_MARK)}
+
+
+def restart_native(argv: list[str] | None) -> None:
+    """``--native``: run this bench again without the :data:`KERNEL_VARIABLES`, as users run.
+
+    Each OpenBLAS reads them once, when it loads, and by the time the bench parses its
+    options NumPy's and ngdfast's copies are loaded (``python -m ngdfast`` imports the
+    package first): unsetting them now would change nothing. So the process replaces itself
+    (``os.execve``) with ``python -m ngdfast bench ARGV`` in the same environment minus those
+    variables, and every library of the new process picks its own kernels for this CPU.
+    Returns (nothing to do) when none is set, and also, with a warning, in the restarted
+    process if something set them again at its start.
+    """
+    forced = {name: os.environ[name] for name in KERNEL_VARIABLES if name in os.environ}
+    if not forced:
+        return
+    if NATIVE_MARK in os.environ:
+        warnings.warn(f"--native: {', '.join(forced)} set again in the restarted process; measuring with them",
+                      RuntimeWarning, stacklevel=2)
+        return
+    env = {k: v for k, v in os.environ.items() if k not in KERNEL_VARIABLES}
+    env[NATIVE_MARK] = " ".join(f"{k}={v}" for k, v in forced.items())
+    args = list(sys.argv[1:] if argv is None else argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "ngdfast", "bench", *args], env)
 
 
 def samples_per_call(fn: Callable[[], Any], min_sample: float, once: float | None = None) -> int:
