@@ -312,6 +312,7 @@ class Capture:
         self.listener = None  # ngdfast.torch._distributed.FactorReducer: forward/backward events
         self.batch = Batch()
         self._pending = []
+        self._unfolded = []  # [out, pending] of each recorded forward whose backward has not come yet
         self._rows_out = 0  # output rows of the forward being folded
         self._loose = [(j, [module.get_parameter(n) for n in names])
                        for j, (_, module, names) in enumerate(self.diagonal) if self.kinds[j] == "loose"]
@@ -329,11 +330,13 @@ class Capture:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._release()
 
     def reset(self) -> None:
         """Forget the statistics and the backward mark (after a step, taken or rejected)."""
         self.batch = Batch()
         self._pending = []
+        self._release()
         self.backward_seen = False
         if self.listener is not None:
             self.listener.reset()
@@ -380,14 +383,28 @@ class Capture:
         if recording:
             if self.listener is not None:
                 self.listener.on_forward([])
-            out.register_hook(partial(self._on_output_grad, out, pending, []))
+            # The hook gets the output and the module tensors through a box it empties when it
+            # runs (or reset() does): a tensor hook holding its own tensor is a cycle through
+            # autograd's C++ graph that Python's gc cannot see, which kept every step's graph.
+            box = [out, pending]
+            self._unfolded.append(box)
+            out.register_hook(partial(self._on_output_grad, box))
         out.register_hook(self._mark)  # also in eval mode: a step then says what is missing
 
-    def _on_output_grad(self, out, pending, done, grad):
+    def _release(self) -> None:
+        """Empty the boxes of forwards not backpropagated before the step: their graphs go free."""
+        for box in self._unfolded:
+            box.clear()
+        self._unfolded = []
+
+    def _on_output_grad(self, box, grad):
         owner = getattr(_LOCAL, "owner", None)
-        if _backpropagating() or done or not (owner is None or owner is self):
+        # an empty box: folded already (a second backward with retain_graph=True adds nothing)
+        if _backpropagating() or not box or not (owner is None or owner is self):
             return
-        done.append(True)  # a second backward through this output (retain_graph=True) adds nothing
+        out, pending = box
+        box.clear()
+        self._unfolded = [b for b in self._unfolded if b is not box]
         _LOCAL.backpropagating = True
         try:
             with torch.enable_grad():
