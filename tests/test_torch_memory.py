@@ -23,7 +23,8 @@ from torch.nn import functional as F  # noqa: E402
 def _setup(seed=0):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
-    precond = ngt.Preconditioner(model, generator=torch.Generator().manual_seed(seed))
+    precond = ngt.Preconditioner(model, factor_interval=1, inverse_interval=1,
+                                 generator=torch.Generator().manual_seed(seed))
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     return model, precond, opt, torch.randn(16, 5), torch.randint(0, 3, (16,))
 
@@ -78,7 +79,7 @@ def test_model_and_preconditioner_are_freed_after_training():
 def test_statistics_of_two_forwards_before_one_backward_still_count():
     """Gradient accumulation through one backward of two forwards: both boxes fold."""
     model, precond, opt, x, y = _setup(3)
-    twin = ngt.Preconditioner(_copy(model), generator=torch.Generator().manual_seed(3))
+    twin = ngt.Preconditioner(_copy(model), factor_interval=1, inverse_interval=1, generator=torch.Generator().manual_seed(3))
     loss = F.cross_entropy(model(x[:8]), y[:8]) + F.cross_entropy(model(x[8:]), y[8:])
     loss.backward()
     precond.step()
