@@ -251,6 +251,24 @@ def test_stats_samples_are_the_statistics_of_the_sub_batch(name, fisher):
     assert any(not torch.allclose(got[3][k], want[3][k]) for k in got[3])
 
 
+def test_products_see_only_the_chosen_rows(monkeypatch):
+    """The cost is m/N: every factor product of the CNN gets the chosen samples' rows only
+    (patches of the first convolution: m·25, of the second m·4; the head: m)."""
+    from ngdfast.torch import _linalg
+
+    seen = []
+    fisher_into = _linalg.fisher_into
+
+    def record(rows, out, decay):
+        seen.append(rows.shape[0])
+        return fisher_into(rows, out, decay)
+
+    monkeypatch.setattr(_linalg, "fisher_into", record)
+    model, x, y, loss_fn, _ = case("cnn")
+    statistics(model, x, y, loss_fn, stats_samples=3)
+    assert sorted(seen) == sorted([3 * 25, 3 * 25, 3 * 4, 3 * 4, 3, 3])  # A and S of each layer
+
+
 def test_shared_positional_rows_all_count():
     """The GPT's positional ids arange(T) have the batch's first dimension (B = T = 6) but are
     shared: its output gradient is not zero at the other samples, so its A keeps all T rows
