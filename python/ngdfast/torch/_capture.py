@@ -58,8 +58,9 @@ Then
   input shared by every sample (positional ids ``arange(T)``, even when T = N: its gradient
   then is not zero elsewhere) has the same A as on the sub-batch; below a BatchNorm in
   training mode, whose batch statistics carry the chosen samples' scores to every sample, A is
-  the whole batch's and S, D sum the chosen scores' gradients over every row (an unbiased
-  estimate of the whole batch's for the sampled and exact kinds). The BatchNorm's own diagonal
+  the whole batch's and S, D sum the chosen scores' gradients over every row (for the sampled
+  and exact kinds an estimate of the whole batch's, unbiased over the choice when the samples
+  count equally many positions). The BatchNorm's own diagonal
   normalises by the whole batch, as its forward did, then takes the chosen rows;
 * loose parameters get ``ĝ`` of the chosen samples' scores (the backward sums them).
 
@@ -70,10 +71,11 @@ own batch with its own generator and the reduction (weighted by the chosen count
 statistics of the union of the ranks' choices. The gradient g is untouched: the loss's.
 
 What it saves: the products and copies of the statistics (A, S, the diagonal blocks' rows, the
-labels) scale with m/N. What it does not: the extra backward still runs over the whole batch
-and graph, as does the user's forward: autograd cannot run a slice of a recorded graph, and a
-second forward on the sub-batch would be the model's forward twice, with BatchNorm statistics
-and dropout masks of its own.
+labels) scale with m/N; the check for per-sample rows reads each output gradient once (its
+largest and smallest value per sample). What it does not: the extra backward still runs over
+the whole batch and graph, as does the user's forward: autograd cannot run a slice of a
+recorded graph, and a second forward on the sub-batch would be the model's forward twice, with
+BatchNorm statistics and dropout masks of its own.
 """
 
 from __future__ import annotations
