@@ -362,12 +362,12 @@ def test_cpu_tensors_reach_the_kernels_without_copies(monkeypatch):
     assert isinstance(seen["J_array"], np.ndarray)
     assert seen["J_array"].__array_interface__["data"][0] == seen["J"].data_ptr()
 
-    # K-FAC: the rows reach the kernel as views, and the factors are inverted in place
-    rows_ptrs, solved_ptrs = [], []
+    # K-FAC: the factors are accumulated in place and inverted from views of the same memory
+    factor_ptrs, solved_ptrs = [], []
     fisher, damped_solve = _kernels.fisher, _kernels.damped_solve
 
     def record_fisher(J, weights=None, *, out=None, **kwargs):
-        rows_ptrs.append(J.__array_interface__["data"][0])
+        factor_ptrs.append(out.__array_interface__["data"][0])
         return fisher(J, weights, out=out, **kwargs)
 
     def record_solve(Fm, g, damping, **kwargs):
@@ -379,12 +379,9 @@ def test_cpu_tensors_reach_the_kernels_without_copies(monkeypatch):
     precond = ngt.Preconditioner(model, fisher="exact")
     F.cross_entropy(model(x), y).backward()
     precond.step()
-    A = precond._A[0]
-    # the first layer's rows reach the kernel as the input itself (A's bias row and column, the
-    # rows' mean and 1, are set beside the kernel's Gram block, not by a copy of the rows with
-    # a column of ones), and the factors it wrote are read by the solve in place
-    assert x.data_ptr() in rows_ptrs
-    assert A.data_ptr() in solved_ptrs
+    A, _ = precond._A[0], precond._S[0]
+    assert A.data_ptr() in factor_ptrs  # A was written by the kernel, no copy afterwards
+    assert A.data_ptr() in solved_ptrs  # and read by the solve in place
 
 
 @pytest.mark.parametrize("curvature", ["kfac", "exact"])

@@ -1,6 +1,5 @@
-"""The K-FAC statistics pass of ngdfast.torch: convolution patches without ``F.unfold``, the bias
-column without a copy of the rows, and ``stats_samples`` (statistics from m samples of each
-forward).
+"""The K-FAC statistics pass of ngdfast.torch: convolution patches without ``F.unfold``, and
+``stats_samples`` (statistics from m samples of each forward).
 
 ``stats_samples=m`` is checked against the option it replaces: a preconditioner without it on
 the sub-batch of the chosen samples (drawn here as the capture draws them: the first m of a
@@ -25,7 +24,6 @@ from torch import nn  # noqa: E402
 
 import ngdfast.torch as ngt  # noqa: E402
 from ngdfast.torch import _layers  # noqa: E402
-from ngdfast.torch._capture import RunningMean  # noqa: E402
 from sequence_helpers import IGNORE, ce, tokens, with_bias_column  # noqa: E402
 from test_torch_gpt import TinyGPT  # noqa: E402
 
@@ -79,8 +77,9 @@ def test_conv_patches_are_the_unfolded_rows(kind, args, batched):
     layer = _layers.Layer("c", conv)
     expected = unfold_rows(conv, x if batched else x.unsqueeze(0))
     assert torch.equal(layer.weight_rows(x, torch.float64), expected)
-    assert torch.equal(layer.a_rows(x, torch.float64), expected)  # column-major (in, R) copy, read as rows
-    assert layer.a_rows(x, torch.float64).stride() == (1, expected.shape[0])
+    bar = with_bias_column(expected) if conv.bias is not None else expected
+    rows = layer.a_rows(x, torch.float64)
+    assert torch.equal(rows, bar) and rows.stride() == (1, bar.shape[0])  # column-major (in, R), read as rows
     z = conv(x)
     out = conv.out_channels
     zz = expected @ conv.weight.reshape(out, -1).T
@@ -96,7 +95,7 @@ def test_conv_patches_are_the_unfolded_rows(kind, args, batched):
     n = x.shape[0] if batched else 1
     torch.testing.assert_close(reduce.s_rows(delta, x, torch.float64), rows.reshape(n, -1, out).sum(1),
                                rtol=1e-14, atol=1e-14)
-    torch.testing.assert_close(reduce.a_rows(x, torch.float64), expected.reshape(n, -1, expected.shape[1]).mean(1),
+    torch.testing.assert_close(reduce.a_rows(x, torch.float64), bar.reshape(n, -1, bar.shape[1]).mean(1),
                                rtol=1e-14, atol=1e-14)
 
 
@@ -106,28 +105,7 @@ def test_patches_of_a_bfloat16_model_come_in_float32():
     layer = _layers.Layer("c", conv)
     rows = layer.a_rows(x, torch.float32)
     assert rows.dtype == torch.float32
-    assert torch.equal(rows, unfold_rows(conv, x).float())
-
-
-@pytest.mark.parametrize("r", [3, 4, 40])
-@pytest.mark.parametrize("diagonal", [False, True])
-def test_running_mean_bias_column_without_the_copy(r, diagonal):
-    """``add(rows, ones=True)`` is ``add`` of the rows with a column of ones appended: A's last row
-    and column are the rows' mean and 1 (R > in: set beside the Gram; R <= in: the copy), also
-    as a running mean over several adds."""
-    g = torch.Generator().manual_seed(0)
-    d = 4
-    parts = [torch.randn(r, d, generator=g, dtype=torch.float64) for _ in range(3)]
-    parts[1] = torch.randn(d, r, generator=g, dtype=torch.float64).T  # column-major rows
-    with_ones, without = RunningMean(diagonal), RunningMean(diagonal)
-    for p in parts:
-        with_ones.add(with_bias_column(p))
-        without.add(p, ones=True)
-    assert without.rows == with_ones.rows == 3 * r
-    torch.testing.assert_close(without.mean, with_ones.mean, rtol=1e-13, atol=1e-15)
-    every = with_bias_column(torch.cat(parts))
-    expected = every.square().mean(0) if diagonal else every.T @ every / every.shape[0]
-    torch.testing.assert_close(without.mean, expected, rtol=1e-12, atol=1e-14)
+    assert torch.equal(rows, with_bias_column(unfold_rows(conv, x).float()))
 
 
 # --------------------------------------------------------------------------- 2. stats_samples
@@ -271,6 +249,24 @@ def test_stats_samples_are_the_statistics_of_the_sub_batch(name, fisher):
     assert_same_statistics(got, want)
     # the gradient is still the whole batch's: the steps differ
     assert any(not torch.allclose(got[3][k], want[3][k]) for k in got[3])
+
+
+def test_products_see_only_the_chosen_rows(monkeypatch):
+    """The cost is m/N: every factor product of the CNN gets the chosen samples' rows only
+    (patches of the first convolution: m·25, of the second m·4; the head: m)."""
+    from ngdfast.torch import _linalg
+
+    seen = []
+    fisher_into = _linalg.fisher_into
+
+    def record(rows, out, decay):
+        seen.append(rows.shape[0])
+        return fisher_into(rows, out, decay)
+
+    monkeypatch.setattr(_linalg, "fisher_into", record)
+    model, x, y, loss_fn, _ = case("cnn")
+    statistics(model, x, y, loss_fn, stats_samples=3)
+    assert sorted(seen) == sorted([3 * 25, 3 * 25, 3 * 4, 3 * 4, 3, 3])  # A and S of each layer
 
 
 def test_shared_positional_rows_all_count():

@@ -58,8 +58,9 @@ Then
   input shared by every sample (positional ids ``arange(T)``, even when T = N: its gradient
   then is not zero elsewhere) has the same A as on the sub-batch; below a BatchNorm in
   training mode, whose batch statistics carry the chosen samples' scores to every sample, A is
-  the whole batch's and S, D sum the chosen scores' gradients over every row (an unbiased
-  estimate of the whole batch's for the sampled and exact kinds). The BatchNorm's own diagonal
+  the whole batch's and S, D sum the chosen scores' gradients over every row (for the sampled
+  and exact kinds an estimate of the whole batch's, unbiased over the choice when the samples
+  count equally many positions). The BatchNorm's own diagonal
   normalises by the whole batch, as its forward did, then takes the chosen rows;
 * loose parameters get ``ĝ`` of the chosen samples' scores (the backward sums them).
 
@@ -70,10 +71,11 @@ own batch with its own generator and the reduction (weighted by the chosen count
 statistics of the union of the ranks' choices. The gradient g is untouched: the loss's.
 
 What it saves: the products and copies of the statistics (A, S, the diagonal blocks' rows, the
-labels) scale with m/N. What it does not: the extra backward still runs over the whole batch
-and graph, as does the user's forward: autograd cannot run a slice of a recorded graph, and a
-second forward on the sub-batch would be the model's forward twice, with BatchNorm statistics
-and dropout masks of its own.
+labels) scale with m/N; the check for per-sample rows reads each output gradient once (its
+largest and smallest value per sample). What it does not: the extra backward still runs over
+the whole batch and graph, as does the user's forward: autograd cannot run a slice of a
+recorded graph, and a second forward on the sub-batch would be the model's forward twice, with
+BatchNorm statistics and dropout masks of its own.
 """
 
 from __future__ import annotations
@@ -155,50 +157,27 @@ def check_exact_size(classes: int, rows: int, dtype, func: str) -> None:
 
 
 class RunningMean:
-    """The mean of ``rowsᵀrows / R`` (or of its diagonal) over all rows added so far.
-
-    Rows may come without the ones column of a bias (``ones=True``): the ones column's entries
-    of ``āᵀā / R`` are then the rows' mean and 1, formed from the rows themselves instead of
-    from a copy of them with a column of ones appended.
-    """
+    """The mean of ``rowsᵀrows / R`` (or of its diagonal) over all rows added so far."""
 
     def __init__(self, diagonal: bool = False):
         self.mean = None
         self.rows = 0
         self.diagonal = diagonal
 
-    def add(self, rows: torch.Tensor, ones: bool = False) -> None:
-        r = rows.shape[0]
+    def add(self, rows: torch.Tensor) -> None:
         if self.diagonal:
-            total = rows.square().sum(0)
-            if ones:
-                total = torch.cat([total, total.new_full((1,), r)])
-            self.add_sum(total, r)
+            self.add_sum(rows.square().sum(0), rows.shape[0])
             return
+        r = rows.shape[0]
         if r == 0:
             return
-        d = rows.shape[1] + int(ones)
         if self.mean is None:
+            d = rows.shape[1]
             self.mean = torch.empty((d, d), dtype=rows.dtype, device=rows.device)
             decay = 0.0
         else:
             decay = self.rows / (self.rows + r)
-        if ones and r <= d:  # a copy with the ones column costs less than assembling A below
-            rows = torch.cat([rows, rows.new_ones(r, 1)], dim=1)
-            ones = False
-        if not ones:
-            _linalg.fisher_into(rows, self.mean, decay)
-        else:
-            batch = self.mean if decay == 0.0 else torch.empty_like(self.mean)
-            gram = torch.empty((d - 1, d - 1), dtype=rows.dtype, device=rows.device)
-            _linalg.fisher_into(rows, gram, 0.0)
-            batch[:-1, :-1] = gram
-            mean = rows.mean(0)
-            batch[:-1, -1] = mean
-            batch[-1, :-1] = mean
-            batch[-1, -1] = 1.0
-            if decay != 0.0:
-                self.mean.mul_(decay).add_(batch, alpha=1.0 - decay)
+        _linalg.fisher_into(rows, self.mean, decay)
         self.rows += r
 
     def add_sum(self, total: torch.Tensor, r: int) -> None:
@@ -519,7 +498,7 @@ class Capture:
         if layer.embedding:
             mean.add_sum(layer.token_counts(x, dtype), x.numel())
         else:
-            mean.add(layer.a_rows(x, dtype), ones=layer.has_bias)
+            mean.add(layer.a_rows(x, dtype))
 
     def _add_deltas(self, key, args, deltas, rows=None) -> None:
         """Fold output gradients; ``rows`` (a :class:`Samples`): only the chosen samples' rows

@@ -7,10 +7,11 @@ an extra input column of ones, as in ``ngdfast.models``): ``z = ā W̄ᵀ``.
 * ``nn.Conv1d`` / ``nn.Conv2d`` (groups = 1): ``W̄ = [W.reshape(out, C_in·k), b]``; the rows
   are the unfolded input patches (Grosse & Martens' KFC), one per sample and output location,
   with the layer's own stride, padding (any mode, also ``"same"``) and dilation. The patches
-  are a strided view of the (padded) input, copied once, in the statistics dtype, into the
-  (C_in·k, R) layout whose inner loop runs along the input's rows; ``ngdfast.fisher`` reads
-  its transpose as the (R, C_in·k) rows (faster than ``F.unfold`` and a transposed copy, which
-  it replaced, and equal to them bit for bit).
+  are a strided view of the (padded) input, copied once, in the statistics dtype, into a
+  (C_in·k + 1, R) buffer (last row: the bias's ones) whose inner loop runs along the input's
+  rows; ``ngdfast.fisher`` reads its transpose as the rows (faster than ``F.unfold``, a
+  transposed copy and a copy with a column of ones, which it replaced; the same rows bit for
+  bit).
 * ``nn.Embedding``: ``W̄ = Wᵀ`` (d, V); a row is the one-hot token, so A is diagonal (the token
   frequencies of the batch) and no V × V matrix ever exists.
 * Hugging Face's ``Conv1D`` (GPT-2's projections: ``z = x W + b`` with W of shape (in, out)):
@@ -30,10 +31,7 @@ and with ``"reduce"`` (positions summed before the outer products: ``â_i = mean
 
 so that ``F_layer ≈ S ⊗ A`` for the row-major flattening of ``W̄``. A side of more than
 ``max_factor_dim`` features (an LM head's V outputs, 50 000 flattened inputs) keeps only the
-diagonal of its factor: ``diag A`` or ``diag S`` (Embedding's A always is). The bias's column
-of ones is not appended to the rows when there are more rows than inputs: A's last row and
-column are then the rows' mean and 1, set beside the Gram block that ``ngdfast.fisher`` forms
-from the rows themselves (a view of a Linear layer's input).
+diagonal of its factor: ``diag A`` or ``diag S`` (Embedding's A always is).
 
 With ``stats_samples`` (``ngdfast.torch._capture``) a layer's rows are those of the chosen
 samples when its input has a leading sample dimension (:meth:`Layer.batched`: a Linear's
@@ -183,26 +181,26 @@ class Layer:
         return x.shape[0] if x.ndim >= 2 else 1
 
     def a_rows(self, x: torch.Tensor, dtype) -> torch.Tensor:
-        """The rows whose second moment is A, *without* the ones column of the bias (A's last row
-        and column are their mean and 1: see ``RunningMean``): every row (expand) or the
-        per-sample means (reduce). Possibly column-major: a convolution's patches are copied
-        once, straight from a strided view of its input into the (in, R) layout whose inner
-        loop runs along the input's rows."""
+        """The rows whose second moment is A, with the ones column: every row (expand) or the
+        per-sample means (reduce). A convolution's are column-major: its patches are copied once,
+        straight from a strided view of its input into an (in, R) buffer whose last row holds
+        the ones and whose inner loop runs along the input's rows."""
         if self.embedding:
             raise AssertionError("Embedding factors A from token counts")
-        x = x.detach()
         if not self.conv:
-            rows = x.reshape(-1, x.shape[-1]).to(dtype)
+            rows = self.input_rows(x, dtype)
             if self.approx == "reduce":
                 rows = rows.reshape(self.groups(x), -1, rows.shape[1]).mean(1)
             return rows
-        patches = self._patches(x)  # (C, kh, kw, N, Ho, Wo)
-        cols = torch.empty(patches.shape, dtype=dtype, device=x.device)
-        cols.copy_(patches)
+        patches = self._patches(x.detach())  # (C, kh, kw, N, Ho, Wo)
         d = self.in_dim - int(self.has_bias)
+        cols = torch.empty((self.in_dim,) + patches.shape[3:], dtype=dtype, device=x.device)
+        cols[:d].view(patches.shape).copy_(patches)
+        if self.has_bias:
+            cols[d].fill_(1.0)
         if self.approx == "reduce":
-            return cols.view(d, self.groups(x), -1).mean(2).T
-        return cols.view(d, -1).T
+            return cols.view(self.in_dim, self.groups(x), -1).mean(2).T
+        return cols.view(self.in_dim, -1).T
 
     def token_counts(self, x: torch.Tensor, dtype) -> torch.Tensor:
         """Embedding: how often each of the V rows was looked up (the diagonal of Σ ā āᵀ)."""
