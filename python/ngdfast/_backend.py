@@ -70,7 +70,6 @@ def _load_openblas() -> str:
 BLAS_PATH = _load_openblas()  # the private tile library, '' when Eigen runs the tiles
 BLAS_LOADED = bool(BLAS_PATH)
 _core.use_blas(BLAS_LOADED and _settings.tile_backend() == "blas")
-_tiles.apply(_tiles.detect())  # tile sizes for the kernels that engine runs
 
 
 # Spellings of NumPy's bundled OpenBLAS symbols (64-bit integers): NumPy >= 2
@@ -93,6 +92,8 @@ def _load_numpy_blas() -> str:
 HOST_BLAS = _load_numpy_blas()
 _core.set_borrow_mode(_settings.borrow_blas())
 _core.set_default_num_threads(_settings.num_threads())
+# after the thread count: detect() reads build_info(), whose thread query would fix the default first
+_tiles.apply(_tiles.detect())  # tile sizes for the kernels that engine runs
 
 
 def set_tile_backend(name: str) -> None:
