@@ -169,10 +169,11 @@ def test_build_info_reports_engine():
     assert info["threads"] == ngdfast.get_num_threads()
 
 
-@pytest.mark.parametrize("n,p", [(5, 12), (256, 2000), (64, 9000), (40, 700)])
+@pytest.mark.parametrize("n,p", [(5, 12), (256, 2000), (64, 4500), (40, 700)])
 def test_bitwise_reproducible(threads, borrow, n, p):
     # Dynamic scheduling must not change the summation order: identical calls
-    # give identical bits (for a given thread count and borrowing mode).
+    # give identical bits (for a given thread count and borrowing mode). (64, 4500):
+    # a shallow, wide Gram of many tiles, and 3 borrowed column panels of at most 2048.
     rng = np.random.default_rng(n * p)
     J = rng.standard_normal((n, p))
     g = rng.standard_normal(p)
@@ -182,8 +183,8 @@ def test_bitwise_reproducible(threads, borrow, n, p):
         lambda: ngdfast.lowrank_solve(J, g, 1e-2, w),
         lambda: ngdfast.natural_gradient(J, g, 1e-2, method="dense") if p <= 2000 else ngdfast.fisher(J[:, :100]),
     ):
-        first = call().tobytes()
-        assert all(call().tobytes() == first for _ in range(8))
+        first = np.ascontiguousarray(call()).view(np.uint8)
+        assert all(np.array_equal(np.ascontiguousarray(call()).view(np.uint8), first) for _ in range(8))
 
 
 @pytest.mark.parametrize("module", [ngdfast, reference])

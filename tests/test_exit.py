@@ -200,6 +200,8 @@ def run_once(code, interrupt, env=None):
     With ``interrupt``, SIGINT is sent once the child printed "ready". Returns
     (returncode, output); a hang fails the test.
     """
+    if interrupt:  # Python's own SIGINT handler, even where this run inherited SIGINT ignored
+        code = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n" + code
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
     try:

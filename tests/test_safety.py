@@ -208,8 +208,11 @@ def test_multiprocessing_fork_pool_after_parent_used_the_pool():
 
 # --- Ctrl-C ------------------------------------------------------------------------------------
 
+# The child restores Python's own SIGINT handler first: a test run started in the background
+# of a non-interactive shell inherits SIGINT ignored, and Python then installs no handler.
 INTERRUPT = """
     import os, signal, threading, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import numpy as np
     import ngdfast
     before = signal.getsignal(signal.SIGINT)

@@ -419,6 +419,16 @@ def test_stats_samples_must_be_a_positive_integer():
             ngt.Preconditioner(model, stats_samples=bad)
 
 
+@pytest.mark.parametrize("option", [dict(stats_samples=4), dict(inverse="eigh"), dict(overlap=True)])
+def test_exact_curvature_refuses_the_statistics_options(option):
+    """curvature="exact" keeps no K-FAC or diagonal statistics: an option of theirs is refused,
+    not accepted and ignored; with "kfac" the same option is taken."""
+    model = mlp()
+    with pytest.raises(ValueError, match="curvature='exact'"):
+        ngt.Preconditioner(model, curvature="exact", **option)
+    ngt.Preconditioner(model, curvature="kfac", **option)
+
+
 # --------------------------------------------------------------------------- 3. distributed
 N_LOCAL, M, WORLD = 6, 2, 2
 

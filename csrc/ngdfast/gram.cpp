@@ -67,6 +67,8 @@ void tile_product(const GramOperand<T>& x, index_t i0, index_t bi, index_t j0, i
 
 // Widest SYRK handed to the host library (see gram's on_host path).
 constexpr index_t kHostSyrkMax = 2048;
+// Flops of one borrowed GEMM between two Ctrl-C polls (about 0.05-0.1 s on 2 cores).
+constexpr double kHostPollFlops = 4.0e9;
 
 // The blocks of the tiled path come in two shapes (Tiles, tiles.hpp, chosen
 // at run time for the BLAS in use):
@@ -191,15 +193,22 @@ bool gram(const GramOperand<T>& x, T alpha, T* out, index_t ldo, T beta, bool wr
         // returned wrong values. Its threaded GEMM blocks by GEMM_R and has no
         // such limit. So: column panels of at most kHostSyrkMax, the diagonal
         // block by SYRK (ranges <= 2048 columns: <= 6 MiB of packing on x86-64
-        // against a buffer of 32 MiB or more), the rows below it by one GEMM.
+        // against a buffer of 32 MiB or more), the rows below it by GEMMs.
         const char tr = x.row_major ? 'T' : 'N', tr2 = x.row_major ? 'N' : 'T';
         for (index_t j0 = 0; j0 < n; j0 += kHostSyrkMax) {
-            const index_t bj = std::min(kHostSyrkMax, n - j0), below = n - j0 - bj;
+            const index_t bj = std::min(kHostSyrkMax, n - j0);
             host_syrk_lower<T>(tr, bj, k, alpha, x.at(j0, 0), x.ld, beta, out + j0 + j0 * ldo, ldo);
-            if (below > 0)
-                host_gemm<T>(tr, tr2, below, bj, k, alpha, x.at(j0 + bj, 0), x.ld, x.at(j0, 0), x.ld, beta,
-                             out + (j0 + bj) + j0 * ldo, ldo);
             interruption_point();
+            // The rows below in slices of about kHostPollFlops each, a Ctrl-C poll after each:
+            // one GEMM of a whole panel (8000 x 2048 x 2500) ran for seconds unpolled.
+            const index_t rows = std::max<index_t>(
+                256, static_cast<index_t>(kHostPollFlops / (2.0 * double(bj) * double(std::max<index_t>(k, 1)))));
+            for (index_t i0 = j0 + bj; i0 < n; i0 += rows) {
+                const index_t bi = std::min(rows, n - i0);
+                host_gemm<T>(tr, tr2, bi, bj, k, alpha, x.at(i0, 0), x.ld, x.at(j0, 0), x.ld, beta,
+                             out + i0 + j0 * ldo, ldo);
+                interruption_point();
+            }
         }
         if (write_upper) mirror_lower(out, n, ldo);
         return false;

@@ -202,6 +202,8 @@ class Preconditioner:
     stats_samples : int or None
         K-FAC and diagonal statistics from at most this many samples of each recorded forward
         (chosen at random with ``generator``); the gradient still uses the whole batch. None: all.
+        Not with ``curvature="exact"`` (nor are ``inverse="eigh"`` and ``overlap``), which keeps
+        no such statistics: ValueError.
     inverse : {"cholesky", "eigh"}
         How the damped factors are inverted on refresh steps: Cholesky of ``A + π√λ I``, or an
         eigendecomposition of A and S, after which any damping (adaptive, retries) costs no
@@ -311,6 +313,11 @@ class Preconditioner:
                               else _validation.integer(stats_samples, _FUNC, "stats_samples"))
         self.inverse = _checks.choice(inverse, _linalg.INVERSES, "inverse", _FUNC)
         self.overlap = bool(overlap)
+        if self.curvature == "exact" and (self.stats_samples is not None or self.inverse != "cholesky"
+                                          or self.overlap):
+            raise ValueError(f"{_FUNC}: stats_samples, inverse='eigh' and overlap=True are options of the K-FAC "
+                             "and diagonal statistics; curvature='exact' solves with the batch's own scores "
+                             "and has none of them")
         # the same validators (and messages) as ngdfast.NaturalGradient and the curvature objects
         self.kl_radius = _validation.positive(kl_radius, _FUNC, "kl_radius")
         self.damping = _validation.nonnegative(damping, _FUNC, "damping")
