@@ -211,8 +211,10 @@ def test_readme_is_the_front_door():
     first = fenced_blocks(ROOT / "README.md")[0]
     assert first[0] == "bash" and first[2].splitlines() == [
         "pip install '.[demo]' && python -m ngdfast demo --plot ngd.png",
-        "pip install '.[test]' 'torch==2.13.0' && python -m pytest",
+        "pip install '.[test]' 'torch==2.13.0' && python -m pytest -n auto",
     ]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "python -m pip install --quiet '.[test]' 'torch==2.13.0'" in ci and "\npython -m pytest -n auto\n" in ci
     targets = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", readme)
     assert "docs/performance.md" in targets and "LICENSE" in targets
     missing = sorted(t for t in targets if not (ROOT / t).exists())
