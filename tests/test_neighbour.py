@@ -137,7 +137,9 @@ def test_neighbour_unchanged(order):
     if CPUS < 2:
         return  # one CPU: no helper threads to check
     measured = out[peer]
-    # Two threads splitting a product evenly give ~0.5; a product run on one thread, ~0.
-    assert measured["share"] is not None and measured["share"] > 0.2, (
+    # Two threads splitting a product evenly give ~0.5; a product run on one thread, ~0. With
+    # the suite on every core (pytest -n auto) another worker competes for the CPUs, and the
+    # helper's share of a threaded product measured 0.18 there: the bound sits at 0.1.
+    assert measured["share"] is not None and measured["share"] > 0.1, (
         f"{peer}'s product ran on the calling thread alone with ngdfast imported ({order}): {measured}"
     )
