@@ -8,6 +8,8 @@
 # subprocess might have printed.
 #
 # usage: tools/sanitize.sh [pytest args...]   (default: the kernel test subset below)
+#        tools/sanitize.sh --build-only        (the instrumented build alone; .ci/run starts it
+#                                               beside the test suite, at the lowest priority)
 # env:   NGDFAST_SANITIZE_DIR   build folder (default: build/sanitize)
 #        CMAKE_BUILD_PARALLEL_LEVEL   compile jobs (default: 2)
 set -euo pipefail
@@ -25,6 +27,10 @@ if [ ! -f "$dir/CMakeCache.txt" ]; then
     || { tail -30 "$dir/configure.log"; exit 1; }
 fi
 cmake --build "$dir" -j"${CMAKE_BUILD_PARALLEL_LEVEL:-2}" >"$dir/build.log" 2>&1 || { tail -40 "$dir/build.log"; exit 1; }
+if [ "${1:-}" = "--build-only" ]; then
+  echo "sanitize: built ($dir)"
+  exit 0
+fi
 
 # The package from this checkout with the instrumented core beside it.
 pkg=$dir/pkg
