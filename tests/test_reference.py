@@ -46,6 +46,20 @@ def test_fisher_is_mean_of_outer_products(rng, dtype, shape, weighted):
     assert np.array_equal(F, F.T)
 
 
+@pytest.mark.parametrize("p", [1, 2, 255, 256, 257, 513, 700])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_symmetric_from_lower_is_the_mirrored_lower_triangle(rng, dtype, p, order):
+    """The band-wise mirror equals ``tril(M) + tril(M, -1).T`` (around the 256-row bands), reads
+    no upper element (NaN there changes nothing) and leaves M alone."""
+    M = np.asarray(rng.standard_normal((p, p)), dtype=dtype, order=order)
+    M[np.triu_indices(p, 1)] = np.nan
+    before = M.copy()
+    S = ref._symmetric_from_lower(M)
+    lower = np.tril(np.nan_to_num(M))
+    assert S.dtype == dtype and np.array_equal(S, lower + np.tril(lower, -1).T)
+    assert np.array_equal(M, before, equal_nan=True)
+
+
 def test_fisher_uniform_weights_match_no_weights(rng):
     J = rng.standard_normal((7, 5))
     assert_close(ref.fisher(J, np.full(7, 3.5)), ref.fisher(J))
