@@ -58,17 +58,18 @@ _all_finite = _v.numpy_all_finite
 def _symmetric_from_lower(M: np.ndarray) -> np.ndarray:
     """The symmetric matrix whose lower triangle is M's (the upper triangle is not read).
 
-    A copy of M whose strict upper triangle is overwritten, a band of rows at a time, by the
-    transposed lower one: one new matrix (``tril(M) + tril(M, -1).T`` made four, and at P in
-    the thousands their first touch cost seconds).
+    A copy of M mirrored a band of rows at a time: each diagonal block by ``tril(B) +
+    tril(B, -1).T``, the rows right of it from the transposed columns below it. One new P x P
+    matrix (the formula on the whole of M made four, and at P in the thousands their first
+    touch cost seconds).
     """
     S = np.array(M, order="C", copy=True)
     p = S.shape[0]
     band = 256
     for i0 in range(0, p, band):
         i1 = min(p, i0 + band)
-        for i in range(i0, i1):  # the band's own triangle
-            S[i, i + 1:i1] = S[i + 1:i1, i]
+        block = S[i0:i1, i0:i1]
+        S[i0:i1, i0:i1] = np.tril(block) + np.tril(block, -1).T
         S[i0:i1, i1:] = S[i1:, i0:i1].T
     return S
 
