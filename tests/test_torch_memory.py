@@ -76,6 +76,42 @@ def test_model_and_preconditioner_are_freed_after_training():
     assert all(_gone(r) for r in refs)
 
 
+def _hooks(model):
+    return ({k: len(m._forward_hooks) for k, m in model.named_modules()}, len(model._forward_pre_hooks))
+
+
+def test_a_dropped_preconditioner_is_freed_and_its_hooks_leave_the_model(monkeypatch):
+    """The model holds the hooks: they must not keep a preconditioner dropped without
+    ``remove()`` alive, nor let it go on recording (an extra backward on every armed step)."""
+    from ngdfast.torch import _capture
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    bare = _hooks(model)
+    precond = ngt.Preconditioner(model, factor_interval=1, generator=torch.Generator().manual_seed(4))
+    one = _hooks(model)
+    assert one != bare
+    F.cross_entropy(model(x), y).backward()
+    precond.step()
+    assert precond._capture.enabled  # armed: it would record the next forward
+    ref = weakref.ref(precond)
+    del precond
+    assert _gone(ref)
+    assert _hooks(model) == bare
+    ngd = ngt.NGD(model, factor_interval=1, generator=torch.Generator().manual_seed(4))
+    assert _hooks(model) == one
+    backward_passes = []
+    real = _capture._backpropagate
+    monkeypatch.setattr(_capture, "_backpropagate", lambda *a: backward_passes.append(1) or real(*a))
+    ngd.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    ngd.step()
+    assert backward_passes == [1] and ngd.preconditioner.last_step.factors_updated  # the NGD's own only
+    ngd.preconditioner.remove()
+    assert _hooks(model) == bare
+
+
 def test_statistics_of_two_forwards_before_one_backward_still_count():
     """Gradient accumulation through one backward of two forwards: both boxes fold."""
     model, precond, opt, x, y = _setup(3)

@@ -28,7 +28,10 @@ model; a tensor hook on the model output):
 
 * forwards inside ``torch.func`` transforms (vmap, grad: per-sample passes) are ignored;
 * a tensor hook on the model output marks that a backward went through it, so ``step()``
-  can refuse to run twice on one gradient.
+  can refuse to run twice on one gradient;
+* the module hooks hold the capture weakly: a preconditioner dropped without ``remove()`` is
+  not kept alive by the model, records nothing once unreachable, and its collection removes
+  its hooks.
 
 Several forwards before one ``step()`` (gradient accumulation) all count: the statistics are
 those of every counted position of every forward since the last step (A the mean over all
@@ -81,6 +84,7 @@ BatchNorm statistics and dropout masks of its own.
 from __future__ import annotations
 
 import threading
+import weakref
 from contextlib import contextmanager
 from functools import partial
 
@@ -115,6 +119,25 @@ def _eager(hook):
     """``hook`` run outside ``torch.compile``: Dynamo breaks the graph around it, so it sees real
     tensors (and registers real tensor hooks) in a compiled model's forward too."""
     return torch.compiler.disable(hook, recursive=True)
+
+
+def _weak(owner, method: str, *bound):
+    """A module hook that calls ``owner.<method>(*bound, *args)`` while ``owner`` lives and does
+    nothing after. The model holds its hooks; with strong references a preconditioner dropped
+    without ``remove()`` would stay alive through them and go on recording (an extra backward
+    on every armed step) for as long as the model lives."""
+    ref = weakref.ref(owner)
+
+    def hook(*args):
+        target = ref()
+        return None if target is None else getattr(target, method)(*bound, *args)
+
+    return hook
+
+
+def _remove_handles(handles) -> None:
+    for h in handles:
+        h.remove()
 
 
 def _backpropagating() -> bool:
@@ -296,18 +319,19 @@ class Capture:
         self._loose = [(j, [module.get_parameter(n) for n in names])
                        for j, (_, module, names) in enumerate(self.diagonal) if self.kinds[j] == "loose"]
         # a module called outside the model's forward must not count: start each forward afresh
-        self._handles = [model.register_forward_pre_hook(_eager(self._root_pre_hook))]
+        # The hooks hold the capture weakly, and its collection removes them (see _weak).
+        self._handles = [model.register_forward_pre_hook(_eager(_weak(self, "_root_pre_hook")))]
         for i, layer in enumerate(self.layers):
-            self._handles.append(layer.module.register_forward_hook(_eager(partial(self._module_hook, ("k", i)))))
+            self._handles.append(layer.module.register_forward_hook(_eager(_weak(self, "_module_hook", ("k", i)))))
         for j, (_, module, _) in enumerate(self.diagonal):
             if self.kinds[j] != "loose":
-                self._handles.append(module.register_forward_hook(_eager(partial(self._module_hook, ("d", j)))))
+                self._handles.append(module.register_forward_hook(_eager(_weak(self, "_module_hook", ("d", j)))))
         # last: when the model itself is a tracked module, its own hook must run first
-        self._handles.append(model.register_forward_hook(_eager(self._root_hook)))
+        self._handles.append(model.register_forward_hook(_eager(_weak(self, "_root_hook"))))
+        weakref.finalize(self, _remove_handles, list(self._handles))
 
     def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
+        _remove_handles(self._handles)
         self._handles = []
         self._release()
 

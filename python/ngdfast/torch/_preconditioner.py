@@ -401,7 +401,10 @@ class Preconditioner:
         return {self._layers[i].name: (A.clone(), self._S[i].clone()) for i, A in self._A.items()}
 
     def remove(self) -> None:
-        """Remove the hooks from the model (the preconditioner is unusable afterwards)."""
+        """Remove the hooks from the model (the preconditioner is unusable afterwards).
+
+        A preconditioner dropped without it takes its hooks off the model when it is collected
+        (the hooks hold it weakly), and it records nothing once unreachable."""
         self._capture.remove()
 
     def report_loss(self, new_loss) -> float:
