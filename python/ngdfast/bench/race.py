@@ -75,7 +75,7 @@ Fairness rules
   side; the sweep is not part of the race. The CNN's AdamW centre, 0.03, is also the
   torch demo's Adam winner. ngdfast's grid is read from the constructor's default KL
   radius, never written here; "ngdfast defaults" is ``ngdfast.torch.NGD(model)`` with
-  nothing set (the preconditioner's defaults and ``momentum=0.9``): the untuned entry, as
+  nothing set (the preconditioner's defaults and ``momentum=0.6``): the untuned entry, as
   Schedule-Free AdamW (the AlgoPerf self-tuning winner) is the untuned peer.
 
 How each peer is wired
@@ -102,7 +102,7 @@ How each peer is wired
   evaluation, as its documentation requires
   (:func:`ngdfast._workloads.torch.evaluation_mode`).
 * ngdfast: ``ngdfast.torch.NGD(model, **config)``: its preconditioner, then
-  ``θ ← θ − m`` with ``m ← 0.9 m + 0.1 β ñ`` (``torch.optim.SGD(lr=0.1, momentum=0.9)`` on the
+  ``θ ← θ − m`` with ``m ← 0.6 m + 0.4 β ñ`` (``torch.optim.SGD(lr=0.4, momentum=0.6)`` on the
   preconditioned gradient), everything else at its defaults.
 
 A peer that does not import (or fails on a task) is reported as skipped, with its

@@ -13,7 +13,7 @@ Five added lines::
         opt.step()          # θ <- θ − β ñ: the output distribution moves by KL ≈ ε
 
 ``ngt.NGD(model)`` is the same as one ``torch.optim.Optimizer`` (with a running average of the
-steps: ``momentum=0.9``), and
+steps: ``momentum=0.6``), and
 a function for trainers that keep their own loop::
 
     nat = ngt.natural_gradient(model, x, y, curvature="exact", fisher="empirical", damping=1e-3)

@@ -9,7 +9,7 @@ from .. import _validation
 from ._preconditioner import Preconditioner
 
 #: ``NGD``'s default momentum μ (see docs/performance.md, "Defaults").
-MOMENTUM = 0.9
+MOMENTUM = 0.6
 
 
 class NGD(torch.optim.Optimizer):
