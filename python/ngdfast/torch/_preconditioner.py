@@ -123,7 +123,7 @@ class Preconditioner:
         for x, y in loader:
             opt.zero_grad(); F.cross_entropy(model(x), y).backward(); precond.step(); opt.step()
 
-    The defaults (``kl_radius=1e-2``, ``damping=1e-3``, ``decay=0.5``, statistics and inverses
+    The defaults (``kl_radius=1e-2``, ``damping=1e-3``, ``decay=0.95``, statistics and inverses
     every 10 steps) were chosen by measurement (docs/performance.md, "The defaults of the torch
     layer") for the loop of :class:`NGD`: this preconditioner, then
     ``torch.optim.SGD(lr=0.4, momentum=0.6)``.
@@ -167,8 +167,9 @@ class Preconditioner:
         Upper bound on β.
     decay : float in [0, 1)
         EMA factor of the K-FAC factors and of the diagonal, per statistics update (every
-        ``factor_interval`` steps): the default 0.5 weighs the newest batch as much as all the
-        older ones together, which are at least ``factor_interval`` steps stale.
+        ``factor_interval`` steps). A shorter memory (0.5) follows a fast-changing curvature
+        sooner when every batch has many rows (a transformer's positions), and makes the
+        factors noisy when batches are small (docs/performance.md, "The defaults").
     factor_interval : int
         Statistics are recorded and folded in on steps 0, k, 2k, ... (hooks idle in between).
     inverse_interval : int
@@ -297,7 +298,7 @@ class Preconditioner:
     """
 
     def __init__(self, model: nn.Module, *, curvature="kfac", loss="cross_entropy", fisher="sampled",
-                 kl_radius=1e-2, damping=1e-3, max_step=None, decay=0.5, factor_interval=10,
+                 kl_radius=1e-2, damping=1e-3, max_step=None, decay=0.95, factor_interval=10,
                  inverse_interval=10, adaptive_damping=False, fallback="diagonal", generator=None,
                  max_retries=3, min_damping=1e-8, max_damping=1e4, distributed=None, process_group=None,
                  distribute="inverses", bucket_mb=25.0, output=None, class_dim=-1, ignore_index=-100,
