@@ -169,7 +169,8 @@ class Preconditioner:
         EMA factor of the K-FAC factors and of the diagonal, per statistics update (every
         ``factor_interval`` steps). A shorter memory (0.5) follows a fast-changing curvature
         sooner when every batch has many rows (a transformer's positions), and makes the
-        factors noisy when batches are small (docs/performance.md, "The defaults").
+        factors noisy when batches are small (docs/performance.md, "The defaults of the torch
+        layer").
     factor_interval : int
         Statistics are recorded and folded in on steps 0, k, 2k, ... (hooks idle in between).
     inverse_interval : int
